@@ -1,0 +1,1 @@
+"""The syncd protocol without I/O: messages, codec, signing, validation, link states."""

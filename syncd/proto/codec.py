@@ -1,0 +1,445 @@
+"""Bytes ↔ messages: the only module of syncd that imports msgpack (SPEC §4).
+
+Theory of operation
+-------------------
+Every message is one msgpack map with short string keys, fields in a fixed order,
+maps inside it (homes, columns, tables, values) sorted by key: the encoding is
+canonical, so a decoded message re-encodes to the same bytes.  uuids are 16-byte
+``bin``, hashes 32-byte ``bin``, a :class:`Version` a 5-array
+``[cl, round, stage, ts, origin]``, a :class:`Change` a map.
+
+:func:`decode` is strict and total: for any ``bytes`` it returns a message or raises
+:class:`DecodeError` (a :class:`SyncdError`) — never another exception.  Lengths are
+bounded while unpacking (``max_*_len``), unknown and missing fields are errors, and a
+declared length over a limit is reported as ``BODY_TOO_LARGE`` / ``VALUE_TOO_LARGE``
+even when the body is cut short.  Meaning (unknown tables, duplicate rows, future ts)
+is checked later by :mod:`syncd.proto.validate`.
+
+Versions: ``Hello`` has one layout for all versions; ``HelloReply`` carries its own
+version in ``v``; every other message is decoded at the version chosen at hello.
+Version 1 lacks ``Push.summary`` (``sm``) and ``HelloReply.clock`` (``ck``).
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import uuid
+import zlib
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import msgpack
+
+from syncd.errors import CODE_RE, SyncdError
+from syncd.proto import fields as f
+from syncd.proto.change import OPS, Change, ColumnChange, Version
+from syncd.proto.fields import DecodeError
+from syncd.proto.messages import (
+    KINDS, PROTOCOL_VERSION, SUPPORTED_VERSIONS, ErrorReply, Hello, HelloReply, IdRange,
+    Message, PullReply, PullRequest, Push, PushReply, Quarantined, RangeSum, SnapshotChunk,
+    SnapshotRequest, SnapshotRow, TableDecl, VerifyReply, VerifyRequest,
+)
+
+# -- limits (SPEC R4.7) -------------------------------------------------------------------
+MAX_BODY_BYTES = 16 * 1024 * 1024  #: whole body, after gzip inflation
+MAX_VALUE_BYTES = 1024 * 1024  #: one string, and one value's canonical encoding
+MAX_CHANGES = 10_000  #: changes per push or pull reply; rows per snapshot chunk
+MAX_MAP_LEN = 4096  #: entries in any map
+MAX_BIN_LEN = 64  #: any bin (uuids are 16 bytes, hashes 32)
+MAX_COLUMNS = 256  #: columns per change, row or table declaration
+MAX_TABLES = 256  #: tables declared at hello
+MAX_HOMES = 16  #: routes per change
+MAX_SUMMARIES = 1024  #: per-node status entries per push
+MAX_SUMMARY_KEYS = 64  #: keys per status entry
+MAX_RANGES = 4096  #: id ranges per verify
+MAX_VERSIONS = 16  #: protocol versions listed at hello
+MAX_WAIT_MS = 300_000  #: longest pull long-poll
+MAX_TEXT = 4096  #: reasons and hints
+
+_UNPACK_LIMITS = {"str": MAX_VALUE_BYTES, "bin": MAX_BIN_LEN, "array": MAX_CHANGES, "map": MAX_MAP_LEN}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One map entry of a message: wire ``key``, dataclass ``attr``, reader, writer,
+    and the first protocol version that has it."""
+
+    key: str
+    attr: str
+    read: Callable[[Any, str], Any]
+    write: Callable[[Any], Any]
+    since: int = 1
+
+
+def _same(x: Any) -> Any:
+    return x
+
+
+def _uuid_out(u: uuid.UUID | None) -> bytes | None:
+    return None if u is None else u.bytes
+
+
+def _canon(v: Any) -> Any:
+    """A value with every map sorted by key and tuples as lists (canonical form)."""
+    if isinstance(v, dict) or isinstance(v, Mapping):
+        return {k: _canon(v[k]) for k in sorted(v)}
+    if isinstance(v, (list, tuple)):
+        return [_canon(x) for x in v]
+    return v
+
+
+# -- readers for composite fields ----------------------------------------------------------
+
+def _u(v: Any, p: str) -> int:
+    return f.integer(v, p)
+
+
+def _node(v: Any, p: str) -> str:
+    return f.string(v, p, 32, f.NODE_RE)
+
+
+def _hash(v: Any, p: str) -> bytes | None:
+    return None if v is None else f.binary(v, p, 32)
+
+
+def _version(v: Any, p: str) -> Version:
+    if type(v) is not list or len(v) != 5:
+        raise DecodeError(p, f"expected a 5-array version, got {f.type_name(v)}")
+    return Version(
+        f.causal_length(v[0], f.sub(p, 0)), f.integer(v[1], f.sub(p, 1)),
+        f.integer(v[2], f.sub(p, 2), -1), f.integer(v[3], f.sub(p, 3)), _node(v[4], f.sub(p, 4)),
+    )
+
+
+def _column_change(v: Any, p: str) -> ColumnChange:
+    m = f.fields(v, p, ("v", "r", "s", "p"))
+    return ColumnChange(
+        value=f.value(m["v"], f.sub(p, "value")), round=f.integer(m["r"], f.sub(p, "round")),
+        stage=f.integer(m["s"], f.sub(p, "stage"), -1),
+        prev=None if m["p"] is None else _version(m["p"], f.sub(p, "prev")),
+    )
+
+
+def _homes(v: Any, p: str) -> dict[str, str]:
+    return f.str_map(v, p, _node, MAX_HOMES)
+
+
+def _change(v: Any, p: str) -> Change:
+    m = f.fields(v, p, ("t", "i", "o", "op", "cl", "ts", "or", "tx", "h", "c", "p"))
+    op = f.string(m["op"], f.sub(p, "op"), 1)
+    if op not in OPS:
+        raise DecodeError(f.sub(p, "op"), f"op must be one of {'/'.join(OPS)}")
+    return Change(
+        table=f.string(m["t"], f.sub(p, "table"), 63, f.IDENT_RE), id=f.uuid_(m["i"], f.sub(p, "id")),
+        org_code=_node(m["o"], f.sub(p, "org_code")), op=op,
+        cl=f.causal_length(m["cl"], f.sub(p, "cl")), ts=f.integer(m["ts"], f.sub(p, "ts")),
+        origin=_node(m["or"], f.sub(p, "origin")), txn=f.integer(m["tx"], f.sub(p, "txn")),
+        homes=_homes(m["h"], f.sub(p, "homes")),
+        cols=f.str_map(m["c"], f.sub(p, "cols"), _column_change, MAX_COLUMNS, key_code="UNKNOWN_COLUMN"),
+        pos=f.integer(m["p"], f.sub(p, "pos")),
+    )
+
+
+def _changes(v: Any, p: str) -> tuple[Change, ...]:
+    return f.array(v, p, _change, MAX_CHANGES)
+
+
+def _table_decl(v: Any, p: str) -> TableDecl:
+    m = f.fields(v, p, ("v", "c"))
+    cols = f.array(m["c"], f.sub(p, "columns"), lambda x, q: f.string(x, q, 63, f.IDENT_RE), MAX_COLUMNS)
+    return TableDecl(f.integer(m["v"], f.sub(p, "version"), 1, 2**31 - 1), cols)
+
+
+def _tables(v: Any, p: str) -> dict[str, TableDecl]:
+    return f.str_map(v, p, _table_decl, MAX_TABLES)
+
+
+def _summary(v: Any, p: str) -> dict[str, Any]:
+    m = f.str_map(v, p, lambda x, q: f.value(x, q, 1), MAX_SUMMARY_KEYS)
+    if "node" not in m:
+        raise DecodeError(f.sub(p, "node"), "missing field")
+    _node(m["node"], f.sub(p, "node"))
+    return m
+
+
+def _snapshot_row(v: Any, p: str) -> SnapshotRow:
+    m = f.fields(v, p, ("i", "o", "cl", "h", "c"))
+
+    def col(x: Any, q: str) -> tuple[Any, Version]:
+        if type(x) is not list or len(x) != 2:
+            raise DecodeError(q, "expected [value, version]")
+        return (f.value(x[0], f.sub(q, "value")), _version(x[1], f.sub(q, "version")))
+
+    return SnapshotRow(
+        id=f.uuid_(m["i"], f.sub(p, "id")), org_code=_node(m["o"], f.sub(p, "org_code")),
+        cl=f.causal_length(m["cl"], f.sub(p, "cl")), homes=_homes(m["h"], f.sub(p, "homes")),
+        cols=f.str_map(m["c"], f.sub(p, "cols"), col, MAX_COLUMNS, key_code="UNKNOWN_COLUMN"),
+    )
+
+
+def _quarantined(v: Any, p: str) -> Quarantined:
+    m = f.fields(v, p, ("p", "c"))
+    return Quarantined(f.integer(m["p"], f.sub(p, "pos")), f.string(m["c"], f.sub(p, "code"), 48))
+
+
+def _id_range(v: Any, p: str) -> IdRange:
+    m = f.fields(v, p, ("lo", "hi"))
+    return IdRange(f.uuid_(m["lo"], f.sub(p, "lo")), f.optional(f.uuid_)(m["hi"], f.sub(p, "hi")))
+
+
+def _range_sum(v: Any, p: str) -> RangeSum:
+    m = f.fields(v, p, ("lo", "hi", "n", "x"))
+    return RangeSum(
+        f.uuid_(m["lo"], f.sub(p, "lo")), f.optional(f.uuid_)(m["hi"], f.sub(p, "hi")),
+        f.integer(m["n"], f.sub(p, "count")), f.binary(m["x"], f.sub(p, "checksum"), 32),
+    )
+
+
+def _detail(x: Any, q: str) -> Any:
+    if type(x) is str:
+        return f.string(x, q, 256)
+    if x is None or type(x) in (bool, int):
+        return f.value(x, q)
+    raise DecodeError(q, f"detail values are scalars, got {f.type_name(x)}")
+
+
+def _details(v: Any, p: str) -> dict[str, Any]:
+    return f.str_map(v, p, _detail, 16)
+
+
+# -- writers for composite fields -------------------------------------------------------
+
+def _version_out(v: Version) -> list[Any]:
+    return v.as_list()
+
+
+def change_map(c: Change, with_pos: bool = True) -> dict[str, Any]:
+    """The wire map of a change (without ``p`` for :func:`change_hash`)."""
+    m: dict[str, Any] = {
+        "t": c.table, "i": c.id.bytes, "o": c.org_code, "op": c.op, "cl": c.cl, "ts": c.ts,
+        "or": c.origin, "tx": c.txn, "h": _canon(c.homes),
+        "c": {k: {"v": _canon(cc.value), "r": cc.round, "s": cc.stage,
+                  "p": None if cc.prev is None else cc.prev.as_list()}
+              for k, cc in sorted(c.cols.items())},
+    }
+    if with_pos:
+        m["p"] = c.pos
+    return m
+
+
+def _row_out(r: SnapshotRow) -> dict[str, Any]:
+    return {"i": r.id.bytes, "o": r.org_code, "cl": r.cl, "h": _canon(r.homes),
+            "c": {k: [_canon(val), ver.as_list()] for k, (val, ver) in sorted(r.cols.items())}}
+
+
+def _tables_out(t: Mapping[str, TableDecl]) -> dict[str, Any]:
+    return {k: {"v": d.version, "c": list(d.columns)} for k, d in sorted(t.items())}
+
+
+_CHANGES = (_changes, lambda cs: [change_map(c) for c in cs])
+_UUID = (f.uuid_, _uuid_out)
+_OPT_UUID = (f.optional(f.uuid_), _uuid_out)
+_INT = (_u, _same)
+_OPT_INT = (f.optional(_u), _same)
+
+
+def _fl(key: str, attr: str, rw: tuple[Callable[[Any, str], Any], Callable[[Any], Any]], since: int = 1) -> Field:
+    return Field(key, attr, rw[0], rw[1], since)
+
+
+#: The field tables of SPEC §4–§10, in wire order.
+FIELDS: Mapping[type, tuple[Field, ...]] = {
+    Hello: (
+        _fl("vs", "versions", (lambda v, p: f.array(v, p, lambda x, q: f.integer(x, q, 1, 255), MAX_VERSIONS), list)),
+        _fl("n", "node", (_node, _same)), _fl("in", "instance", _UUID), _fl("inc", "incarnation", _UUID),
+        _fl("e", "epoch", _INT), _fl("ck", "clock", _INT), _fl("cur", "pull_cursor", _INT),
+        _fl("ch", "pull_hash", (_hash, _same)), _fl("tb", "tables", (_tables, _tables_out)),
+    ),
+    HelloReply: (
+        _fl("v", "version", (lambda v, p: f.integer(v, p, 1, 255), _same)), _fl("n", "node", (_node, _same)),
+        _fl("inc", "incarnation", _UUID), _fl("e", "epoch", _INT), _fl("ck", "clock", _INT, since=2),
+        _fl("pc", "push_cursor", _INT), _fl("ph", "push_hash", (_hash, _same)),
+        _fl("tb", "tables", (_tables, _tables_out)),
+    ),
+    Push: (
+        _fl("b", "batch_id", _UUID), _fl("e", "epoch", _INT), _fl("f", "from_pos", _INT),
+        _fl("to", "to_pos", _INT), _fl("ch", "changes", _CHANGES),
+        _fl("sm", "summary", (lambda v, p: f.array(v, p, _summary, MAX_SUMMARIES),
+                              lambda s: [_canon(x) for x in s]), since=2),
+    ),
+    PushReply: (
+        _fl("a", "acked_pos", _INT), _fl("ap", "applied", _INT),
+        _fl("q", "quarantined", (lambda v, p: f.array(v, p, _quarantined, MAX_CHANGES),
+                                 lambda qs: [{"p": q.pos, "c": q.code} for q in qs])),
+    ),
+    PullRequest: (
+        _fl("a", "after", _INT), _fl("e", "epoch", _INT),
+        _fl("l", "limit", (lambda v, p: f.integer(v, p, 1, MAX_CHANGES), _same)),
+        _fl("w", "wait_ms", (lambda v, p: f.integer(v, p, 0, MAX_WAIT_MS), _same)),
+    ),
+    PullReply: (
+        _fl("ch", "changes", _CHANGES), _fl("lp", "last_pos", _INT), _fl("hd", "head", _INT),
+        _fl("e", "epoch", _INT), _fl("m", "more", (f.boolean, _same)),
+    ),
+    SnapshotRequest: (
+        _fl("t", "table", (lambda v, p: f.string(v, p, 63, f.IDENT_RE), _same)),
+        _fl("af", "after_id", _OPT_UUID),
+        _fl("l", "limit", (lambda v, p: f.integer(v, p, 1, MAX_CHANGES), _same)),
+        _fl("p", "position", _OPT_INT),
+    ),
+    SnapshotChunk: (
+        _fl("t", "table", (lambda v, p: f.string(v, p, 63, f.IDENT_RE), _same)),
+        _fl("p", "position", _INT),
+        _fl("r", "rows", (lambda v, p: f.array(v, p, _snapshot_row, MAX_CHANGES),
+                          lambda rs: [_row_out(r) for r in rs])),
+        _fl("nx", "next_after_id", _OPT_UUID), _fl("d", "done", (f.boolean, _same)),
+    ),
+    VerifyRequest: (
+        _fl("t", "table", (lambda v, p: f.string(v, p, 63, f.IDENT_RE), _same)),
+        _fl("p", "position", _OPT_INT),
+        _fl("rg", "ranges", (lambda v, p: f.array(v, p, _id_range, MAX_RANGES),
+                             lambda rs: [{"lo": r.lo.bytes, "hi": _uuid_out(r.hi)} for r in rs])),
+    ),
+    VerifyReply: (
+        _fl("t", "table", (lambda v, p: f.string(v, p, 63, f.IDENT_RE), _same)),
+        _fl("p", "position", _INT),
+        _fl("rg", "ranges", (lambda v, p: f.array(v, p, _range_sum, MAX_RANGES),
+                             lambda rs: [{"lo": r.lo.bytes, "hi": _uuid_out(r.hi), "n": r.count,
+                                          "x": r.checksum} for r in rs])),
+    ),
+    ErrorReply: (
+        _fl("c", "code", (lambda v, p: f.string(v, p, 48, CODE_RE), _same)),
+        _fl("r", "reason", (lambda v, p: f.string(v, p, MAX_TEXT), _same)),
+        _fl("h", "hint", (f.optional(lambda v, p: f.string(v, p, MAX_TEXT)), _same)),
+        _fl("rt", "retryable", (f.boolean, _same)),
+        _fl("d", "details", (_details, dict)),
+    ),
+}
+
+
+def _check_version(version: int) -> None:
+    if version not in SUPPORTED_VERSIONS:
+        raise DecodeError("", f"protocol version {version} is not spoken here "
+                              f"(speaks {list(SUPPORTED_VERSIONS)})", "UNSUPPORTED_VERSION")
+
+
+def encode(msg: Message, version: int = PROTOCOL_VERSION) -> bytes:
+    """Canonical wire bytes of ``msg`` at ``version``.  ``HelloReply`` is encoded at
+    its own ``version`` field; a v1 ``Push`` drops ``summary`` (SPEC R3.5)."""
+    cls = type(msg)
+    if cls is HelloReply:
+        version = msg.version  # type: ignore[union-attr]
+    _check_version(version)
+    out: dict[str, Any] = {}
+    for fd in FIELDS[cls]:
+        if fd.since <= version:
+            out[fd.key] = fd.write(getattr(msg, fd.attr))
+    return msgpack.packb(out, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    """msgpack → Python objects with the limits of R4.7; :class:`DecodeError` on failure."""
+    if len(data) > MAX_BODY_BYTES:
+        raise DecodeError("", f"body of {len(data)} bytes exceeds {MAX_BODY_BYTES}", "BODY_TOO_LARGE")
+    try:
+        return msgpack.unpackb(
+            data, raw=False, use_list=True, strict_map_key=True,
+            max_str_len=MAX_VALUE_BYTES, max_bin_len=MAX_BIN_LEN,
+            max_array_len=MAX_CHANGES, max_map_len=MAX_MAP_LEN,
+        )
+    except Exception as exc:  # msgpack raises ValueError, TypeError, StackError, ...
+        raise _unpack_error(data, exc) from None
+
+
+def _unpack_error(data: bytes, exc: Exception) -> DecodeError:
+    text = str(exc)
+    if "exceeds max_str_len" in text:
+        return DecodeError("", text, "VALUE_TOO_LARGE")
+    if "exceeds max_" in text:
+        return DecodeError("", text, "BODY_TOO_LARGE")
+    problem = f.declared_length_problem(data, _UNPACK_LIMITS)
+    if problem is not None:
+        return DecodeError("", problem[1], problem[0])
+    if isinstance(exc, msgpack.ExtraData):
+        return DecodeError("", "trailing bytes after the message")
+    if isinstance(exc, UnicodeDecodeError):
+        return DecodeError("", "a string is not valid UTF-8")
+    if isinstance(exc, msgpack.StackError):
+        return DecodeError("", "nested too deeply")
+    if "incomplete input" in text or not data:
+        return DecodeError("", "truncated: the body ends inside a value")
+    return DecodeError("", f"not msgpack: {text or type(exc).__name__}")
+
+
+def decode(kind: str, data: bytes, version: int = PROTOCOL_VERSION) -> Message:
+    """The message of ``kind`` (a key of :data:`KINDS`) in ``data``, decoded at
+    ``version`` (ignored for ``hello`` and ``hello_reply``, which describe
+    themselves).  Raises :class:`DecodeError` and nothing else."""
+    if kind not in KINDS:
+        raise DecodeError("", f"unknown message kind {kind!r}")
+    cls = KINDS[kind]
+    if cls is Hello:
+        version = PROTOCOL_VERSION
+    elif cls is not HelloReply:
+        _check_version(version)
+    obj = unpack(data)
+    if not isinstance(obj, dict):
+        raise DecodeError("", f"expected a map, got {f.type_name(obj)}")
+    if cls is HelloReply:
+        version = f.integer(obj.get("v"), "version", 1, 255)
+        _check_version(version)
+    specs = [fd for fd in FIELDS[cls] if fd.since <= version]
+    m = f.fields(obj, "", tuple(fd.key for fd in specs))
+    try:
+        return cls(**{fd.attr: fd.read(m[fd.key], fd.attr) for fd in specs})
+    except SyncdError:
+        raise
+    except Exception as exc:  # a reader bug must still surface as a DecodeError
+        raise DecodeError("", f"internal decoder failure: {type(exc).__name__}") from None
+
+
+# -- canonical bytes for merge, cursors and verify ------------------------------------
+
+def encode_value(v: Any) -> bytes:
+    """Canonical bytes of a column value: msgpack with maps sorted by key, the last
+    merge tie-break (SPEC R5.3)."""
+    return msgpack.packb(_canon(v), use_bin_type=True)
+
+
+def change_hash(change: Change) -> bytes:
+    """SHA-256 of the change's canonical wire map without ``pos`` (SPEC R8.2): the
+    same on every node that holds this change, whatever its position there."""
+    return hashlib.sha256(msgpack.packb(change_map(change, with_pos=False), use_bin_type=True)).digest()
+
+
+def row_digest(row: SnapshotRow) -> bytes:
+    """SHA-256 of a snapshot row's canonical map (SPEC R9.2)."""
+    return hashlib.sha256(msgpack.packb(_row_out(row), use_bin_type=True)).digest()
+
+
+def range_checksum(digests: list[bytes]) -> bytes:
+    """Checksum of an id range: SHA-256 over its rows' digests in id order (SPEC R9.2)."""
+    h = hashlib.sha256()
+    for d in digests:
+        h.update(d)
+    return h.digest()
+
+
+def gunzip_capped(data: bytes, limit: int = MAX_BODY_BYTES) -> bytes:
+    """Inflate a ``Content-Encoding: gzip`` body, refusing more than ``limit`` bytes
+    out (``BODY_TOO_LARGE``) without ever holding more (SPEC R11.4)."""
+    d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = d.decompress(data, limit + 1)
+        if len(out) > limit or d.unconsumed_tail:
+            raise SyncdError("BODY_TOO_LARGE", f"gzip body inflates beyond {limit} bytes")
+        if not d.eof or d.unused_data:
+            raise SyncdError("MALFORMED_BODY", "gzip stream is truncated or has trailing bytes")
+    except zlib.error as exc:
+        raise SyncdError("MALFORMED_BODY", f"corrupt gzip body: {exc}") from None
+    return out
+
+
+def gzip_body(data: bytes) -> bytes:
+    """gzip a body deterministically (mtime 0), for tests and senders."""
+    return gzip.compress(data, mtime=0)

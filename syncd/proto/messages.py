@@ -1,0 +1,262 @@
+"""Every message of the syncd protocol, as frozen dataclasses (SPEC §4–§9).
+
+Theory of operation
+-------------------
+A message is a plain value: no I/O, no validation beyond shape normalisation.
+:mod:`syncd.proto.codec` turns messages into bytes and back and enforces types and
+limits; :mod:`syncd.proto.validate` checks the meaning of a push.  Sequences are
+stored as tuples (lists passed in are converted), so two messages with the same
+content compare equal whatever built them.  Changes are
+:class:`syncd.proto.change.Change`; column versions are
+:class:`syncd.proto.change.Version`.
+
+Direction: the child sends ``Hello``, ``Push``, ``PullRequest``, ``SnapshotRequest``
+and ``VerifyRequest``; the parent answers ``HelloReply``, ``PushReply``, ``PullReply``,
+``SnapshotChunk``, ``VerifyReply`` or ``ErrorReply``.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from syncd.errors import SyncdError
+from syncd.proto.change import Change, Version
+
+#: The protocol version this build prefers, and every version it speaks (SPEC R3.1).
+PROTOCOL_VERSION = 2
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2)
+
+
+def _tuple(obj: object, name: str) -> None:
+    """Freeze a sequence field of a frozen dataclass in place."""
+    value = getattr(obj, name)
+    if not isinstance(value, tuple):
+        object.__setattr__(obj, name, tuple(value))
+
+
+@dataclass(frozen=True)
+class TableDecl:
+    """What a node declares about one table at hello: its merge-rule version and
+    the columns it ships (SPEC R3.4)."""
+
+    version: int
+    columns: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _tuple(self, "columns")
+
+
+@dataclass(frozen=True)
+class Hello:
+    """Child → parent, first on every channel.  Its layout is the same in every
+    protocol version (SPEC R3.2)."""
+
+    versions: tuple[int, ...]  # protocol versions the child speaks
+    node: str  # the child's node id (its committee code at registration)
+    instance: uuid.UUID  # one per running daemon process (HC-28)
+    incarnation: uuid.UUID  # made at `syncd init` (HC-7)
+    epoch: int  # the epoch of the child's pull cursor
+    clock: int  # child's wall clock, µs since the Unix epoch (HC-23)
+    pull_cursor: int  # last parent position the child applied
+    pull_hash: bytes | None  # change_hash of the change at pull_cursor; None at 0
+    tables: Mapping[str, TableDecl]
+
+    def __post_init__(self) -> None:
+        _tuple(self, "versions")
+
+
+@dataclass(frozen=True)
+class HelloReply:
+    """Parent → child.  Encoded in the chosen ``version``'s form; ``clock`` is
+    absent (``None``) in version 1 (SPEC R3.3)."""
+
+    version: int  # the version both will speak on this channel
+    node: str  # the parent's node id
+    incarnation: uuid.UUID
+    epoch: int  # the parent's current epoch for this child
+    clock: int | None  # parent's wall clock in µs; None in v1
+    push_cursor: int  # last child position the parent applied
+    push_hash: bytes | None  # change_hash of that change; None at 0
+    tables: Mapping[str, TableDecl]
+
+
+@dataclass(frozen=True)
+class Push:
+    """Child → parent: changes with positions in ``(from_pos, to_pos]`` of the
+    child's log (toward this parent), and compact status of the child's subtree.
+    ``summary`` does not exist in version 1 (SPEC R5.2)."""
+
+    batch_id: uuid.UUID
+    epoch: int
+    from_pos: int
+    to_pos: int
+    changes: tuple[Change, ...]
+    summary: tuple[Mapping[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        _tuple(self, "changes")
+        _tuple(self, "summary")
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A change of a push the parent stored for operators instead of applying."""
+
+    pos: int
+    code: str
+
+
+@dataclass(frozen=True)
+class PushReply:
+    acked_pos: int  # the child may move its push cursor here
+    applied: int  # how many changes were applied
+    quarantined: tuple[Quarantined, ...] = ()
+
+    def __post_init__(self) -> None:
+        _tuple(self, "quarantined")
+
+
+@dataclass(frozen=True)
+class PullRequest:
+    """Child → parent long poll: changes after ``after``; wait up to ``wait_ms``
+    when there are none (SPEC R6.1)."""
+
+    after: int
+    epoch: int
+    limit: int
+    wait_ms: int
+
+
+@dataclass(frozen=True)
+class PullReply:
+    changes: tuple[Change, ...]
+    last_pos: int  # the cursor to store once the changes are applied
+    head: int  # the parent's newest position for this child
+    epoch: int
+    more: bool  # True when changes remain after last_pos
+
+    def __post_init__(self) -> None:
+        _tuple(self, "changes")
+
+
+@dataclass(frozen=True)
+class SnapshotRequest:
+    """Child → parent: rows of ``table`` with id > ``after_id``; ``position`` is the
+    p₀ of a snapshot in progress (``None`` starts a new one) (SPEC R7.1)."""
+
+    table: str
+    after_id: uuid.UUID | None
+    limit: int
+    position: int | None
+
+
+@dataclass(frozen=True)
+class SnapshotRow:
+    """One row as the parent holds it for this child: versions, ``cl`` and, for a
+    tombstone (even ``cl``), no columns."""
+
+    id: uuid.UUID
+    org_code: str
+    cl: int
+    homes: Mapping[str, str]
+    cols: Mapping[str, tuple[Any, Version]]
+
+
+@dataclass(frozen=True)
+class SnapshotChunk:
+    table: str
+    position: int  # p₀: the log position the snapshot is consistent with
+    rows: tuple[SnapshotRow, ...]
+    next_after_id: uuid.UUID | None  # ask again with this after_id; None when done
+    done: bool
+
+    def __post_init__(self) -> None:
+        _tuple(self, "rows")
+
+
+@dataclass(frozen=True)
+class IdRange:
+    """Ids ``lo <= id < hi`` (``hi`` ``None`` = no upper bound), in uuid byte order."""
+
+    lo: uuid.UUID
+    hi: uuid.UUID | None
+
+
+@dataclass(frozen=True)
+class RangeSum:
+    """Row count and checksum (SPEC R9.2) of one id range."""
+
+    lo: uuid.UUID
+    hi: uuid.UUID | None
+    count: int
+    checksum: bytes  # 32 bytes
+
+
+@dataclass(frozen=True)
+class VerifyRequest:
+    table: str
+    position: int | None  # None: the parent's current position
+    ranges: tuple[IdRange, ...]
+
+    def __post_init__(self) -> None:
+        _tuple(self, "ranges")
+
+
+@dataclass(frozen=True)
+class VerifyReply:
+    table: str
+    position: int  # the parent's position the sums were taken at
+    ranges: tuple[RangeSum, ...]
+
+    def __post_init__(self) -> None:
+        _tuple(self, "ranges")
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    """Any refusal, with the error table's fields (SPEC §10)."""
+
+    code: str
+    reason: str
+    hint: str | None
+    retryable: bool
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_error(cls, err: SyncdError) -> "ErrorReply":
+        return cls(err.code, err.reason, err.hint, err.retryable, dict(err.details))
+
+    def to_error(self) -> SyncdError:
+        return SyncdError(self.code, self.reason, self.hint, details=self.details, retryable=self.retryable)
+
+
+Message = (
+    Hello | HelloReply | Push | PushReply | PullRequest | PullReply | SnapshotRequest
+    | SnapshotChunk | VerifyRequest | VerifyReply | ErrorReply
+)
+
+#: The kind names used by ``codec.decode`` and the vectors, per message class.
+KINDS: Mapping[str, type] = {
+    "hello": Hello, "hello_reply": HelloReply, "push": Push, "push_reply": PushReply,
+    "pull": PullRequest, "pull_reply": PullReply, "snapshot": SnapshotRequest,
+    "snapshot_chunk": SnapshotChunk, "verify": VerifyRequest, "verify_reply": VerifyReply,
+    "error": ErrorReply,
+}
+KIND_OF: Mapping[type, str] = {cls: kind for kind, cls in KINDS.items()}
+
+
+def tables_from_schema(schema: Any) -> dict[str, TableDecl]:
+    """The ``tables`` a node declares at hello for a :class:`syncd.schema.declarations.Schema`."""
+    return {t.name: TableDecl(t.version, tuple(t.shipped_names)) for t in schema.tables}
+
+
+def negotiate(theirs: Sequence[int], ours: Sequence[int] = SUPPORTED_VERSIONS) -> int:
+    """The highest version both speak; ``UNSUPPORTED_VERSION`` when none (SPEC R3.1)."""
+    common = set(theirs) & set(ours)
+    if not common:
+        raise SyncdError(
+            "UNSUPPORTED_VERSION",
+            f"peer speaks {sorted(set(theirs))}, this node speaks {sorted(ours)}",
+        )
+    return max(common)
