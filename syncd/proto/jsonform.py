@@ -1,0 +1,30 @@
+"""Messages as JSON-able values, for test vectors and operator tools (SPEC §12).
+
+uuids become their canonical text, bytes lower-case hex, a :class:`Version` its
+5-list, tuples lists; dataclasses become maps keyed by field name.  The form is
+one-way (for comparison and display); the wire form is :mod:`syncd.proto.codec`'s.
+"""
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from typing import Any, Mapping
+
+from syncd.proto.change import Version
+
+
+def to_json(x: Any) -> Any:
+    """A JSON-able rendering of a message or any part of one."""
+    if isinstance(x, Version):
+        return x.as_list()
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return {fd.name: to_json(getattr(x, fd.name)) for fd in dataclasses.fields(x)}
+    if isinstance(x, uuid.UUID):
+        return str(x)
+    if isinstance(x, bytes):
+        return x.hex()
+    if isinstance(x, Mapping):
+        return {str(k): to_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [to_json(v) for v in x]
+    return x
