@@ -1,0 +1,236 @@
+"""Versioning: turn captured row images into change records (DESIGN §4).
+
+Captures are taken in serial order — the order the writers held the row locks —
+so two updates of one row are versioned in the order they committed (HC-5).
+For each capture the changed shipped columns are worked out from the images
+(``local`` columns never count, HC-19; an UPDATE that changes nothing ships
+nothing), and each change gets ``ts = max(capture time, highest ts seen + 1)``
+(hybrid logical clock) and records, per column, the version it replaced.
+
+:func:`version_captures` is pure; :class:`Versioner` does the reads and writes
+around it.  Callers hold the sequencer lock (``syncd.store.sequencer``).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Iterable, Mapping, Sequence
+
+import asyncpg
+
+from syncd.config import Secret
+from syncd.merge import column_change, next_ts
+from syncd.proto.change import OP_DELETE, OP_INSERT, OP_UPDATE, Change, ColumnChange, Version
+from syncd.schema.declarations import HOME, Schema, Table
+
+
+@dataclass
+class RowVer:
+    """Merge state of one row: causal length, route homes, per-column versions."""
+
+    org_code: str
+    cl: int
+    homes: dict[str, str]
+    v: dict[str, Version] = field(default_factory=dict)
+
+    def to_db(self) -> tuple[str, int, str, str]:
+        return (self.org_code, self.cl, json.dumps(self.homes),
+                json.dumps({c: ver.as_list() for c, ver in self.v.items()}))
+
+    @classmethod
+    def from_db(cls, org_code: str, cl: int, homes: str, v: str) -> "RowVer":
+        return cls(org_code, cl, json.loads(homes),
+                   {c: Version.from_list(x) for c, x in json.loads(v).items()})
+
+
+@dataclass(frozen=True)
+class Capture:
+    serial: int
+    ts_us: int
+    xid: int
+    tbl: str
+    op: str
+    row_id: uuid.UUID
+    old: dict[str, Any] | None
+    new: dict[str, Any] | None
+
+
+def id_card_hash(key: Secret | None, id_card_no: Any) -> str | None:
+    """Keyed hash of an ID number, tagged with the key id (HC-14); None without key or number."""
+    if key is None or id_card_no in (None, ""):
+        return None
+    digest = hmac.new(key.secret.encode(), str(id_card_no).strip().upper().encode(), hashlib.sha256)
+    return f"{key.key_id}:{digest.hexdigest()}"
+
+
+def _to_us(ts: datetime) -> int:
+    return int(ts.timestamp() * 1_000_000)
+
+
+def _derive(t: Table, image: Mapping[str, Any], key: Secret | None) -> dict[str, Any]:
+    return {c.name: id_card_hash(key, image.get(c.derived_from)) for c in t.shipped if c.derived_from}
+
+
+def _changed_columns(t: Table, cap: Capture, key: Secret | None) -> dict[str, Any]:
+    """Shipped columns and their new values that this capture changes."""
+    new = cap.new or {}
+    if cap.op == "I":
+        out = {c.name: new.get(c.name) for c in t.shipped if not c.derived_from}
+        out.update(_derive(t, new, key))
+        return out
+    old = cap.old or {}
+    out = {c.name: new.get(c.name) for c in t.shipped
+           if not c.derived_from and new.get(c.name) != old.get(c.name)}
+    if any(c.derived_from in out for c in t.shipped if c.derived_from):
+        out.update(_derive(t, new, key))
+    return out
+
+
+def version_captures(
+    captures: Sequence[Capture],
+    state: dict[tuple[str, uuid.UUID], RowVer],
+    schema: Schema,
+    me: str,
+    hlc: int,
+    homes_of: Mapping[tuple[str, uuid.UUID], dict[str, str]],
+    id_hash_key: Secret | None = None,
+) -> tuple[list[Change], int]:
+    """Version ``captures`` (in serial order) against ``state``, which is updated in place.
+
+    ``homes_of`` gives the route homes of each captured row (looked up by the
+    caller); returns the changes and the new highest ts.  Captures of tables
+    not in ``schema`` are ignored.
+    """
+    changes: list[Change] = []
+    for cap in sorted(captures, key=lambda c: c.serial):
+        if cap.tbl not in schema:
+            continue
+        t = schema[cap.tbl]
+        key = (cap.tbl, cap.row_id)
+        rv = state.get(key)
+        image = cap.new if cap.new is not None else cap.old or {}
+        if cap.op == "D":
+            op, cl, values = OP_DELETE, (rv.cl if rv else 1) + 1, {}
+        elif rv is None or rv.cl % 2 == 0 or cap.op == "I":
+            op = OP_INSERT
+            cl = 1 if rv is None else (rv.cl + 1 if rv.cl % 2 == 0 else rv.cl)
+            values = _changed_columns(t, Capture(**{**cap.__dict__, "op": "I"}), id_hash_key)
+        else:
+            op, cl, values = OP_UPDATE, rv.cl, _changed_columns(t, cap, id_hash_key)
+            if not values:
+                continue
+        ts = next_ts(cap.ts_us, hlc)
+        hlc = ts
+        homes = dict(homes_of.get(key) or (rv.homes if rv else {HOME: str(image["org_code"])}))
+        if rv is None:
+            rv = state[key] = RowVer(str(image["org_code"]), cl, homes)
+        cols: dict[str, ColumnChange] = {}
+        for name, value in values.items():
+            cc = column_change(t, name, value, rv.v.get(name))
+            cols[name] = cc
+            rv.v[name] = Version(cl, cc.round, cc.stage, ts, me)
+        rv.cl, rv.homes = cl, homes
+        changes.append(Change(cap.tbl, cap.row_id, rv.org_code, op, cl, ts, me, cap.xid, homes, cols))
+    return changes, hlc
+
+
+def _capture_from_record(r: asyncpg.Record) -> Capture:
+    return Capture(
+        serial=r["serial"], ts_us=_to_us(r["stmt_ts"]), xid=int(str(r["xid"])), tbl=r["tbl"],
+        op=r["op"].decode() if isinstance(r["op"], bytes) else str(r["op"]), row_id=r["row_id"],
+        old=json.loads(r["old"]) if r["old"] is not None else None,
+        new=json.loads(r["new"]) if r["new"] is not None else None,
+    )
+
+
+async def claim_captures(conn: asyncpg.Connection, limit: int,
+                         rows: Iterable[tuple[str, uuid.UUID]] | None = None) -> list[Capture]:
+    """Delete and return committed captures (all, or those of ``rows``), oldest first.
+
+    ``DELETE … RETURNING`` only sees committed rows and is gap-free by itself: a
+    capture committed later is simply claimed by a later call (HC-3).
+    """
+    if rows is None:
+        recs = await conn.fetch(
+            "DELETE FROM syncd.capture WHERE serial IN "
+            "(SELECT serial FROM syncd.capture ORDER BY serial LIMIT $1) RETURNING *", limit)
+    else:
+        tbls, ids = zip(*rows) if rows else ((), ())
+        recs = await conn.fetch(
+            "DELETE FROM syncd.capture c USING unnest($1::text[], $2::uuid[]) AS r(tbl, id) "
+            "WHERE c.tbl = r.tbl AND c.row_id = r.id RETURNING c.*", list(tbls), list(ids))
+    return sorted((_capture_from_record(r) for r in recs), key=lambda c: c.serial)
+
+
+async def load_rowver(conn: asyncpg.Connection,
+                      keys: Iterable[tuple[str, uuid.UUID]]) -> dict[tuple[str, uuid.UUID], RowVer]:
+    keys = list(set(keys))
+    if not keys:
+        return {}
+    recs = await conn.fetch(
+        "SELECT r.tbl, r.id, r.org_code, r.cl, r.homes, r.v FROM syncd.rowver r "
+        "JOIN unnest($1::text[], $2::uuid[]) AS k(tbl, id) ON r.tbl = k.tbl AND r.id = k.id",
+        [k[0] for k in keys], [k[1] for k in keys])
+    return {(r["tbl"], r["id"]): RowVer.from_db(r["org_code"], r["cl"], r["homes"], r["v"]) for r in recs}
+
+
+async def save_rowver(conn: asyncpg.Connection, state: Mapping[tuple[str, uuid.UUID], RowVer]) -> None:
+    if not state:
+        return
+    await conn.executemany(
+        "INSERT INTO syncd.rowver (tbl, id, org_code, cl, homes, v) VALUES ($1, $2, $3, $4, $5, $6) "
+        "ON CONFLICT (tbl, id) DO UPDATE SET cl = excluded.cl, homes = excluded.homes, v = excluded.v",
+        [(k[0], k[1], *rv.to_db()) for k, rv in state.items()])
+
+
+async def lookup_homes(conn: asyncpg.Connection, schema: Schema,
+                       captures: Sequence[Capture]) -> dict[tuple[str, uuid.UUID], dict[str, str]]:
+    """Route homes of captured live rows: own org_code plus the homes of referenced rows."""
+    wanted: dict[str, set[uuid.UUID]] = {}
+    for cap in captures:
+        if cap.new is None or cap.tbl not in schema:
+            continue
+        for r in schema[cap.tbl].routes:
+            if len(r.path) == 3 and cap.new.get(r.path[0]) is not None:
+                wanted.setdefault(r.path[1], set()).add(uuid.UUID(str(cap.new[r.path[0]])))
+    found: dict[tuple[str, uuid.UUID], str] = {}
+    for target, ids in wanted.items():
+        recs = await conn.fetch(f'SELECT id, org_code FROM public."{target}" WHERE id = ANY($1::uuid[])',
+                                list(ids))
+        found.update({(target, r["id"]): r["org_code"] for r in recs})
+    out: dict[tuple[str, uuid.UUID], dict[str, str]] = {}
+    for cap in captures:
+        if cap.new is None or cap.tbl not in schema:
+            continue
+        homes = {HOME: str(cap.new["org_code"])}
+        for r in schema[cap.tbl].routes:
+            if len(r.path) == 3 and cap.new.get(r.path[0]) is not None:
+                home = found.get((r.path[1], uuid.UUID(str(cap.new[r.path[0]]))))
+                if home is not None:
+                    homes[r.name] = home
+        out[(cap.tbl, cap.row_id)] = homes
+    return out
+
+
+@dataclass
+class Versioner:
+    """Versions captures inside the caller's transaction (which holds the sequencer lock)."""
+
+    schema: Schema
+    me: str
+    id_hash_key: Secret | None = None
+
+    async def run(self, conn: asyncpg.Connection, captures: Sequence[Capture], hlc: int) -> tuple[list[Change], int]:
+        if not captures:
+            return [], hlc
+        keys = [(c.tbl, c.row_id) for c in captures]
+        state = await load_rowver(conn, keys)
+        homes = await lookup_homes(conn, self.schema, captures)
+        changes, hlc = version_captures(captures, state, self.schema, self.me, hlc, homes, self.id_hash_key)
+        touched = {(c.table, c.id) for c in changes}
+        await save_rowver(conn, {k: v for k, v in state.items() if k in touched})
+        return changes, hlc

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import warnings
+
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+
+from typing import AsyncIterator, Iterator  # noqa: E402
+
+import asyncpg  # noqa: E402
+import pytest  # noqa: E402
+
+from tests.pg import Cluster  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    c = Cluster().start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+async def county(cluster: Cluster) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to a fresh database initialised as 芙蓉区 (430102)."""
+    dsn = await cluster.new_node_db("430102")
+    conn = await asyncpg.connect(dsn)
+    yield conn
+    await conn.close()
+    await cluster.drop(dsn)

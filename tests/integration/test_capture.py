@@ -1,0 +1,319 @@
+"""Capture, versioning and the sequencer on a real PostgreSQL (issue 3)."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+
+import asyncpg
+import pytest
+
+from syncd.proto.change import Version
+from syncd.schema.declarations import natural_id
+from syncd.store.log import read_log
+from syncd.store.sequencer import Sequencer, lock
+from syncd.store.versioning import Versioner, claim_captures
+from tests.pg import Cluster
+
+ME = "430102"
+
+
+async def _drain(conn: asyncpg.Connection) -> None:
+    await Sequencer(me=ME).drain(conn)
+
+
+async def _head(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SELECT head FROM syncd.node"))
+
+
+async def _new_member(conn: asyncpg.Connection, name: str = "张三", **cols: object) -> uuid.UUID:
+    cols = {"org_code": ME, "name": name, **cols}
+    keys = ", ".join(cols)
+    params = ", ".join(f"${i + 1}" for i in range(len(cols)))
+    return await conn.fetchval(f"INSERT INTO members ({keys}) VALUES ({params}) RETURNING id", *cols.values())
+
+
+async def test_insert_update_delete_captured_once_with_changed_columns(county: asyncpg.Connection) -> None:
+    await _drain(county)
+    start = await _head(county)
+    mid = await _new_member(county, gender="男", work_unit="湖南大学")
+    await county.execute("UPDATE members SET work_unit = '中南大学', title = '教授' WHERE id = $1", mid)
+    await county.execute("DELETE FROM members WHERE id = $1", mid)
+    await _drain(county)
+    log = await read_log(county, start)
+    assert [c.op for c in log] == ["I", "U", "D"]
+    ins, upd, dele = log
+    assert "work_unit" in ins.cols and "updated_at" not in ins.cols
+    assert set(upd.cols) == {"work_unit", "title"}
+    assert upd.cols["work_unit"].value == "中南大学"
+    assert upd.cols["work_unit"].prev == ins.version("work_unit")
+    assert (ins.cl, upd.cl, dele.cl) == (1, 1, 2) and dele.cols == {}
+    assert [c.pos for c in log] == list(range(start + 1, start + 4))
+
+
+async def test_rolled_back_and_no_op_updates_leave_nothing(county: asyncpg.Connection) -> None:
+    mid = await _new_member(county, work_unit="湖南大学")
+    await _drain(county)
+    start = await _head(county)
+    tr = county.transaction()
+    await tr.start()
+    await _new_member(county, "李四")
+    await county.execute("UPDATE members SET title = '教授' WHERE id = $1", mid)
+    await tr.rollback()
+    await county.execute("UPDATE members SET work_unit = work_unit WHERE id = $1", mid)
+    await county.execute("UPDATE members SET work_unit = '湖南大学', name = name WHERE id = $1", mid)
+    await _drain(county)
+    assert await read_log(county, start) == []
+    assert await county.fetchval("SELECT count(*) FROM syncd.capture") == 0
+
+
+async def test_setting_a_column_to_its_value_ships_only_real_changes(county: asyncpg.Connection) -> None:
+    mid = await _new_member(county, work_unit="湖南大学", title="教授")
+    await _drain(county)
+    start = await _head(county)
+    await county.execute("UPDATE members SET work_unit = '湖南大学', title = '研究员' WHERE id = $1", mid)
+    await _drain(county)
+    (upd,) = await read_log(county, start)
+    assert set(upd.cols) == {"title"}
+
+
+async def test_hc19_app_maintained_updated_at_ships_nothing(county: asyncpg.Connection) -> None:
+    await county.execute("""
+        CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN NEW.updated_at := clock_timestamp(); RETURN NEW; END $$;
+        CREATE TRIGGER app_touch BEFORE UPDATE ON members FOR EACH ROW EXECUTE FUNCTION touch();""")
+    mid = await _new_member(county)
+    await _drain(county)
+    start = await _head(county)
+    await county.execute("UPDATE members SET updated_at = now() - interval '1 day' WHERE id = $1", mid)
+    await county.execute("UPDATE members SET title = '委员' WHERE id = $1", mid)
+    await _drain(county)
+    log = await read_log(county, start)
+    assert len(log) == 1 and set(log[0].cols) == {"title"}
+
+
+async def test_hc2_commit_order_trap_reader_never_misses(cluster: Cluster, county: asyncpg.Connection) -> None:
+    """A writes first and commits last; B writes later and commits first."""
+    await _drain(county)
+    dsn = county._addr and None  # noqa: F841 (connections below come from the same database)
+    db = county._params.database
+    a = await asyncpg.connect(cluster.dsn(db))
+    b = await asyncpg.connect(cluster.dsn(db))
+    try:
+        ta = a.transaction()
+        await ta.start()
+        await _new_member(a, "先写后提交")
+        await _new_member(b, "后写先提交")  # autocommit
+        await _drain(county)
+        seen = [c for c in await read_log(county, 0) if c.table == "members"]
+        cursor = await _head(county)
+        assert [c.cols["name"].value for c in seen] == ["后写先提交"]
+        await ta.commit()
+        await _drain(county)
+        after = await read_log(county, cursor)
+        assert [c.cols["name"].value for c in after] == ["先写后提交"]
+        assert all(c.pos > cursor for c in after)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_hc2_apply_versions_but_never_assigns_positions(cluster: Cluster, county: asyncpg.Connection) -> None:
+    """An 'apply' paused after versioning local captures: positions move only with the sequencer."""
+    mid = await _new_member(county, title="委员")
+    await _drain(county)
+    db = county._params.database
+    applier = await asyncpg.connect(cluster.dsn(db))
+    writer = await asyncpg.connect(cluster.dsn(db))
+    try:
+        await county.execute("UPDATE members SET title = '常委' WHERE id = $1", mid)
+        head_before = await _head(county)
+        tr = applier.transaction()
+        await tr.start()
+        await lock(applier)
+        await applier.execute("SELECT 1 FROM members WHERE id = $1 FOR UPDATE", mid)
+        caps = await claim_captures(applier, 100, [("members", mid)])
+        changes, _ = await Versioner(__import__("syncd.schema.declarations", fromlist=["SCHEMA"]).SCHEMA,
+                                     ME).run(applier, caps, 0)
+        assert len(changes) == 1
+        from syncd.store.log import add_pending
+        await add_pending(applier, [(changes[0], None)])
+        # meanwhile: another writer commits and a reader pulls
+        await _new_member(writer, "并发写入")
+        seq_task = asyncio.create_task(Sequencer(me=ME).drain(writer))
+        await asyncio.sleep(0.3)
+        assert not seq_task.done(), "the sequencer must wait for the apply's lock"
+        assert await _head(county) == head_before, "no position assigned inside the apply"
+        await tr.commit()
+        await seq_task
+        log = await read_log(county, head_before)
+        names = [c.cols.get("name").value if "name" in c.cols else c.cols["title"].value for c in log]
+        assert sorted(names) == sorted(["常委", "并发写入"])
+        assert [c.pos for c in log] == [head_before + 1, head_before + 2]
+    finally:
+        await applier.close()
+        await writer.close()
+
+
+async def test_hc3_idle_transaction_in_other_database_does_not_stall(cluster: Cluster,
+                                                                     county: asyncpg.Connection) -> None:
+    other = await cluster.new_database("idle")
+    idle = await asyncpg.connect(other)
+    try:
+        tr = idle.transaction()
+        await tr.start()
+        await idle.execute("CREATE TABLE hold (x int); INSERT INTO hold VALUES (1)")
+        await idle.fetchval("SELECT txid_current()")
+        start = await _head(county)
+        await _new_member(county, "闲置事务期间")
+        t0 = asyncio.get_running_loop().time()
+        await _drain(county)
+        elapsed = asyncio.get_running_loop().time() - t0
+        log = await read_log(county, start)
+        assert [c.cols["name"].value for c in log] == ["闲置事务期间"]
+        assert elapsed < 1.0
+        await tr.rollback()
+    finally:
+        await idle.close()
+        await cluster.drop(other)
+
+
+async def test_concurrent_writers_dense_positions_exactly_once(cluster: Cluster, county: asyncpg.Connection) -> None:
+    """8 connections x 500 transactions with the sequencer running meanwhile."""
+    db = county._params.database
+    ids = [await _new_member(county, f"委员{i}", title="t0") for i in range(8)]
+    await _drain(county)
+    start = await _head(county)
+    stop = asyncio.Event()
+    pool = await asyncpg.create_pool(cluster.dsn(db), min_size=2, max_size=3)
+    seq = Sequencer(me=ME, interval_s=0.02)
+    seq_task = asyncio.create_task(seq.run(pool, stop))
+
+    async def writer(k: int) -> None:
+        conn = await asyncpg.connect(cluster.dsn(db))
+        try:
+            for i in range(500):
+                mid = ids[(k + i) % len(ids)]
+                await conn.execute("UPDATE members SET title = $1 WHERE id = $2", f"w{k}-{i}", mid)
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(writer(k) for k in range(8)))
+    await asyncio.sleep(0.1)
+    stop.set()
+    seq.wake()
+    await seq_task
+    await pool.close()
+    await _drain(county)
+    log = await read_log(county, start, 10_000)
+    assert len(log) == 4000
+    assert [c.pos for c in log] == list(range(start + 1, start + 4001))
+    assert len(Counter(c.cols["title"].value for c in log)) == 4000  # each commit exactly once
+    last: dict[uuid.UUID, Version] = {}
+    for c in log:
+        v = c.version("title")
+        if c.id in last:
+            assert v > last[c.id] and c.cols["title"].prev == last[c.id]
+        last[c.id] = v
+    for mid, v in last.items():  # the winning version holds the table's value
+        value = await county.fetchval("SELECT title FROM members WHERE id = $1", mid)
+        assert [c for c in log if c.id == mid][-1].cols["title"].value == value
+
+
+async def test_hc5_lock_waiters_versioned_in_commit_order(cluster: Cluster, county: asyncpg.Connection) -> None:
+    db = county._params.database
+    mid = await _new_member(county, title="初始")
+    await _drain(county)
+    start = await _head(county)
+    for first_value, second_value in (("T1", "T2"), ("T3", "T4")):
+        t1 = await asyncpg.connect(cluster.dsn(db))
+        t2 = await asyncpg.connect(cluster.dsn(db))
+        try:
+            tr1 = t1.transaction()
+            await tr1.start()
+            await t1.execute("UPDATE members SET title = $1 WHERE id = $2", first_value, mid)
+            waiter = asyncio.create_task(t2.execute("UPDATE members SET title = $1 WHERE id = $2",
+                                                    second_value, mid))
+            await asyncio.sleep(0.2)
+            assert not waiter.done()
+            await tr1.commit()
+            await waiter
+        finally:
+            await t1.close()
+            await t2.close()
+        await _drain(county)
+    log = await read_log(county, start)
+    winner = max(log, key=lambda c: c.version("title"))
+    assert winner.cols["title"].value == await county.fetchval("SELECT title FROM members WHERE id = $1", mid)
+    assert [c.cols["title"].value for c in log] == ["T1", "T2", "T3", "T4"]
+
+
+async def test_hc5_clock_behind_still_versions_higher_and_capture_time_kept(county: asyncpg.Connection) -> None:
+    mid = await _new_member(county, title="a")
+    await _drain(county)
+    future = 4_102_444_800_000_000  # 2100-01-01 in µs: a version seen from a fast clock
+    await county.execute("UPDATE syncd.node SET hlc = $1", future)
+    await county.execute("UPDATE members SET title = 'b' WHERE id = $1", mid)
+    await _drain(county)
+    (c,) = [x for x in await read_log(county, 0) if x.cols.get("title") and x.cols["title"].value == "b"]
+    assert c.ts == future + 1
+    # a write made while the daemon is stopped keeps its capture time
+    await county.execute("UPDATE syncd.node SET hlc = 0")
+    await county.execute("UPDATE members SET title = 'c' WHERE id = $1", mid)
+    captured = await county.fetchval("SELECT stmt_ts FROM syncd.capture ORDER BY serial DESC LIMIT 1")
+    await asyncio.sleep(0.3)  # the daemon comes back later
+    await _drain(county)
+    (c2,) = [x for x in await read_log(county, 0) if x.cols.get("title") and x.cols["title"].value == "c"]
+    assert c2.ts == int(captured.timestamp() * 1_000_000)
+
+
+async def test_hc6_id_and_org_code_are_immutable(county: asyncpg.Connection) -> None:
+    mid = await _new_member(county)
+    with pytest.raises(asyncpg.PostgresError, match="IMMUTABLE_KEY") as e:
+        await county.execute("UPDATE members SET org_code = '430602' WHERE id = $1", mid)
+    assert e.value.sqlstate == "SY003"
+    with pytest.raises(asyncpg.PostgresError, match="IMMUTABLE_KEY"):
+        await county.execute("UPDATE members SET id = gen_random_uuid() WHERE id = $1", mid)
+
+
+async def test_hc9_copies_elsewhere_are_read_only(county: asyncpg.Connection) -> None:
+    await county.execute("SET syncd.applying = 'on'")  # a copy arrives by apply
+    other = await county.fetchval(
+        "INSERT INTO members (org_code, name, work_unit) VALUES ('430100', '市委员', '长沙市一中') RETURNING id")
+    await county.execute("RESET syncd.applying")
+    with pytest.raises(asyncpg.PostgresError, match="READ_ONLY_COPY") as e:
+        await county.execute("UPDATE members SET work_unit = '改了' WHERE id = $1", other)
+    assert e.value.sqlstate == "SY001" and "430100" in str(e.value)
+    with pytest.raises(asyncpg.PostgresError, match="PERSONAL_DATA_AWAY_FROM_HOME"):
+        await county.execute("UPDATE members SET mobile = '13900000000' WHERE id = $1", other)
+    with pytest.raises(asyncpg.PostgresError, match="READ_ONLY_COPY"):
+        await county.execute("DELETE FROM members WHERE id = $1", other)
+    with pytest.raises(asyncpg.PostgresError, match="READ_ONLY_COPY"):
+        await county.execute("INSERT INTO members (org_code, name) VALUES ('430104', '岳麓区委员')")
+    # syncd's apply is exempt
+    await county.execute("SET syncd.applying = 'on'")
+    await county.execute("UPDATE members SET work_unit = '由上级同步' WHERE id = $1", other)
+    await county.execute("RESET syncd.applying")
+    assert await county.fetchval("SELECT work_unit FROM members WHERE id = $1", other) == "由上级同步"
+
+
+async def test_hc29_truncate_refused(county: asyncpg.Connection) -> None:
+    for table in ("micro_suggestions", "members", "attendance"):
+        with pytest.raises(asyncpg.PostgresError) as e:
+            await county.execute(f"TRUNCATE {table} CASCADE")
+        assert e.value.sqlstate == "SY004" and "TRUNCATE_REFUSED" in str(e.value)
+
+
+async def test_hc10_natural_key_ids_match_python(county: asyncpg.Connection) -> None:
+    act = await county.fetchval(
+        "INSERT INTO activities (org_code, kind, title, starts_at) VALUES ($1, '视察', '视察', now()) RETURNING id", ME)
+    mid = await _new_member(county)
+    aid = await county.fetchval(
+        "INSERT INTO attendance (org_code, activity_id, member_id) VALUES ($1, $2, $3) RETURNING id", ME, act, mid)
+    assert aid == natural_id("attendance", (act, mid))
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await county.execute("INSERT INTO attendance (org_code, activity_id, member_id) VALUES ($1, $2, $3)",
+                             ME, act, mid)
+    pid = await county.fetchval(
+        "INSERT INTO proposals (org_code, term, session, seq, title) VALUES ($1, 13, 4, 123, '关于…的建议') RETURNING id", ME)
+    assert pid == natural_id("proposals", (ME, 13, 4, 123))
