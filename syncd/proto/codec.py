@@ -69,6 +69,7 @@ class Field:
     read: Callable[[Any, str], Any]
     write: Callable[[Any], Any]
     since: int = 1
+    absent: Any = None  # the attribute's value in versions before ``since``
 
 
 def _same(x: Any) -> Any:
@@ -243,8 +244,9 @@ _INT = (_u, _same)
 _OPT_INT = (f.optional(_u), _same)
 
 
-def _fl(key: str, attr: str, rw: tuple[Callable[[Any, str], Any], Callable[[Any], Any]], since: int = 1) -> Field:
-    return Field(key, attr, rw[0], rw[1], since)
+def _fl(key: str, attr: str, rw: tuple[Callable[[Any, str], Any], Callable[[Any], Any]],
+        since: int = 1, absent: Any = None) -> Field:
+    return Field(key, attr, rw[0], rw[1], since, absent)
 
 
 #: The field tables of SPEC §4–§10, in wire order.
@@ -265,7 +267,7 @@ FIELDS: Mapping[type, tuple[Field, ...]] = {
         _fl("b", "batch_id", _UUID), _fl("e", "epoch", _INT), _fl("f", "from_pos", _INT),
         _fl("to", "to_pos", _INT), _fl("ch", "changes", _CHANGES),
         _fl("sm", "summary", (lambda v, p: f.array(v, p, _summary, MAX_SUMMARIES),
-                              lambda s: [_canon(x) for x in s]), since=2),
+                              lambda s: [_canon(x) for x in s]), since=2, absent=()),
     ),
     PushReply: (
         _fl("a", "acked_pos", _INT), _fl("ap", "applied", _INT),
@@ -390,8 +392,10 @@ def decode(kind: str, data: bytes, version: int = PROTOCOL_VERSION) -> Message:
         _check_version(version)
     specs = [fd for fd in FIELDS[cls] if fd.since <= version]
     m = f.fields(obj, "", tuple(fd.key for fd in specs))
+    values = {fd.attr: fd.absent for fd in FIELDS[cls] if fd.since > version}
     try:
-        return cls(**{fd.attr: fd.read(m[fd.key], fd.attr) for fd in specs})
+        values.update({fd.attr: fd.read(m[fd.key], fd.attr) for fd in specs})
+        return cls(**values)
     except SyncdError:
         raise
     except Exception as exc:  # a reader bug must still surface as a DecodeError
@@ -443,3 +447,8 @@ def gunzip_capped(data: bytes, limit: int = MAX_BODY_BYTES) -> bytes:
 def gzip_body(data: bytes) -> bytes:
     """gzip a body deterministically (mtime 0), for tests and senders."""
     return gzip.compress(data, mtime=0)
+
+
+def pack_object(obj: Any) -> bytes:
+    """Raw msgpack of any Python object, no checks: for building hostile test vectors."""
+    return msgpack.packb(obj, use_bin_type=True)
