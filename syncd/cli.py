@@ -94,6 +94,15 @@ async def cmd_log(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_walkthrough(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from syncd.walkthrough import run_walkthrough
+
+    configure("console", "warning")
+    return await run_walkthrough(Path(args.data_dir).resolve())
+
+
 async def cmd_version(args: argparse.Namespace) -> int:
     from syncd.store.migrate import LATEST
 
@@ -115,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=1000)
     s.add_argument("--json", action="store_true", help="one JSON object per line")
     s.set_defaults(func=cmd_log)
+
+    s = sub.add_parser("walkthrough", help="show change capture step by step on embedded PostgreSQL")
+    s.add_argument("--data-dir", default="syncd-data/walkthrough", help="where the embedded cluster lives")
+    s.set_defaults(func=cmd_walkthrough)
 
     s = sub.add_parser("version", help="print the syncd version")
     s.set_defaults(func=cmd_version)

@@ -120,5 +120,6 @@ async def init_node(conn: asyncpg.Connection, node_id: str, schema: Schema = SCH
         incarnation, created = await _ensure_node_row(conn, node_id)
         await conn.execute(all_trigger_sql(schema))
         seeded = await _seed_existing_rows(conn, schema, node_id)
-        await conn.execute("SELECT syncd.seed_default_rules($1)", node_id)
+        if await conn.fetchval("SELECT to_regprocedure('syncd.seed_default_rules(text)') IS NOT NULL"):
+            await conn.execute("SELECT syncd.seed_default_rules($1)", node_id)
     return InitResult(node_id, incarnation, created, applied, seeded)
