@@ -85,7 +85,7 @@ class HelloReply:
 class Push:
     """Child → parent: changes with positions in ``(from_pos, to_pos]`` of the
     child's log (toward this parent), and compact status of the child's subtree.
-    ``summary`` does not exist in version 1 (SPEC R5.2)."""
+    ``summary`` does not exist in version 1 (SPEC R3.5, §7)."""
 
     batch_id: uuid.UUID
     epoch: int
@@ -120,7 +120,7 @@ class PushReply:
 @dataclass(frozen=True)
 class PullRequest:
     """Child → parent long poll: changes after ``after``; wait up to ``wait_ms``
-    when there are none (SPEC R6.1)."""
+    when there are none (SPEC R8.1)."""
 
     after: int
     epoch: int
@@ -143,7 +143,7 @@ class PullReply:
 @dataclass(frozen=True)
 class SnapshotRequest:
     """Child → parent: rows of ``table`` with id > ``after_id``; ``position`` is the
-    p₀ of a snapshot in progress (``None`` starts a new one) (SPEC R7.1)."""
+    p₀ of a snapshot in progress (``None`` starts a new one) (SPEC R9.1)."""
 
     table: str
     after_id: uuid.UUID | None
