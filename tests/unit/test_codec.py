@@ -1,0 +1,138 @@
+"""Codec behaviour beyond the vectors (SPEC §3, §4)."""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from syncd.errors import SyncdError
+from syncd.proto import codec
+from syncd.proto.change import Change, ColumnChange, Version
+from syncd.proto.fields import DecodeError
+from syncd.proto.messages import (
+    ErrorReply, Hello, HelloReply, PullRequest, Push, TableDecl, negotiate, tables_from_schema,
+)
+from syncd.schema.declarations import SCHEMA
+
+ROW = uuid.UUID(int=7)
+
+
+def ch(**kw: object) -> Change:
+    base: dict = dict(table="attendance", id=ROW, org_code="430102", op="U", cl=3, ts=10, origin="430102",
+                      txn=1, homes={"home": "430102", "organiser": "430100"},
+                      cols={"status": ColumnChange("出席", 0, 0, Version(1, 0, 0, 5, "430100"))}, pos=4)
+    base.update(kw)
+    return Change(**base)  # type: ignore[arg-type]
+
+
+def test_r4_2_encoding_is_canonical_whatever_the_dict_order() -> None:
+    a = ch(cols={"spoke": ColumnChange(True), "status": ColumnChange({"b": 1, "a": [1, 2]})})
+    b = ch(cols={"status": ColumnChange({"a": [1, 2], "b": 1}), "spoke": ColumnChange(True)})
+    pa, pb = (codec.encode(Push(uuid.UUID(int=1), 0, 3, 4, [c])) for c in (a, b))
+    assert pa == pb
+    assert codec.encode_value({"b": 1, "a": 2}) == codec.encode_value({"a": 2, "b": 1})
+
+
+def test_r4_8_error_path_names_the_field() -> None:
+    m = codec.unpack(codec.encode(Push(uuid.UUID(int=1), 0, 0, 4, [ch(), ch(id=uuid.UUID(int=8))])))
+    m["ch"][1]["c"]["status"]["p"] = [1, 0, 0, "x", "430100"]
+    with pytest.raises(DecodeError) as info:
+        codec.decode("push", codec.pack_object(m))
+    assert info.value.path == "changes[1].cols.status.prev[3]"
+    assert info.value.code == "DECODE_ERROR" and info.value.status == 400
+
+
+def test_r4_8_bool_is_not_an_int_and_ints_fit_bigint() -> None:
+    for bad in (True, 2**63, -1, 1.0):
+        with pytest.raises(DecodeError):
+            codec.decode("pull", codec.pack_object({"a": bad, "e": 0, "l": 1, "w": 0}))
+
+
+def test_r4_7_real_10mb_string_is_value_too_large() -> None:
+    m = codec.unpack(codec.encode(Push(uuid.UUID(int=1), 0, 3, 4, [ch()])))
+    m["ch"][0]["c"]["status"]["v"] = "x" * (10 * 2**20)
+    with pytest.raises(DecodeError) as info:
+        codec.decode("push", codec.pack_object(m))
+    assert info.value.code == "VALUE_TOO_LARGE"
+
+
+def test_r4_7_body_over_limit_refused_before_unpacking() -> None:
+    with pytest.raises(DecodeError) as info:
+        codec.decode("push", b"\x00" * (codec.MAX_BODY_BYTES + 1))
+    assert info.value.code == "BODY_TOO_LARGE" and info.value.status == 413
+
+
+def test_r4_7_too_many_changes() -> None:
+    m = codec.unpack(codec.encode(Push(uuid.UUID(int=1), 0, 0, 1, [ch()])))
+    m["ch"] = m["ch"] * (codec.MAX_CHANGES + 1)
+    with pytest.raises(DecodeError) as info:
+        codec.decode("push", codec.pack_object(m))
+    assert info.value.code == "BODY_TOO_LARGE"
+
+
+def test_r4_6_deep_nesting_is_a_decode_error() -> None:
+    v: object = 1
+    for _ in range(40):
+        v = [v]
+    m = codec.unpack(codec.encode(Push(uuid.UUID(int=1), 0, 3, 4, [ch()])))
+    m["ch"][0]["c"]["status"]["v"] = v
+    with pytest.raises(DecodeError):
+        codec.decode("push", codec.pack_object(m))
+
+
+def test_r3_1_negotiate_highest_common_or_unsupported() -> None:
+    assert negotiate([1, 2]) == 2 and negotiate([1]) == 1 and negotiate([2, 3]) == 2
+    with pytest.raises(SyncdError) as info:
+        negotiate([3, 4])
+    assert info.value.code == "UNSUPPORTED_VERSION"
+
+
+def test_r3_5_v1_push_drops_summary_and_hello_reply_clock() -> None:
+    p = Push(uuid.UUID(int=1), 0, 3, 4, [ch()], [{"node": "430102"}])
+    back = codec.decode("push", codec.encode(p, 1), 1)
+    assert back.summary == () and back.changes == p.changes  # type: ignore[union-attr]
+    r = HelloReply(1, "430100", uuid.UUID(int=2), 1, 123, 0, None, {})
+    assert codec.decode("hello_reply", codec.encode(r)).clock is None  # type: ignore[union-attr]
+
+
+def test_r3_2_hello_layout_is_the_same_whatever_version_is_asked() -> None:
+    h = Hello((1, 2), "430102", uuid.UUID(int=1), uuid.UUID(int=2), 0, 5, 0, None,
+              tables_from_schema(SCHEMA))
+    data = codec.encode(h)
+    assert codec.decode("hello", data, 1) == h == codec.decode("hello", data, 2)
+    assert "updated_at" not in h.tables["members"].columns
+
+
+def test_r8_2_change_hash_ignores_pos_only() -> None:
+    assert codec.change_hash(ch(pos=4)) == codec.change_hash(ch(pos=999))
+    assert codec.change_hash(ch()) != codec.change_hash(ch(ts=11))
+    assert len(codec.change_hash(ch())) == 32
+
+
+def test_r10_1_error_reply_round_trips_to_syncd_error() -> None:
+    from syncd.errors import must_resync
+    err = must_resync(7, "cursor below retention")
+    back = codec.decode("error", codec.encode(ErrorReply.from_error(err)))
+    assert back.to_error() == err and back.to_error().epoch == 7  # type: ignore[union-attr]
+
+
+def test_r11_4_gzip_bomb_capped() -> None:
+    bomb = codec.gzip_body(b"\x00" * (codec.MAX_BODY_BYTES + 10))
+    assert len(bomb) < 100_000
+    with pytest.raises(SyncdError) as info:
+        codec.gunzip_capped(bomb)
+    assert info.value.code == "BODY_TOO_LARGE"
+    body = codec.encode(PullRequest(1, 1, 1, 0))
+    assert codec.gunzip_capped(codec.gzip_body(body)) == body
+    for bad in (b"not gzip", codec.gzip_body(body) + b"junk"):
+        with pytest.raises(SyncdError) as info:
+            codec.gunzip_capped(bad)
+        assert info.value.code == "MALFORMED_BODY"
+
+
+def test_unknown_kind_and_table_decl_bounds() -> None:
+    with pytest.raises(DecodeError):
+        codec.decode("nope", b"\x80")
+    h = Hello((2,), "430102", uuid.UUID(int=1), uuid.UUID(int=2), 0, 5, 0, None, {"members": TableDecl(0, ())})
+    with pytest.raises(DecodeError):
+        codec.decode("hello", codec.encode(h))
