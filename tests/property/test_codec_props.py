@@ -1,0 +1,99 @@
+"""Hypothesis: decode is total, encode∘decode is the identity (SPEC R4.2, R4.8)."""
+from __future__ import annotations
+
+import uuid
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from syncd.proto import codec
+from syncd.proto.change import Change, ColumnChange, Version
+from syncd.proto.fields import DecodeError
+from syncd.proto.messages import (
+    KINDS, ErrorReply, Hello, HelloReply, IdRange, PullReply, PullRequest, Push, PushReply, Quarantined,
+    RangeSum, SnapshotChunk, SnapshotRequest, SnapshotRow, TableDecl, VerifyReply, VerifyRequest,
+)
+
+u64 = st.integers(0, 2**63 - 1)
+small = st.integers(0, 10**6)
+node = st.from_regex(r"[0-9A-Za-z_-]{1,32}", fullmatch=True)
+ident = st.from_regex(r"[a-z_][a-z0-9_]{0,20}", fullmatch=True)
+uuids = st.uuids()
+h32 = st.binary(min_size=32, max_size=32)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=10,
+)
+versions = st.builds(Version, small, small, st.integers(-1, 50), u64, node)
+col_changes = st.builds(ColumnChange, json_values, small, st.integers(-1, 50), st.none() | versions)
+changes = st.builds(
+    Change, table=ident, id=uuids, org_code=node, op=st.sampled_from("IUD"), cl=small, ts=u64, origin=node,
+    txn=u64, homes=st.dictionaries(ident, node, max_size=3), cols=st.dictionaries(ident, col_changes, max_size=3),
+    pos=u64,
+)
+tables = st.dictionaries(ident, st.builds(TableDecl, st.integers(1, 9), st.lists(ident, max_size=4)), max_size=3)
+summary = st.lists(st.dictionaries(ident, json_values, max_size=3).map(lambda d: {**d, "node": "430102"}),
+                   max_size=2)
+code = st.from_regex(r"[A-Z][A-Z0-9_]{0,20}", fullmatch=True)
+scalars = st.none() | st.booleans() | st.integers(0, 10**9) | st.text(max_size=10)
+
+messages = st.one_of(
+    st.builds(Hello, st.lists(st.integers(1, 255), min_size=1, max_size=3), node, uuids, uuids, u64, u64, u64,
+              st.none() | h32, tables),
+    st.builds(HelloReply, st.sampled_from([2]), node, uuids, u64, u64, u64, st.none() | h32, tables),
+    st.builds(Push, uuids, u64, u64, u64, st.lists(changes, max_size=3), summary),
+    st.builds(PushReply, u64, u64, st.lists(st.builds(Quarantined, u64, code), max_size=3)),
+    st.builds(PullRequest, u64, u64, st.integers(1, 10_000), st.integers(0, 300_000)),
+    st.builds(PullReply, st.lists(changes, max_size=3), u64, u64, u64, st.booleans()),
+    st.builds(SnapshotRequest, ident, st.none() | uuids, st.integers(1, 10_000), st.none() | u64),
+    st.builds(SnapshotChunk, ident, u64, st.lists(st.builds(
+        SnapshotRow, uuids, node, small, st.dictionaries(ident, node, max_size=2),
+        st.dictionaries(ident, st.tuples(json_values, versions), max_size=3)), max_size=3),
+        st.none() | uuids, st.booleans()),
+    st.builds(VerifyRequest, ident, st.none() | u64, st.lists(st.builds(IdRange, uuids, st.none() | uuids), max_size=3)),
+    st.builds(VerifyReply, ident, u64, st.lists(st.builds(RangeSum, uuids, st.none() | uuids, u64, h32), max_size=3)),
+    st.builds(ErrorReply, code, st.text(max_size=30), st.none() | st.text(max_size=30), st.booleans(),
+              st.dictionaries(ident, scalars, max_size=3)),
+)
+KIND_BY_CLS = {cls: kind for kind, cls in KINDS.items()}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(messages)
+def test_r4_2_encode_decode_is_identity(msg: object) -> None:
+    data = codec.encode(msg)  # type: ignore[arg-type]
+    back = codec.decode(KIND_BY_CLS[type(msg)], data)
+    assert back == msg
+    assert codec.encode(back) == data
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(sorted(KINDS)), st.binary(max_size=200), st.sampled_from([1, 2]))
+def test_r4_8_any_bytes_decode_or_decode_error(kind: str, data: bytes, version: int) -> None:
+    try:
+        codec.decode(kind, data, version)
+    except DecodeError:
+        pass
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(messages, st.data())
+def test_r4_8_mutated_valid_bodies_decode_or_decode_error(msg: object, data: st.DataObject) -> None:
+    body = bytearray(codec.encode(msg))  # type: ignore[arg-type]
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(body) - 1))
+        body[i] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(body)))
+    try:
+        codec.decode(KIND_BY_CLS[type(msg)], bytes(body[:cut]))
+    except DecodeError:
+        pass
+
+
+@given(st.lists(changes, max_size=2))
+def test_r8_2_change_hash_is_stable_under_pos(cs: list[Change]) -> None:
+    for c in cs:
+        moved = Change(**{**c.__dict__, "pos": c.pos ^ 1})
+        assert codec.change_hash(c) == codec.change_hash(moved)
