@@ -10,6 +10,7 @@ hold exactly what an independent oracle says its scope allows.
 """
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,9 +171,12 @@ def arrives(c: Change, node: str, topo: Topology) -> Change | None:
     """The change as ``node`` should hold it, or None when it never gets there."""
     if node not in routing.reach(c.table, c.homes, topo):
         return None
-    if node == c.origin:
-        return c
-    return routing.project(c, {node}, topo)
+    # written out here rather than through routing.project: personal columns stay home
+    keep = {n: cc for n, cc in c.cols.items()
+            if node == c.org_code or not SCHEMA[c.table].column(n).personal}
+    if not keep and c.op == "U":
+        return None
+    return dataclasses.replace(c, cols=keep)
 
 
 def expected(changes: list[Change]) -> RowState | None:
