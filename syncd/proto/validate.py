@@ -96,16 +96,17 @@ def push_problems(
     out: list[Problem] = []
     if push.from_pos > push.to_pos:
         out.append(Problem(None, "INVALID_CHANGE", f"from_pos {push.from_pos} > to_pos {push.to_pos}"))
-    seen: set[tuple[str, object]] = set()
+    seen: set[tuple[object, ...]] = set()
     last = push.from_pos
     for c in push.changes:
         if not last < c.pos <= push.to_pos:
             out.append(Problem(c.pos, "INVALID_CHANGE",
                                f"position {c.pos} not increasing within ({push.from_pos}, {push.to_pos}]"))
         last = max(last, c.pos)
-        if (c.table, c.id) in seen:
-            out.append(Problem(c.pos, "DUPLICATE_ROW", f"{c.table} {c.id} appears twice in batch"))
-        seen.add((c.table, c.id))
+        key = (c.table, c.id, c.cl, c.ts, c.origin)  # one change = one version of one row
+        if key in seen:
+            out.append(Problem(c.pos, "DUPLICATE_ROW", f"the same change of {c.table} {c.id} appears twice in batch"))
+        seen.add(key)
         cols = allowed_columns.get(c.table)
         if cols is None:
             out.append(Problem(c.pos, "UNKNOWN_TABLE", f"table {c.table!r} is not replicated here"))
