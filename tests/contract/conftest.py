@@ -1,0 +1,2 @@
+"""Fixtures of the contract suite (defined in :mod:`tests.contract.fakes`)."""
+from tests.contract.fakes import rig  # noqa: F401
