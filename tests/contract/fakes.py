@@ -9,10 +9,9 @@ from typing import AsyncIterator, Awaitable, Callable
 import pytest
 from aiohttp.test_utils import TestServer
 
-from syncd.errors import SyncdError
 from syncd.proto.change import Change, ColumnChange, Version
 from syncd.proto.messages import (
-    Hello, HelloReply, IdRange, Message, PullReply, PullRequest, Push, PushReply, Quarantined,
+    Hello, HelloReply, Message, PullReply, PullRequest, Push, PushReply, Quarantined,
     RangeSum, SnapshotChunk, SnapshotRequest, SnapshotRow, TableDecl, VerifyReply, VerifyRequest,
     negotiate,
 )

@@ -17,12 +17,12 @@ from multidict import CIMultiDictProxy
 from syncd import retry
 from syncd.errors import SyncdError
 from syncd.proto import codec
-from syncd.proto.messages import ErrorReply, PullRequest
-from syncd.proto.signing import H_KEY, H_NONCE, H_SIGNATURE, H_TIME, Key, sign_request, verify_response
+from syncd.proto.messages import ErrorReply, PullReply, PullRequest
+from syncd.proto.signing import H_KEY, H_SIGNATURE, Key, sign_request, sign_response, verify_response
 from syncd.transport.base import TransportError
 from syncd.transport.http import HttpParentLink, HttpParentServer
 from syncd.transport.nonces import MemoryNonceStore, PgNonceStore
-from tests.contract.fakes import CHILD, SECRET, FakeParent, hello, keyring, push, start_http
+from tests.contract.fakes import CHILD, SECRET, FakeParent, change, hello, keyring, push, start_http
 
 K1 = Key("k1", SECRET.encode())
 PULL = codec.encode(PullRequest(250, 3, 500, 0))
@@ -286,13 +286,16 @@ async def tamper_proxy(upstream: TestServer, mode: str) -> TestServer:
                 out = {k: v for k, v in r.headers.items() if k.lower().startswith(("x-syncd", "content-t"))}
         captured.append((status, out, body))
         if mode == "alter":
-            body = codec.encode(push(1)) if status == 200 else body  # a different, valid message
+            forged = PullReply((change(1, origin="430000", org_code="430000"),), 1, 1, 3, False)
+            body = codec.encode(forged) if status == 200 else body  # a valid, different reply
         elif mode == "strip":
             out = {k: v for k, v in out.items() if not k.lower().startswith("x-syncd")}
         elif mode == "replay":
             status, out, body = captured[0]
         elif mode == "resign":
-            out.update(sign_response_with(Key("k1", b"attacker-secret-16+"), out, status, body))
+            # the right key id and the request's nonce, but not the link's secret
+            out.update(sign_response(Key("k1", b"attacker-secret-16+"), request.headers["X-Syncd-Nonce"],
+                                     status, body, int(time.time())))
         return web.Response(status=status, body=body, headers=out)
 
     app = web.Application()
@@ -300,11 +303,6 @@ async def tamper_proxy(upstream: TestServer, mode: str) -> TestServer:
     ts = TestServer(app, host="127.0.0.1")
     await ts.start_server(auto_decompress=False)
     return ts
-
-
-def sign_response_with(key: Key, out: dict[str, str], status: int, body: bytes) -> dict[str, str]:
-    from syncd.proto.signing import sign_response
-    return sign_response(key, "00" * 16, status, body, int(time.time()))
 
 
 @pytest.mark.parametrize("mode", ["alter", "strip", "replay", "resign"])
