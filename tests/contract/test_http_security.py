@@ -441,3 +441,25 @@ async def test_base_url_prefix_is_part_of_the_signed_path(parent: FakeParent) ->
     finally:
         await link.close()
         await ts.close()
+
+
+# -- encoding and versions on the wire ----------------------------------------------------
+
+async def test_r11_4_large_replies_are_gzipped_and_signed_as_sent(server: tuple, parent: FakeParent) -> None:
+    parent.wake(*push(300).changes)
+    nonce = "5e" * 16
+    ans = await post(server[1], "/v1/pull?v=2", codec.encode(PullRequest(0, 3, 10_000, 0)), nonce=nonce,
+                     extra={"Accept-Encoding": "gzip"})
+    assert ans.status == 200 and ans.headers.get("Content-Encoding") == "gzip"
+    verify_response(keyring(("k1", SECRET)), CHILD, nonce, 200, ans.headers, ans.body, int(time.time()))
+    reply = codec.decode("pull_reply", codec.gunzip_capped(ans.body))
+    assert len(reply.changes) == 300  # type: ignore[union-attr]
+
+
+async def test_version_param_absent_means_version_1(server: tuple, parent: FakeParent) -> None:
+    v1 = await post(server[1], "/v1/push", codec.encode(push(), 1))
+    assert v1.status == 200 and parent.received[-1][2].summary == ()  # type: ignore[union-attr]
+    v2_unnamed = await post(server[1], "/v1/push", codec.encode(push(), 2))
+    assert v2_unnamed.status == 400 and v2_unnamed.code == "DECODE_ERROR"  # `sm` is not a v1 field
+    v2 = await post(server[1], "/v1/push?v=2", codec.encode(push(), 2))
+    assert v2.status == 200 and parent.received[-1][2].summary != ()  # type: ignore[union-attr]
