@@ -9,7 +9,7 @@
 "use strict";
 
 const REFRESH_MS = 5000;
-const LEVELS = { province: "省", city: "市州", county: "县市区", nation: "全国" };
+const LEVELS = { national: "全国", province: "省", city: "市州", county: "县市区" };
 const NODE_STATES = { healthy: "正常", degraded: "延迟", failed: "故障", stale: "失联", missing: "缺失" };
 const STATE_ORDER = ["healthy", "degraded", "failed", "stale", "missing"];
 const LINK_STATES = {
@@ -150,8 +150,9 @@ function stateNote(n, state, peerLinks) {
     note = `链路${LINK_STATES[down.state] || down.state}`;
     if (down.last_error && down.last_error.code) note += ` ${down.last_error.code}`;
     note += ` · ${ago(down.since)}`;
-  } else if (state === "stale") note += n.received_at ? ` · 自 ${ago(n.received_at)}` : "";
-  else if (state === "missing") note += " · 从未上报";
+  } else if (state === "stale") {
+    note += n.received_at ? ` ${duration((Date.now() - Date.parse(n.received_at)) / 1000)}` : "";
+  } else if (state === "missing") note += " · 从未上报";
   else if (n.links_down) note += ` · ${n.links_down} 条链路中断`;
   return h("span", { class: "note" }, note);
 }
