@@ -103,6 +103,37 @@ async def cmd_walkthrough(args: argparse.Namespace) -> int:
     return await run_walkthrough(Path(args.data_dir).resolve())
 
 
+async def cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from syncd.demo import run_demo
+
+    configure("json", "error")
+    return await run_demo(Path(args.data_dir).resolve(), args.once, args.topology)
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+
+    from syncd.node import Node
+    from syncd.store.db import open_database
+
+    cfg = _load(args.config)
+    db = await open_database(cfg)
+    try:
+        node = await Node(cfg, db.dsn).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"syncd {cfg.node.id} running" + (f" on port {node.port}" if node.port else ""), flush=True)
+        await stop.wait()
+        await node.stop()
+    finally:
+        db.close()
+    return EXIT_OK
+
+
 async def cmd_version(args: argparse.Namespace) -> int:
     from syncd.store.migrate import LATEST
 
@@ -128,6 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("walkthrough", help="show change capture step by step on embedded PostgreSQL")
     s.add_argument("--data-dir", default="syncd-data/walkthrough", help="where the embedded cluster lives")
     s.set_defaults(func=cmd_walkthrough)
+
+    s = sub.add_parser("run", help="run the node's daemon until SIGTERM")
+    s.add_argument("--config", "-c", required=True)
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("demo", help="a Hunan subtree of nodes syncing over HTTP on embedded PostgreSQL")
+    s.add_argument("--once", action="store_true", help="run the story and exit (non-zero if a check fails)")
+    s.add_argument("--topology", choices=("subtree", "hunan"), default="subtree",
+                   help="subtree: 湖南省 + 长沙市 + 岳阳市 and their counties; hunan: all 137 nodes")
+    s.add_argument("--data-dir", default="syncd-data/demo")
+    s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("version", help="print the syncd version")
     s.set_defaults(func=cmd_version)

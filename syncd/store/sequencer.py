@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Sequence
 
 import asyncpg
 import structlog
@@ -54,6 +55,9 @@ class Sequencer:
     id_hash_key: Secret | None = None
     batch: int = 5000
     interval_s: float = 0.2
+    #: for each logged (change, received_from): the children whose outboxes get it (HC-37)
+    fanout: Callable[[asyncpg.Connection, Sequence[tuple[Change, str | None]]],
+                     Awaitable[list[list[str]]]] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def tick(self, conn: asyncpg.Connection) -> TickResult:
@@ -73,11 +77,22 @@ class Sequencer:
             items += [(c, None) for c in changes]
             head = node["head"]
             if items:
-                head = await append_log(conn, head + 1, node["epoch"], items)
+                first = head + 1
+                head = await append_log(conn, first, node["epoch"], items)
+                await self._fill_outboxes(conn, first, items)
                 await conn.execute("NOTIFY syncd_log")
             seen = max([hlc, *(c.ts for c, _ in items)]) if items else hlc
             await conn.execute("UPDATE syncd.node SET head = $1, hlc = greatest(hlc, $2)", head, seen)
         return TickResult(len(pend), len(changes), head)
+
+    async def _fill_outboxes(self, conn: asyncpg.Connection, first: int,
+                             items: list[tuple[Change, str | None]]) -> None:
+        if self.fanout is None:
+            return
+        peers = await self.fanout(conn, items)
+        rows = [(peer, first + i) for i, ps in enumerate(peers) for peer in ps]
+        if rows:
+            await conn.copy_records_to_table("outbox", schema_name="syncd", columns=("peer", "pos"), records=rows)
 
     async def drain(self, conn: asyncpg.Connection) -> int:
         """Tick until nothing is left to move; return how many changes were logged."""

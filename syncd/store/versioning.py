@@ -36,15 +36,20 @@ class RowVer:
     cl: int
     homes: dict[str, str]
     v: dict[str, Version] = field(default_factory=dict)
+    prevs: dict[str, Version | None] = field(default_factory=dict)  # what each version replaced
 
     def to_db(self) -> tuple[str, int, str, str]:
-        return (self.org_code, self.cl, json.dumps(self.homes),
-                json.dumps({c: ver.as_list() for c, ver in self.v.items()}))
+        """Stored as ``{col: [cl, round, stage, ts, origin, prev-or-null]}``."""
+        p = self.prevs
+        return (self.org_code, self.cl, json.dumps(self.homes), json.dumps(
+            {c: [*ver.as_list(), p[c].as_list() if p.get(c) else None] for c, ver in self.v.items()}))
 
     @classmethod
     def from_db(cls, org_code: str, cl: int, homes: str, v: str) -> "RowVer":
+        data = json.loads(v)
         return cls(org_code, cl, json.loads(homes),
-                   {c: Version.from_list(x) for c, x in json.loads(v).items()})
+                   {c: Version.from_list(x[:5]) for c, x in data.items()},
+                   {c: Version.from_list(x[5]) if len(x) > 5 and x[5] else None for c, x in data.items()})
 
 
 @dataclass(frozen=True)
@@ -128,11 +133,16 @@ def version_captures(
         homes = dict(homes_of.get(key) or (rv.homes if rv else {HOME: str(image["org_code"])}))
         if rv is None:
             rv = state[key] = RowVer(str(image["org_code"]), cl, homes)
+        if rv.org_code != me:  # a non-home writer ships only the columns it may write (HC-26)
+            values = {k: v for k, v in values.items() if any(homes.get(w) == me for w in t.column(k).writers)}
+        if cl != rv.cl:  # a new causal length starts every column afresh (merge.decide)
+            rv.v, rv.prevs = {}, {}
         cols: dict[str, ColumnChange] = {}
         for name, value in values.items():
             cc = column_change(t, name, value, rv.v.get(name))
             cols[name] = cc
             rv.v[name] = Version(cl, cc.round, cc.stage, ts, me)
+            rv.prevs[name] = cc.prev
         rv.cl, rv.homes = cl, homes
         changes.append(Change(cap.tbl, cap.row_id, rv.org_code, op, cl, ts, me, cap.xid, homes, cols))
     return changes, hlc

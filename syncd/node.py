@@ -1,0 +1,453 @@
+"""One node = its store, its sequencer, its server (for children) and its links (to the parent).
+
+A :class:`Node` holds no global state, so tests and the demo run many nodes in one
+process, each on its own database and loopback port.  The parent side of the
+protocol (:class:`ParentService`) answers hello, push and pull for the configured
+children; the child side lives in :mod:`syncd.peer`.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import structlog
+
+from syncd.config import Config
+from syncd.errors import SyncdError
+from syncd.merge import clock_check
+from syncd.proto.change import Change
+from syncd.proto.messages import (PROTOCOL_VERSION, SUPPORTED_VERSIONS, Hello, HelloReply, PullReply,
+                                  PullRequest, Push, PushReply, Quarantined, SnapshotChunk, SnapshotRequest,
+                                  TableDecl, VerifyReply, VerifyRequest)
+from syncd.routing import next_hops, project
+from syncd.schema.declarations import SCHEMA, Schema
+from syncd.store.apply import ApplyContext, apply_batch, current_topology
+from syncd.store.log import change_from_record
+from syncd.status import Metrics, add_routes
+from syncd.store.sequencer import Sequencer
+from syncd.topology import Topology, TopologyError
+
+log = structlog.get_logger("syncd.node")
+
+INSTANCE_GRACE_S = 5.0
+_SEVERITY = {"running": 0, "initializing": 1, "pending": 2, "stalled": 3, "crashing": 4, "failed": 5}
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def wire_key_id(child: str, key_id: str) -> str:
+    """The key id on the wire names the link's child too (``430102.k1``), so a parent
+    finds the right secret among all its children's (SPEC R11.1)."""
+    return f"{child}.{key_id}"
+
+
+def table_decls(schema: Schema) -> dict[str, TableDecl]:
+    return {t.name: TableDecl(t.version, t.shipped_names) for t in schema.tables}
+
+
+async def load_topology(conn: asyncpg.Connection, cfg: Config) -> Topology:
+    """The tree from the replicated committees table, completed with this node's own links.
+
+    Until the province's committees rows arrive, the config's parent and children
+    are enough to route this node's own traffic.
+    """
+    rows = {r["code"]: dict(r) for r in await conn.fetch(
+        "SELECT code, name, level, parent_code, aliases FROM committees")}
+    me = cfg.node.id
+    known = set(rows) | {a for r in rows.values() for a in (r["aliases"] or [])}
+
+    def add(code: str, parent: str | None, level: str) -> None:
+        if code not in known:
+            rows[code] = {"code": code, "name": code, "level": level, "parent_code": parent, "aliases": []}
+            known.add(code)
+
+    if cfg.parent is not None:
+        add(cfg.parent.id, None, "province")
+    add(me, cfg.parent.id if cfg.parent else None, "city")
+    for c in cfg.children:
+        add(c.id, me, "county")
+    return Topology.from_rows(list(rows.values()))
+
+
+@dataclass
+class ParentService:
+    """The parent side of the protocol for one node (implements ``ParentHandler``)."""
+
+    cfg: Config
+    pool: asyncpg.Pool
+    ctx: ApplyContext
+    incarnation: uuid.UUID
+    schema: Schema = SCHEMA
+    log_seq: int = 0  # bumped on every NOTIFY syncd_log
+    _log_waiters: set[asyncio.Future[None]] = field(default_factory=set)
+    instances: dict[str, tuple[uuid.UUID, float]] = field(default_factory=dict)
+    last_seen: dict[str, float] = field(default_factory=dict)  # child -> wall time of last good request
+    pull_after: dict[str, int] = field(default_factory=dict)  # child -> cursor it last pulled from
+
+    def _child(self, child: str) -> None:
+        if self.cfg.child(child) is None:
+            raise SyncdError("NOT_A_CHILD", f"{child} is not a configured child of {self.cfg.node.id}")
+
+    async def on_hello(self, child: str, msg: Hello) -> HelloReply:
+        self._child(child)
+        if msg.node != child:
+            raise SyncdError("NOT_A_CHILD", f"hello names node {msg.node} but is signed by {child}")
+        common = set(msg.versions) & set(SUPPORTED_VERSIONS)
+        if not common:
+            raise SyncdError("UNSUPPORTED_VERSION", f"child speaks {list(msg.versions)}, "
+                             f"this node speaks {list(SUPPORTED_VERSIONS)}")
+        t = self.cfg.tuning
+        offset = msg.clock - now_us()
+        if clock_check(msg.clock, now_us(), t.clock_soft_ms * 1000, t.clock_hard_ms * 1000) == "refuse" or \
+                -offset > t.clock_hard_ms * 1000:
+            raise SyncdError("CLOCK_SKEW", f"{child}'s clock is {offset // 1000} ms off {self.cfg.node.id}'s")
+        seen = self.instances.get(child)
+        ttl = self.cfg.tuning.pull_wait_s + INSTANCE_GRACE_S  # a live daemon polls at least this often
+        if seen and seen[0] != msg.instance and time.monotonic() - seen[1] < ttl:
+            raise SyncdError("DUPLICATE_INSTANCE",
+                             f"another live daemon of {child} (instance {seen[0]}) is connected")
+        self.instances[child] = (msg.instance, time.monotonic())
+        self.last_seen[child] = time.time()
+        async with self.pool.acquire() as conn:
+            pos = await conn.fetchval(
+                "SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = 'applied'", child) or 0
+            epoch = await conn.fetchval("SELECT epoch FROM syncd.node")
+        return HelloReply(version=max(common), node=self.cfg.node.id, incarnation=self.incarnation,
+                          epoch=epoch, clock=now_us(), push_cursor=pos, push_hash=None,
+                          tables=table_decls(self.schema))
+
+    def _touch(self, child: str) -> None:
+        self.last_seen[child] = time.time()
+        seen = self.instances.get(child)
+        if seen:
+            self.instances[child] = (seen[0], time.monotonic())
+
+    async def on_push(self, child: str, msg: Push) -> PushReply:
+        self._child(child)
+        self._touch(child)
+        async with self.pool.acquire() as conn:
+            if msg.summary:
+                await self._store_summaries(conn, child, msg.summary)
+            res = await apply_batch(conn, self.ctx, child, "applied", "from_child", list(msg.changes),
+                                    msg.to_pos, now_us())
+        return PushReply(acked_pos=res.cursor, applied=res.applied,
+                         quarantined=tuple(Quarantined(pos, code) for pos, code in res.quarantined))
+
+    async def _store_summaries(self, conn: asyncpg.Connection, child: str, summaries: Any) -> None:
+        """Keep the compact status of nodes in the child's subtree; drop any other (HC-30)."""
+        import json
+        from datetime import datetime
+
+        topo = self.ctx.topo
+        for s in summaries:
+            node = str(s.get("node", ""))
+            try:
+                inside = topo.in_subtree(node, child)
+            except Exception:  # noqa: BLE001 - an unknown code is outside too
+                inside = False
+            if not inside:
+                log.warning("summary_refused", child=child, node=node, reason="outside the child's subtree")
+                continue
+            try:
+                reported = datetime.fromisoformat(str(s.get("reported_at")).replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            await conn.execute(
+                "INSERT INTO syncd.subtree_status (node, via, summary, reported_at, received_at) "
+                "VALUES ($1, $2, $3, $4, now()) ON CONFLICT (node) DO UPDATE SET via = excluded.via, "
+                "summary = excluded.summary, reported_at = excluded.reported_at, received_at = now() "
+                "WHERE syncd.subtree_status.reported_at <= excluded.reported_at",
+                node, child, json.dumps(dict(s), ensure_ascii=False, default=str), reported)
+
+    async def link_status(self, conn: asyncpg.Connection) -> list[dict[str, Any]]:
+        """One entry per configured child (``direction: child``)."""
+        from syncd.status import iso
+
+        out = []
+        stalled_after = self.cfg.tuning.pull_wait_s * 2 + 10
+        for c in self.cfg.children:
+            after = self.pull_after.get(c.id)
+            seen = self.last_seen.get(c.id)
+            row = await conn.fetchrow(
+                "SELECT count(*) AS n, min(l.logged_at) AS oldest FROM syncd.outbox o JOIN syncd.log l "
+                "ON l.pos = o.pos WHERE o.peer = $1 AND o.pos > $2", c.id, after or 0)
+            state = ("initializing" if seen is None else
+                     "running" if time.time() - seen < stalled_after else "stalled")
+            out.append({"peer": c.id, "direction": "child", "state": state, "since": iso(seen),
+                        "cursor": after, "lag_changes": int(row["n"]),
+                        "lag_seconds": round(time.time() - row["oldest"].timestamp(), 3) if row["oldest"] else 0.0,
+                        "consecutive_errors": 0, "last_error": None, "clock_offset_ms": None, "history": []})
+        return out
+
+    async def _read_outbox(self, conn: asyncpg.Connection, child: str, after: int,
+                           limit: int) -> list[Change]:
+        recs = await conn.fetch(
+            "SELECT l.* FROM syncd.outbox o JOIN syncd.log l ON l.pos = o.pos "
+            "WHERE o.peer = $1 AND o.pos > $2 ORDER BY o.pos LIMIT $3", child, after, limit + 1)
+        changes = [change_from_record(r) for r in recs]
+        if len(changes) > limit:  # cut only at an origin-transaction boundary
+            nxt = changes.pop()
+            cut = len(changes)
+            while cut > 0 and (changes[cut - 1].origin, changes[cut - 1].txn) == (nxt.origin, nxt.txn):
+                cut -= 1
+            changes = changes[:cut] or changes
+        return changes
+
+    async def on_pull(self, child: str, msg: PullRequest) -> PullReply:
+        self._child(child)
+        self._touch(child)
+        self.pull_after[child] = msg.after
+        limit = min(msg.limit or self.cfg.tuning.batch_max_changes, self.cfg.tuning.batch_max_changes)
+        deadline = time.monotonic() + msg.wait_ms / 1000
+        while True:
+            seq = self.log_seq
+            async with self.pool.acquire() as conn:
+                changes = await self._read_outbox(conn, child, msg.after, limit)
+                head = await conn.fetchval("SELECT coalesce(max(pos), 0) FROM syncd.outbox WHERE peer = $1", child)
+                epoch = await conn.fetchval("SELECT epoch FROM syncd.node")
+            if changes or time.monotonic() >= deadline:
+                break
+            await self.wait_log(seq, deadline - time.monotonic())
+        behind = self.ctx.topo.behind(self.cfg.node.id, child)
+        out = [p for p in (project(c, behind, self.ctx.topo) for c in changes) if p is not None]
+        last = changes[-1].pos if changes else msg.after
+        return PullReply(changes=tuple(out), last_pos=last, head=max(head, last), epoch=epoch,
+                         more=last < head)
+
+    def log_moved(self) -> None:
+        """The log grew: wake every long poll."""
+        self.log_seq += 1
+        for fut in self._log_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._log_waiters.clear()
+
+    async def wait_log(self, seq: int, timeout: float) -> None:
+        """Wait until the log moved past ``seq`` (no wake-up is lost between check and wait)."""
+        if self.log_seq != seq or timeout <= 0:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._log_waiters.add(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._log_waiters.discard(fut)
+
+    async def on_snapshot(self, child: str, msg: SnapshotRequest) -> SnapshotChunk:
+        raise SyncdError("UNAVAILABLE", "snapshots are not served by this version of syncd")
+
+    async def on_verify(self, child: str, msg: VerifyRequest) -> VerifyReply:
+        raise SyncdError("UNAVAILABLE", "verify is not served by this version of syncd")
+
+
+def make_fanout(cfg: Config, topo_ref: "TopologyRef", ctx_ref: Any) -> Any:
+    """The sequencer's outbox rule: which configured children each logged change goes to.
+
+    A change naming a committee this node's topology does not know yet makes it
+    re-read the committees table inside the sequencer's transaction first, so no
+    change is left out of an outbox for want of a tree (HC-37).
+    """
+    children = {c.id for c in cfg.children}
+
+    async def fanout(conn: asyncpg.Connection, items: Any) -> list[list[str]]:
+        changes = [c for c, _ in items]
+        topo = await current_topology(conn, topo_ref.topo, changes)
+        if topo is not topo_ref.topo:
+            topo_ref.topo = topo
+            if ctx_ref() is not None:
+                ctx_ref().topo = topo
+        out = []
+        for change, received_from in items:
+            try:
+                hops = next_hops(change.table, change.homes, cfg.node.id, topo, received_from)
+            except TopologyError:
+                log.error("fanout_unknown_node", table=change.table, id=str(change.id))
+                hops = []
+            out.append([h for h in hops if h in children])
+        return out
+
+    return fanout
+
+
+@dataclass
+class TopologyRef:
+    """The node's current topology, swapped when committees change."""
+
+    topo: Topology
+
+
+def make_sequencer(cfg: Config, topo_ref: TopologyRef, ctx_ref: Any = lambda: None) -> Sequencer:
+    return Sequencer(me=cfg.node.id, id_hash_key=cfg.node.id_hash_key,
+                     batch=cfg.tuning.sequencer_batch, interval_s=cfg.tuning.sequencer_interval_ms / 1000,
+                     fanout=make_fanout(cfg, topo_ref, ctx_ref) if cfg.children else None)
+
+
+__all__ = ["ParentService", "load_topology", "make_sequencer", "TopologyRef", "now_us", "PROTOCOL_VERSION"]
+
+
+class Node:
+    """A running node: pool, sequencer, parent service + HTTP server, child links.
+
+    ``start()`` and ``stop()`` are idempotent; ``stop()`` drains the loops and
+    closes the server (SIGTERM in ``syncd run`` calls it).
+    """
+
+    def __init__(self, cfg: Config, dsn: str, *, link: Any = None, schema: Schema = SCHEMA):
+        self.cfg, self.dsn, self.schema = cfg, dsn, schema
+        self._link = link
+        self.instance = uuid.uuid4()
+        self.stop_event = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.pool: asyncpg.Pool | None = None
+        self.service: ParentService | None = None
+        self.links: Any = None
+        self.runner: Any = None
+        self.port: int | None = None
+        self.started_at = time.time()
+        self._reloading = False
+        self.metrics = Metrics()
+        self._reload_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> "Node":
+        from syncd.peer import ChildLinks
+
+        self.pool = await asyncpg.create_pool(self.dsn, min_size=2, max_size=8)
+        async with self.pool.acquire() as conn:
+            node = await conn.fetchrow("SELECT id, incarnation FROM syncd.node")
+            if node is None or node["id"] != self.cfg.node.id:
+                raise RuntimeError(f"NODE_NOT_INITIALISED: run syncd init for node {self.cfg.node.id}")
+            self.incarnation = node["incarnation"]
+            self.topo_ref = TopologyRef(await load_topology(conn, self.cfg))
+        t = self.cfg.tuning
+        self.ctx = ApplyContext(self.schema, self.cfg.node.id, self.topo_ref.topo, self.cfg.node.id_hash_key,
+                                t.clock_soft_ms * 1000, t.clock_hard_ms * 1000)
+        self.sequencer = make_sequencer(self.cfg, self.topo_ref, lambda: self.ctx)
+        self._listener = await self.pool.acquire()
+        await self._listener.add_listener("syncd_log", self._on_log)
+        self.tasks.append(asyncio.create_task(self.sequencer.run(self.pool, self.stop_event)))
+        self.service = ParentService(self.cfg, self.pool, self.ctx, self.incarnation, self.schema)
+        await self._serve()
+        if self.cfg.parent is not None:
+            link = self._link or self._http_link()
+            self.links = ChildLinks(self.cfg, self.pool, link, self.ctx, self.incarnation, self.instance,
+                                    summary=self.subtree_summaries)
+            self.tasks.append(asyncio.create_task(self.links.push_loop(self.stop_event)))
+            self.tasks.append(asyncio.create_task(self.links.pull_loop(self.stop_event)))
+        log.info("node_started", node=self.cfg.node.id, port=self.port)
+        return self
+
+    def _on_log(self, *_: object) -> None:
+        if self.service is not None:
+            self.service.log_moved()
+        if self.links is not None:
+            self.links.wake_push.set()
+        if not self._reloading and not self.stop_event.is_set():
+            self._reloading = True
+            self._reload_task = asyncio.create_task(self._reload_topology())
+
+    async def _reload_topology(self) -> None:
+        """Committees may have changed: rebuild the topology (at most one reload at a time)."""
+        assert self.pool is not None
+        try:
+            await asyncio.sleep(0.05)
+            self._reloading = False
+            async with self.pool.acquire() as conn:
+                topo = await load_topology(conn, self.cfg)
+        except (asyncpg.PostgresError, OSError):
+            return
+        self.topo_ref.topo = topo
+        self.ctx.topo = topo
+
+    def _http_link(self) -> Any:
+        from syncd.proto.signing import Keyring
+        from syncd.transport.http import HttpParentLink
+
+        assert self.cfg.parent is not None
+        ring = Keyring()
+        for s in self.cfg.parent.secrets:  # a link's keys are filed under its child on both sides
+            ring.add(self.cfg.node.id, wire_key_id(self.cfg.node.id, s.key_id), s.secret)
+        return HttpParentLink(self.cfg.parent.url, self.cfg.node.id, ring, tls_verify=self.cfg.parent.tls_verify,
+                              window_s=self.cfg.tuning.signature_window_s)
+
+    async def _serve(self) -> None:
+        from aiohttp import web
+
+        from syncd.proto.signing import Keyring
+        from syncd.transport.http import HttpParentServer
+        from syncd.transport.nonces import PgNonceStore
+
+        rings: dict[str, Keyring] = {}
+        for c in self.cfg.children:
+            rings[c.id] = Keyring()
+            for s in c.secrets:
+                rings[c.id].add(c.id, wire_key_id(c.id, s.key_id), s.secret)
+        assert self.pool is not None and self.service is not None
+        server = HttpParentServer(self.service, rings, PgNonceStore(self.pool),
+                                  window_s=self.cfg.tuning.signature_window_s)
+        app = server.app
+        add_routes(app, self)
+        self.runner = server.runner(access_log=None)  # auto_decompress off: signatures cover gzip bytes
+        await self.runner.setup()
+        host, port = self.cfg.node.listen.rsplit(":", 1)
+        site = web.TCPSite(self.runner, host, int(port))
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def link_status(self, conn: asyncpg.Connection) -> list[dict[str, Any]]:
+        """Every link of this node as ``/status`` shows it: the parent first, then each child."""
+        from syncd.status import iso
+
+        out: list[dict[str, Any]] = []
+        if self.links is not None:
+            ln = self.links
+            worst = max((ln.push_health, ln.pull_health), key=lambda h: _SEVERITY[h.state])
+            row = await conn.fetchrow(
+                "SELECT count(*) AS n, min(logged_at) AS oldest FROM syncd.log WHERE pos > $1 "
+                "AND received_from IS DISTINCT FROM $2", ln.push_cursor, ln.parent)
+            history = sorted([*ln.push_health.history, *ln.pull_health.history], key=lambda e: e.at)[-20:]
+            err = worst.last_error
+            out.append({
+                "peer": ln.parent, "direction": "parent", "state": worst.state, "since": iso(worst.since),
+                "cursor": ln.pull_cursor, "push_cursor": ln.push_cursor, "lag_changes": int(row["n"]),
+                "lag_seconds": round(time.time() - row["oldest"].timestamp(), 3) if row["oldest"] else 0.0,
+                "consecutive_errors": ln.push_health.consecutive_errors + ln.pull_health.consecutive_errors,
+                "last_error": {k: err.get(k) for k in ("code", "reason", "hint")} if err else None,
+                "clock_offset_ms": ln.clock_offset_ms,
+                "history": [{"at": iso(e.at), "event": e.state, "detail": e.code} for e in history]})
+        if self.service is not None:
+            out += await self.service.link_status(conn)
+        return out
+
+    async def subtree_summaries(self) -> list[dict[str, Any]]:
+        """What this node pushes up: its own summary and those of its subtree (HC-30)."""
+        from syncd.status import build_status
+
+        status = await build_status(self)
+        return [s for s in status["subtree"] if s["state"] != "missing"]
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        self.sequencer.wake()
+        if self._reload_task is not None:
+            self.tasks.append(self._reload_task)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks.clear()
+        if self.links is not None:
+            await self.links.link.close()
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self.pool is not None:
+            await self._listener.remove_listener("syncd_log", self._on_log)
+            await self.pool.release(self._listener)
+            await self.pool.close()
+            self.pool = None

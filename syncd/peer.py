@@ -1,0 +1,194 @@
+"""The child side of a link: one loop pushing the log up, one long-poll loop pulling down.
+
+Both loops never die (DESIGN §9): every failure is classified by
+:mod:`syncd.retry`, counted in the loop's :class:`~syncd.retry.LoopHealth`, and
+waited out with capped, jittered backoff; a failed link keeps probing slowly and
+recovers by itself (HC-31).  Each loop starts with hello.
+
+Push: own log entries after the push cursor that the parent is entitled to
+(``routing.project`` over the parent link; never what came from the parent), cut
+at origin-transaction boundaries, sent with positions; the parent applies them
+idempotently and acknowledges a position.  Pull: the parent's outbox after the
+pull cursor; applied with the cursor advanced in the same transaction.
+"""
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+import asyncpg
+import structlog
+
+from syncd.config import Config
+from syncd.proto.change import Change
+from syncd.proto.messages import PROTOCOL_VERSION, SUPPORTED_VERSIONS, Hello, PullRequest, Push
+from syncd.retry import LoopHealth
+from syncd.routing import project
+from syncd.store.apply import ApplyContext, apply_batch
+from syncd.store.log import change_from_record
+from syncd.transport.base import ParentLink
+
+log = structlog.get_logger("syncd.peer")
+
+
+def cut_batch(entries: list[Change], max_changes: int) -> list[Change]:
+    """At most ``max_changes``, cut only between origin transactions (one oversize txn goes whole)."""
+    if len(entries) <= max_changes:
+        return entries
+    cut = max_changes
+    while cut > 0 and (entries[cut - 1].origin, entries[cut - 1].txn) == (entries[cut].origin, entries[cut].txn):
+        cut -= 1
+    if cut == 0:  # a single transaction larger than the cap travels in one batch
+        cut = max_changes
+        while cut < len(entries) and (entries[cut].origin, entries[cut].txn) == (entries[0].origin, entries[0].txn):
+            cut += 1
+    return entries[:cut]
+
+
+@dataclass
+class ChildLinks:
+    """Push and pull loops of one node towards its parent."""
+
+    cfg: Config
+    pool: asyncpg.Pool
+    link: ParentLink
+    ctx: ApplyContext
+    incarnation: uuid.UUID
+    instance: uuid.UUID
+    summary: Callable[[], Awaitable[list[dict]]] | None = None
+    wake_push: asyncio.Event = field(default_factory=asyncio.Event)
+    push_cursor: int = 0
+    pull_cursor: int = 0
+    clock_offset_ms: int | None = None
+    summary_every_s: float = 5.0
+    _summary_sent: float = 0.0
+
+    def __post_init__(self) -> None:
+        t = self.cfg.tuning
+        self.push_health = LoopHealth(f"{self.cfg.node.id}->{self.parent} push", t.retry_cap_s, t.failed_probe_s)
+        self.pull_health = LoopHealth(f"{self.cfg.node.id}<-{self.parent} pull", t.retry_cap_s, t.failed_probe_s)
+
+    async def _summary(self) -> tuple[dict, ...]:
+        """Compact subtree status, at most every ``summary_every_s`` (HC-30)."""
+        now = asyncio.get_running_loop().time()
+        if self.summary is None or now - self._summary_sent < self.summary_every_s:
+            return ()
+        self._summary_sent = now
+        return tuple(await self.summary())
+
+    @property
+    def parent(self) -> str:
+        assert self.cfg.parent is not None
+        return self.cfg.parent.id
+
+    async def hello(self) -> int:
+        """Say hello; return the parent's push cursor for us."""
+        from syncd.node import now_us, table_decls
+
+        async with self.pool.acquire() as conn:
+            pull = await conn.fetchval(
+                "SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = 'pull'", self.parent) or 0
+            epoch = await conn.fetchval("SELECT epoch FROM syncd.node")
+        sent = now_us()
+        reply = await self.link.hello(Hello(
+            versions=SUPPORTED_VERSIONS, node=self.cfg.node.id, instance=self.instance,
+            incarnation=self.incarnation, epoch=epoch, clock=sent, pull_cursor=pull, pull_hash=None,
+            tables=table_decls(self.ctx.schema)))
+        if reply.clock is not None:
+            self.clock_offset_ms = (reply.clock - (sent + now_us()) // 2) // 1000
+        return reply.push_cursor
+
+    async def _push_once(self) -> bool:
+        """Send one batch; True if there may be more to send right away."""
+        limit = self.cfg.tuning.batch_max_changes
+        async with self.pool.acquire() as conn:
+            recs = await conn.fetch("SELECT * FROM syncd.log WHERE pos > $1 ORDER BY pos LIMIT $2",
+                                    self.push_cursor, limit * 2)
+        if not recs:
+            summary = await self._summary()
+            if summary:
+                await self.link.push(Push(batch_id=uuid.uuid4(), epoch=0, from_pos=self.push_cursor,
+                                          to_pos=self.push_cursor, changes=(), summary=summary))
+            return False
+        entries = cut_batch([change_from_record(r) for r in recs], limit)
+        from_parent = {r["pos"] for r in recs if r["received_from"] == self.parent}
+        behind = self.ctx.topo.behind(self.cfg.node.id, self.parent)
+        out = [p for c in entries if c.pos not in from_parent
+               for p in [project(c, behind, self.ctx.topo)] if p is not None]
+        to_pos = entries[-1].pos
+        summary = await self._summary()
+        if out or summary:
+            reply = await self.link.push(Push(batch_id=uuid.uuid4(), epoch=0, from_pos=self.push_cursor,
+                                              to_pos=to_pos, changes=tuple(out), summary=summary))
+            to_pos = max(reply.acked_pos, self.push_cursor) if out else to_pos
+        self.push_cursor = to_pos
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO syncd.cursors (peer, kind, pos) VALUES ($1, 'push', $2) "
+                "ON CONFLICT (peer, kind) DO UPDATE SET pos = excluded.pos, updated_at = now()",
+                self.parent, self.push_cursor)
+        return len(recs) > len(entries) or len(recs) == limit * 2
+
+    async def push_loop(self, stop: asyncio.Event) -> None:
+        hello_needed = True
+        while not stop.is_set():
+            try:
+                if hello_needed:
+                    self.push_cursor = await self.hello()
+                    hello_needed = False
+                more = await self._push_once()
+                self.push_health.ok()
+                if not more:
+                    self.wake_push.clear()
+                    await _wait_any(stop, self.wake_push, self.cfg.tuning.sequencer_interval_ms / 1000 * 5)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 — the loop never dies; retry.py classifies
+                hello_needed = True
+                await _wait_any(stop, None, self.push_health.error(e))
+
+    async def _pull_once(self) -> None:
+        from syncd.node import now_us
+
+        wait_ms = int(self.cfg.tuning.pull_wait_s * 1000)
+        reply = await self.link.pull(PullRequest(after=self.pull_cursor, epoch=0,
+                                                 limit=self.cfg.tuning.batch_max_changes, wait_ms=wait_ms))
+        if reply.last_pos > self.pull_cursor:
+            async with self.pool.acquire() as conn:
+                res = await apply_batch(conn, self.ctx, self.parent, "pull", "from_parent",
+                                        list(reply.changes), reply.last_pos, now_us())
+            self.pull_cursor = res.cursor
+
+    async def pull_loop(self, stop: asyncio.Event) -> None:
+        hello_needed = True
+        while not stop.is_set():
+            try:
+                if hello_needed:
+                    await self.hello()
+                    async with self.pool.acquire() as conn:
+                        self.pull_cursor = await conn.fetchval(
+                            "SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = 'pull'", self.parent) or 0
+                    hello_needed = False
+                await self._pull_once()
+                self.pull_health.ok()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                hello_needed = True
+                await _wait_any(stop, None, self.pull_health.error(e))
+
+
+async def _wait_any(stop: asyncio.Event, other: asyncio.Event | None, timeout: float) -> None:
+    waits = [asyncio.ensure_future(stop.wait())]
+    if other is not None:
+        waits.append(asyncio.ensure_future(other.wait()))
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+__all__ = ["ChildLinks", "cut_batch", "PROTOCOL_VERSION"]

@@ -1,0 +1,352 @@
+"""Apply a peer's batch of changes in one transaction (DESIGN §4).
+
+Steps, all in one transaction with ``syncd.applying = on`` (the capture triggers
+stand aside):
+
+1. lock the link's cursor row ``FOR UPDATE``; a batch at or below the cursor was
+   already applied (a retry, or the same push to a second daemon) and is
+   acknowledged without doing anything (HC-28);
+2. take the sequencer lock, authorise each change (``routing.check_origin``,
+   clock bound) — refused ones are quarantined, the rest go on (DESIGN §6);
+3. lock the target rows ``FOR UPDATE`` and version any committed local captures
+   of them first, so a local write is never overwritten by a change it beats
+   (HC-4);
+4. merge with :func:`syncd.merge.decide` against the rows' versions and values,
+   record truly concurrent conflicts, write the rows in foreign-key order (each
+   row under a savepoint: a foreign-key miss is parked and retried by itself,
+   any other constraint failure is poison and quarantined, HC-11);
+5. queue every authorised change for relay with ``received_from`` — whether or
+   not it applied here (HC-12) — and advance the cursor.
+
+Positions are never assigned here; the sequencer moves the queued changes (HC-2).
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import asyncpg
+
+from syncd.config import Secret
+from syncd.merge import Conflict, RowState, clock_check, decide
+from syncd.proto.change import Change
+from syncd.routing import Direction, check_origin
+from syncd.schema.declarations import Schema, Table
+from syncd.store.log import add_pending, encode_cols
+from syncd.store.sequencer import lock
+from syncd.store.versioning import RowVer, Versioner, claim_captures, load_rowver, save_rowver
+from syncd.topology import Topology, TopologyError
+
+Key = tuple[str, uuid.UUID]
+
+
+@dataclass
+class ApplyResult:
+    applied: int = 0
+    duplicate: bool = False
+    quarantined: list[tuple[int, str]] = field(default_factory=list)
+    parked: int = 0
+    conflicts: list[Conflict] = field(default_factory=list)
+    cursor: int = 0
+
+
+@dataclass
+class ApplyContext:
+    schema: Schema
+    me: str
+    topo: Topology
+    id_hash_key: Secret | None = None
+    clock_soft_us: int = 5_000_000
+    clock_hard_us: int = 300_000_000
+
+
+def change_to_json(c: Change) -> str:
+    return json.dumps({"table": c.table, "id": str(c.id), "org_code": c.org_code, "op": c.op, "cl": c.cl,
+                       "ts": c.ts, "origin": c.origin, "txn": c.txn, "homes": dict(c.homes),
+                       "cols": json.loads(encode_cols(c)), "pos": c.pos}, ensure_ascii=False)
+
+
+def change_from_json(raw: str | dict[str, Any]) -> Change:
+    from syncd.store.log import decode_cols
+
+    d = json.loads(raw) if isinstance(raw, str) else raw
+    return Change(d["table"], uuid.UUID(d["id"]), d["org_code"], d["op"], d["cl"], d["ts"], d["origin"],
+                  d["txn"], d["homes"], decode_cols(d["cols"]), d.get("pos", 0))
+
+
+async def _cursor(conn: asyncpg.Connection, peer: str, kind: str) -> int:
+    await conn.execute("INSERT INTO syncd.cursors (peer, kind) VALUES ($1, $2) ON CONFLICT DO NOTHING", peer, kind)
+    return int(await conn.fetchval(
+        "SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = $2 FOR UPDATE", peer, kind))
+
+
+async def quarantine(conn: asyncpg.Connection, peer: str, c: Change, code: str, reason: str) -> None:
+    await conn.execute(
+        "INSERT INTO syncd.quarantine (peer, code, reason, tbl, row_id, change) VALUES ($1, $2, $3, $4, $5, $6)",
+        peer, code, reason, c.table, c.id, change_to_json(c))
+
+
+def _knows(topo: Topology, changes: Sequence[Change]) -> bool:
+    try:
+        for c in changes:
+            for code in (c.origin, c.org_code, *c.homes.values()):
+                topo.resolve(code)
+    except TopologyError:
+        return False
+    return True
+
+
+async def current_topology(conn: asyncpg.Connection, topo: Topology, changes: Sequence[Change]) -> Topology:
+    """``topo`` if it knows every code of ``changes``; else rebuilt from the committees
+    table as this transaction sees it, plus the committees rows the batch carries."""
+    if _knows(topo, changes):
+        return topo
+    rows = {c.code: {"code": c.code, "name": c.name, "level": c.level, "parent_code": c.parent_code,
+                     "aliases": list(c.aliases)} for c in topo.rows()}
+    for r in await conn.fetch("SELECT code, name, level, parent_code, aliases FROM committees"):
+        rows[r["code"]] = dict(r)
+    try:
+        merged = Topology.from_rows(list(rows.values()))
+    except TopologyError:
+        merged = topo
+    return with_committees(merged, changes)
+
+
+def with_committees(topo: Topology, changes: Sequence[Change]) -> Topology:
+    """``topo`` extended by the committees rows a batch carries.
+
+    A new county learns the tree from the province's committees rows, which reach it
+    in its first pulls; those rows (and whatever else the batch holds) are judged
+    against the tree they describe.  An inconsistent result keeps ``topo``.
+    """
+    rows = {c.code: {"code": c.code, "name": c.name, "level": c.level, "parent_code": c.parent_code,
+                     "aliases": list(c.aliases)} for c in topo.rows()}
+    extra = [c for c in changes if c.table == "committees" and c.alive]
+    if not extra:
+        return topo
+    for ch in extra:
+        vals = {k: v.value for k, v in ch.cols.items()}
+        code = vals.get("code")
+        if code is None:
+            continue
+        row = rows.setdefault(str(code), {"code": str(code), "name": str(code), "level": "county",
+                                          "parent_code": None, "aliases": []})
+        row.update({k: vals[k] for k in ("name", "level", "parent_code", "aliases") if k in vals})
+    try:
+        return Topology.from_rows(list(rows.values()))
+    except TopologyError:
+        return topo
+
+
+def _authorise(ctx: ApplyContext, peer: str, direction: Direction, changes: Sequence[Change],
+               now_us: int) -> tuple[list[Change], list[tuple[Change, str, str]]]:
+    ok, refused = [], []
+    for c in changes:
+        refusals = check_origin(c, None, peer, ctx.me, ctx.topo, direction)
+        if refusals:
+            refused.append((c, refusals[0].code, refusals[0].reason))
+        elif clock_check(c.ts, now_us, ctx.clock_soft_us, ctx.clock_hard_us) == "refuse":
+            refused.append((c, "FUTURE_TS", f"change ts {c.ts} is beyond the clock bound of {ctx.me}"))
+        else:
+            ok.append(c)
+    return ok, refused
+
+
+async def _load_values(conn: asyncpg.Connection, t: Table, ids: list[uuid.UUID]) -> dict[uuid.UUID, dict]:
+    recs = await conn.fetch(f'SELECT id, to_jsonb(x) AS j FROM public."{t.name}" x WHERE id = ANY($1::uuid[]) '
+                            "ORDER BY id FOR UPDATE", ids)
+    return {r["id"]: json.loads(r["j"]) for r in recs}
+
+
+def _state(rv: RowVer | None, values: dict | None) -> RowState | None:
+    if rv is None:
+        return None
+    vals = values or {}
+    return RowState(rv.cl, {c: (vals.get(c), v) for c, v in rv.v.items()}, dict(rv.prevs))
+
+
+@dataclass
+class _Row:
+    table: Table
+    id: uuid.UUID
+    existed: bool
+    state: RowState | None
+    first: Change
+    changes: list[Change] = field(default_factory=list)
+    dirty: set[str] = field(default_factory=set)
+    created: bool = False
+
+
+async def _write_row(conn: asyncpg.Connection, row: _Row) -> None:
+    t, st = row.table, row.state
+    assert st is not None
+    name = f'public."{t.name}"'
+    if not st.alive:
+        if row.existed:
+            await conn.execute(f"DELETE FROM {name} WHERE id = $1", row.id)
+        return
+    generated = bool(t.natural_key)
+    values = st.values()
+    if not row.existed:
+        cols = [c for c in values if c in t.shipped_names]
+        names = ["org_code", *cols, *([] if generated else ["id"])]
+        params = [row.first.org_code, *(values[c] for c in cols), *([] if generated else [str(row.id)])]
+        sel = ", ".join(f"x.{_q(c)}" for c in names)
+        await conn.execute(
+            f"INSERT INTO {name} ({', '.join(map(_q, names))}) "
+            f"SELECT {sel} FROM jsonb_populate_record(NULL::{name}, $1::jsonb) x",
+            json.dumps(dict(zip(names, params)), ensure_ascii=False))
+        return
+    cols = sorted(c for c in row.dirty if c in t.shipped_names)
+    if not cols:
+        return
+    sets = ", ".join(f"{_q(c)} = x.{_q(c)}" for c in cols)
+    await conn.execute(
+        f"UPDATE {name} t SET {sets} FROM jsonb_populate_record(NULL::{name}, $1::jsonb) x WHERE t.id = $2",
+        json.dumps({c: values.get(c) for c in cols}, ensure_ascii=False), row.id)
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class _Failed(Exception):
+    def __init__(self, code: str, reason: str):
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+async def _write_guarded(conn: asyncpg.Connection, row: _Row) -> None:
+    """Write one row under a savepoint; classify a failure without DETAIL text (HC-15)."""
+    try:
+        async with conn.transaction():
+            await _write_row(conn, row)
+    except asyncpg.ForeignKeyViolationError as e:
+        raise _Failed("FK_MISSING", f"foreign key {e.constraint_name} target not here yet") from e
+    except asyncpg.IntegrityConstraintViolationError as e:
+        raise _Failed("POISON", f"{type(e).__name__} on constraint {e.constraint_name}") from e
+    except asyncpg.DataError as e:
+        raise _Failed("POISON", f"{type(e).__name__}: value rejected by {row.table.name}") from e
+
+
+async def merge_rows(conn: asyncpg.Connection, ctx: ApplyContext, peer: str,
+                     changes: Sequence[Change], result: ApplyResult) -> list[Change]:
+    """Lock, version local captures, decide and write; return the changes parked."""
+    targets: list[Key] = list(dict.fromkeys((c.table, c.id) for c in changes))
+    values: dict[Key, dict] = {}
+    for t in ctx.schema.tables:
+        ids = [k[1] for k in targets if k[0] == t.name]
+        if ids:
+            values.update({(t.name, i): v for i, v in (await _load_values(conn, t, ids)).items()})
+    caps = await claim_captures(conn, 1_000_000, targets)
+    if caps:  # HC-4: local writes to these rows are versioned before the merge
+        local, _ = await Versioner(ctx.schema, ctx.me, ctx.id_hash_key).run(conn, caps, 0)
+        await add_pending(conn, [(c, None) for c in local])
+    rowver = await load_rowver(conn, targets)
+    rows: dict[Key, _Row] = {}
+    for c in changes:
+        key = (c.table, c.id)
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = _Row(ctx.schema[c.table], c.id, key in values,
+                                   _state(rowver.get(key), values.get(key)), c)
+        d = decide(row.state, c, row.table)
+        row.state = d.state
+        row.dirty |= set(d.writes) | set(d.cleared)
+        row.changes.append(c)
+        result.conflicts.extend(d.conflicts)
+    parked: list[Change] = []
+    order = {t.name: i for i, t in enumerate(ctx.schema.tables)}
+    alive_first = sorted(rows.values(), key=lambda r: (not (r.state and r.state.alive), order[r.table.name]
+                                                        if r.state and r.state.alive else -order[r.table.name]))
+    saved: dict[Key, RowVer] = {}
+    for row in alive_first:
+        try:
+            await _write_guarded(conn, row)
+        except _Failed as f:
+            if f.code == "FK_MISSING":
+                parked.extend(row.changes)
+            else:
+                for c in row.changes:
+                    await quarantine(conn, peer, c, f.code, f.reason)
+                    result.quarantined.append((c.pos, f.code))
+            continue
+        st = row.state
+        assert st is not None
+        homes = dict(row.changes[-1].homes) if st.alive else (rowver[(row.table.name, row.id)].homes
+                                                               if (row.table.name, row.id) in rowver
+                                                               else dict(row.first.homes))
+        saved[(row.table.name, row.id)] = RowVer(
+            row.first.org_code, st.cl, homes, {c: v for c, (_, v) in st.cols.items()},
+            {c: st.prevs.get(c) for c in st.cols})
+        result.applied += len(row.changes)
+    await save_rowver(conn, saved)
+    return parked
+
+
+async def _record_conflicts(conn: asyncpg.Connection, schema: Schema, conflicts: Sequence[Conflict],
+                            org_codes: dict[str, str]) -> None:
+    for cf in conflicts:
+        await conn.execute(
+            "INSERT INTO syncd.conflicts (id, tbl, row_id, org_code, col, winner, loser) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+            cf.id, cf.table, uuid.UUID(cf.row_id), org_codes.get(cf.row_id, ""), cf.column,
+            json.dumps([cf.winner[1], cf.winner[0].as_list()], ensure_ascii=False),
+            json.dumps([cf.loser[1], cf.loser[0].as_list()], ensure_ascii=False))
+
+
+async def park(conn: asyncpg.Connection, peer: str, changes: Sequence[Change]) -> None:
+    for c in changes:
+        await conn.execute(
+            "INSERT INTO syncd.parked (peer, tbl, row_id, change, reason) VALUES ($1, $2, $3, $4, 'FK_MISSING')",
+            peer, c.table, c.id, change_to_json(c))
+
+
+async def retry_parked(conn: asyncpg.Connection, ctx: ApplyContext) -> int:
+    """Re-apply parked changes whose targets may have arrived (caller's transaction)."""
+    recs = await conn.fetch("DELETE FROM syncd.parked RETURNING id, peer, change, attempts")
+    if not recs:
+        return 0
+    result = ApplyResult()
+    by_peer: dict[str, list[Change]] = {}
+    for r in sorted(recs, key=lambda r: r["id"]):
+        by_peer.setdefault(r["peer"], []).append(change_from_json(r["change"]))
+    for peer, changes in by_peer.items():
+        again = await merge_rows(conn, ctx, peer, changes, result)
+        await park(conn, peer, again)
+        await _record_conflicts(conn, ctx.schema, result.conflicts, {str(c.id): c.org_code for c in changes})
+    return result.applied
+
+
+async def apply_batch(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, kind: str,
+                      direction: Direction, changes: Sequence[Change], to_pos: int,
+                      now_us: int) -> ApplyResult:
+    """Apply one batch from ``peer`` and advance its ``kind`` cursor to ``to_pos`` (idempotent)."""
+    result = ApplyResult()
+    async with conn.transaction():
+        await conn.execute("SET LOCAL syncd.applying = 'on'")
+        cursor = await _cursor(conn, peer, kind)
+        if to_pos <= cursor:
+            result.duplicate, result.cursor = True, cursor
+            return result
+        fresh = [c for c in changes if c.pos > cursor]
+        await lock(conn)
+        ctx.topo = await current_topology(conn, ctx.topo, fresh)
+        ok, refused = _authorise(ctx, peer, direction, fresh, now_us)
+        for c, code, reason in refused:
+            await quarantine(conn, peer, c, code, reason)
+            result.quarantined.append((c.pos, code))
+        if ok:
+            parked = await merge_rows(conn, ctx, peer, ok, result)
+            await park(conn, peer, parked)
+            result.parked = len(parked)
+            await _record_conflicts(conn, ctx.schema, result.conflicts, {str(c.id): c.org_code for c in ok})
+            await add_pending(conn, [(c, peer) for c in ok])
+            if await conn.fetchval("SELECT count(*) FROM syncd.parked") > len(parked):
+                result.applied += await retry_parked(conn, ctx)
+        await conn.execute("UPDATE syncd.cursors SET pos = $3, updated_at = now() WHERE peer = $1 AND kind = $2",
+                           peer, kind, to_pos)
+        result.cursor = to_pos
+    return result

@@ -1,0 +1,106 @@
+"""Batch apply on a real database, driven directly (issue 5): parking, idempotence, HC-4, HC-28."""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import replace
+
+import asyncpg
+
+from syncd.proto.change import Change
+from syncd.schema.declarations import SCHEMA
+from syncd.store.apply import ApplyContext, apply_batch
+from syncd.store.log import read_log
+from syncd.store.sequencer import Sequencer
+from tests.pg import Cluster
+from tests.tree import SMALL_TREE, Tree
+
+
+def _ctx(me: str) -> ApplyContext:
+    return ApplyContext(SCHEMA, me, Tree(None, SMALL_TREE).topology)  # type: ignore[arg-type]
+
+
+def _now() -> int:
+    return time.time_ns() // 1000
+
+
+async def _county_changes(cluster: Cluster) -> tuple[str, list[Change]]:
+    dsn = await cluster.new_node_db("430102", prefix="src")
+    conn = await asyncpg.connect(dsn)
+    try:
+        start = await conn.fetchval("SELECT head FROM syncd.node")
+        pid = await conn.fetchval("INSERT INTO proposals (org_code, term, session, seq, title) "
+                                  "VALUES ('430102', 13, 4, 9, '关于…的建议') RETURNING id")
+        await conn.execute("INSERT INTO proposal_cosigners (org_code, proposal_id, member_id, confirmed) "
+                           "VALUES ('430102', $1, $2, true)", pid, uuid.uuid4())
+        await Sequencer(me="430102").drain(conn)
+        return dsn, await read_log(conn, start)
+    finally:
+        await conn.close()
+
+
+async def test_hc11_fk_target_in_next_batch_parks_then_applies_by_itself(cluster: Cluster) -> None:
+    src, (proposal, cosigner) = await _county_changes(cluster)
+    # the co-signer comes first in the stream, its proposal in the next batch
+    cosigner, proposal = replace(cosigner, pos=proposal.pos), replace(proposal, pos=cosigner.pos)
+    dsn = await cluster.new_node_db("430100", prefix="city")
+    city = await asyncpg.connect(dsn)
+    try:
+        ctx = _ctx("430100")
+        first = await apply_batch(city, ctx, "430102", "applied", "from_child", [cosigner], cosigner.pos, _now())
+        assert first.parked == 1 and first.quarantined == []
+        assert await city.fetchval("SELECT count(*) FROM syncd.parked") == 1
+        second = await apply_batch(city, ctx, "430102", "applied", "from_child", [proposal], proposal.pos, _now())
+        assert second.quarantined == []
+        assert await city.fetchval("SELECT count(*) FROM syncd.parked") == 0
+        assert await city.fetchval("SELECT count(*) FROM proposal_cosigners") == 1
+        assert await city.fetchval("SELECT count(*) FROM syncd.quarantine") == 0
+        # both were queued for relay exactly once
+        await Sequencer(me="430100").drain(city)
+        relayed = await city.fetch("SELECT tbl FROM syncd.log WHERE received_from = '430102' ORDER BY pos")
+        assert sorted(r["tbl"] for r in relayed) == ["proposal_cosigners", "proposals"]
+    finally:
+        await city.close()
+        await cluster.drop(dsn)
+        await cluster.drop(src)
+
+
+async def test_hc28_same_push_to_two_replicas_applies_once(cluster: Cluster) -> None:
+    src, changes = await _county_changes(cluster)
+    dsn = await cluster.new_node_db("430100", prefix="city")
+    a, b = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        ctx = _ctx("430100")
+        to = changes[-1].pos
+        r1, r2 = await asyncio.gather(
+            apply_batch(a, ctx, "430102", "applied", "from_child", changes, to, _now()),
+            apply_batch(b, ctx, "430102", "applied", "from_child", changes, to, _now()))
+        assert sorted([r1.duplicate, r2.duplicate]) == [False, True]
+        assert r1.cursor == r2.cursor == to
+        assert await a.fetchval("SELECT count(*) FROM syncd.pending") == 2  # relayed once, not twice
+        assert await a.fetchval("SELECT count(*) FROM proposals") == 1
+    finally:
+        await a.close()
+        await b.close()
+        await cluster.drop(dsn)
+        await cluster.drop(src)
+
+
+async def test_forged_change_for_another_county_is_quarantined_rest_applies(cluster: Cluster) -> None:
+    src, changes = await _county_changes(cluster)
+    dsn = await cluster.new_node_db("430100", prefix="city")
+    city = await asyncpg.connect(dsn)
+    try:
+        forged = Change("members", uuid.uuid4(), "430104", "I", 1, _now(), "430104", 1, {"home": "430104"},
+                        {}, changes[-1].pos + 1)
+        res = await apply_batch(city, _ctx("430100"), "430102", "applied", "from_child", [*changes, forged],
+                                forged.pos, _now())
+        assert res.quarantined == [(forged.pos, "FORBIDDEN_SCOPE")]
+        assert await city.fetchval("SELECT count(*) FROM proposals") == 1
+        q = await city.fetchrow("SELECT peer, code, reason FROM syncd.quarantine")
+        assert q["peer"] == "430102" and "430104" in q["reason"]
+    finally:
+        await city.close()
+        await cluster.drop(dsn)
+        await cluster.drop(src)

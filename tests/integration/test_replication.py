@@ -1,0 +1,227 @@
+"""Nodes that converge: real daemons on real databases over HTTP on loopback (issue 5).
+
+Tree: 430000 湖南省 → 430100 长沙市 (430102 芙蓉区, 430104 岳麓区), 430600 岳阳市 (430602 岳阳楼区).
+"""
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import AsyncIterator
+
+import asyncpg
+import pytest
+
+from syncd.store.versioning import id_card_hash
+from syncd.config import Secret
+from tests.pg import Cluster
+from tests.tree import HASH_KEY, SMALL_TREE, Tree, eventually
+
+pytestmark = pytest.mark.timeout(180)
+
+ALL = list(SMALL_TREE)
+
+
+@pytest.fixture
+async def tree(cluster: Cluster) -> AsyncIterator[Tree]:
+    t = Tree(cluster, SMALL_TREE)
+    try:
+        await t.setup()
+        yield t
+    finally:
+        await t.close()
+
+
+async def _count(conn: asyncpg.Connection, sql: str, *args: object) -> int:
+    return int(await conn.fetchval(sql, *args))
+
+
+async def _has_row(t: Tree, code: str, table: str, row_id: uuid.UUID) -> bool:
+    return bool(await t.db(code).fetchval(f"SELECT count(*) FROM {table} WHERE id = $1", row_id))
+
+
+async def _settle(t: Tree, table: str, row_id: uuid.UUID, present: list[str], timeout: float = 20) -> None:
+    async def ok() -> bool:
+        return all([await _has_row(t, c, table, row_id) for c in present])
+    await eventually(ok, timeout)
+
+
+async def test_hc14_member_projection_travels_up_only(tree: Tree) -> None:
+    fr = tree.db("430102")
+    mid = await fr.fetchval(
+        "INSERT INTO members (org_code, name, gender, id_card_no, mobile, address, work_unit) "
+        "VALUES ('430102', '赵敏', '女', '430102199002021234', '13811112222', '芙蓉路1号', '湖南师大') RETURNING id")
+    await _settle(tree, "members", mid, ["430100", "430000"])
+    expected_hash = id_card_hash(Secret("h1", HASH_KEY), "430102199002021234")
+    for code in ("430100", "430000"):
+        row = await tree.db(code).fetchrow("SELECT * FROM members WHERE id = $1", mid)
+        assert row["name"] == "赵敏" and row["work_unit"] == "湖南师大"
+        assert row["id_card_no"] is None and row["mobile"] is None and row["address"] is None
+        assert row["id_card_hash"] == expected_hash
+    assert expected_hash != hashlib.sha256(b"430102199002021234").hexdigest()
+    for code in ("430104", "430600", "430602"):
+        assert not await _has_row(tree, code, "members", mid)
+    # nothing personal is in any log or table above the home
+    for code in ("430100", "430000"):
+        assert await _count(tree.db(code), "SELECT count(*) FROM syncd.log WHERE cols::text LIKE '%13811112222%' "
+                                           "OR cols::text LIKE '%430102199002021234%'") == 0
+
+
+async def test_provincial_plenary_reaches_every_county_and_signins_roll_up(tree: Tree) -> None:
+    prov, fr = tree.db("430000"), tree.db("430102")
+    act = await prov.fetchval(
+        "INSERT INTO activities (org_code, kind, title, starts_at, half_days) "
+        "VALUES ('430000', '全体会议', '省政协全体会议', '2025-01-10 09:00+08', 4) RETURNING id")
+    await _settle(tree, "activities", act, ALL)
+    mid = await fr.fetchval("INSERT INTO members (org_code, name) VALUES ('430102', '钱程') RETURNING id")
+    await fr.execute("INSERT INTO attendance (org_code, activity_id, member_id, status, sign_in_method) "
+                     "VALUES ('430102', $1, $2, '出席', '扫码')", act, mid)
+    await fr.execute("SELECT syncd.refresh_scores()")
+    summary = await fr.fetchrow("SELECT id, total, by_category, inputs_digest FROM member_score_summaries "
+                                "WHERE member_id = $1", mid)
+    assert float(summary["total"]) == 20
+    await _settle(tree, "member_score_summaries", summary["id"], ["430100", "430000"])
+    for code in ("430100", "430000"):
+        copy = await tree.db(code).fetchrow(
+            "SELECT total, by_category, inputs_digest FROM member_score_summaries WHERE id = $1", summary["id"])
+        assert tuple(copy) == tuple(summary)[1:]
+    aid = await fr.fetchval("SELECT id FROM attendance WHERE member_id = $1", mid)
+    await _settle(tree, "attendance", aid, ["430000"])
+    assert not await _has_row(tree, "430602", "attendance", aid)
+
+
+async def test_hc1_cross_level_attendance_and_adoption_routes(tree: Tree) -> None:
+    cs, fr, prov = tree.db("430100"), tree.db("430102"), tree.db("430000")
+    city_member = await cs.fetchval("INSERT INTO members (org_code, name) VALUES ('430100', '孙立') RETURNING id")
+    visit = await fr.fetchval("INSERT INTO activities (org_code, kind, title, starts_at) "
+                              "VALUES ('430102', '视察', '芙蓉区视察', now()) RETURNING id")
+    await _settle(tree, "activities", visit, ["430100"])
+    aid = await cs.fetchval("INSERT INTO attendance (org_code, activity_id, member_id, status) "
+                            "VALUES ('430100', $1, $2, '出席') RETURNING id", visit, city_member)
+    await _settle(tree, "attendance", aid, ["430102", "430000"])
+    author = await fr.fetchval("INSERT INTO members (org_code, name) VALUES ('430102', '周报') RETURNING id")
+    report = await fr.fetchval("INSERT INTO opinion_reports (org_code, author_id, title) "
+                               "VALUES ('430102', $1, '关于…的社情民意') RETURNING id", author)
+    await _settle(tree, "opinion_reports", report, ["430000"])
+    adoption = await prov.fetchval("INSERT INTO opinion_adoptions (org_code, report_id, level, instruction_level) "
+                                   "VALUES ('430000', $1, 'province', 'province') RETURNING id", report)
+    await _settle(tree, "opinion_adoptions", adoption, ["430100", "430102"])
+    for code in ("430104", "430600", "430602"):
+        assert not await _has_row(tree, code, "opinion_adoptions", adoption)
+        assert not await _has_row(tree, code, "opinion_reports", report)
+    for code in ALL:
+        assert await _count(tree.db(code), "SELECT count(*) FROM syncd.quarantine") == 0
+        assert await _count(tree.db(code), "SELECT count(*) FROM syncd.parked") == 0
+
+
+async def test_hc10_same_signin_at_province_and_county_is_one_row(tree: Tree) -> None:
+    prov, fr = tree.db("430000"), tree.db("430102")
+    act = await prov.fetchval("INSERT INTO activities (org_code, kind, title, starts_at) "
+                              "VALUES ('430000', '全体会议', '三级联动', now()) RETURNING id")
+    mid = await fr.fetchval("INSERT INTO members (org_code, name) VALUES ('430102', '吴双') RETURNING id")
+    await _settle(tree, "activities", act, ["430102"])
+    await _settle(tree, "members", mid, ["430000"])
+    await prov.execute("INSERT INTO attendance (org_code, activity_id, member_id, status, sign_in_method) "
+                       "VALUES ('430102', $1, $2, '出席', '扫码')", act, mid)
+    await fr.execute("INSERT INTO attendance (org_code, activity_id, member_id, status, sign_in_method) "
+                     "VALUES ('430102', $1, $2, '出席', '人工')", act, mid)
+
+    async def converged() -> bool:
+        rows = [await tree.db(c).fetch("SELECT id, status, sign_in_method FROM attendance WHERE member_id = $1", mid)
+                for c in ("430000", "430100", "430102")]
+        return all(len(r) == 1 for r in rows) and len({tuple(r[0]) for r in rows}) == 1
+    await eventually(converged)
+    for code in ALL:
+        assert await _count(tree.db(code), "SELECT count(*) FROM syncd.quarantine") == 0
+
+
+async def test_hc8_proposal_workflow_rehandling_reaches_every_level(tree: Tree) -> None:
+    fr = tree.db("430102")
+    pid = await fr.fetchval("INSERT INTO proposals (org_code, term, session, seq, title, status) "
+                            "VALUES ('430102', 13, 4, 7, '关于…的建议', '立案') RETURNING id")
+    for status in ("交办", "已答复", "已评价", "重新办理", "已答复"):
+        await fr.execute("UPDATE proposals SET status = $1 WHERE id = $2", status, pid)
+
+    async def answered() -> bool:
+        return all([await tree.db(c).fetchval("SELECT status FROM proposals WHERE id = $1", pid) == "已答复"
+                    for c in ("430102", "430100", "430000")])
+    await eventually(answered)
+    rank = await tree.db("430000").fetchval(
+        "SELECT v->'status' FROM syncd.rowver WHERE tbl = 'proposals' AND id = $1", pid)
+    assert '"430102"' in rank and rank.startswith("[1, 2,")  # cl 1, round 2
+
+
+async def test_hc12_city_constraint_rejects_but_still_relays(tree: Tree) -> None:
+    cs = tree.db("430100")
+    await cs.execute("ALTER TABLE members ADD CONSTRAINT vendor_title CHECK (title IS DISTINCT FROM '禁用职务')")
+    mid = await tree.db("430102").fetchval(
+        "INSERT INTO members (org_code, name, title) VALUES ('430102', '郑和', '禁用职务') RETURNING id")
+    await _settle(tree, "members", mid, ["430000"])
+    assert not await _has_row(tree, "430100", "members", mid)
+    q = await cs.fetchrow("SELECT code, reason FROM syncd.quarantine WHERE row_id = $1", mid)
+    assert q["code"] == "POISON" and "vendor_title" in q["reason"]
+    # never echoed back to 芙蓉区
+    assert await _count(tree.db("430102"), "SELECT count(*) FROM syncd.log WHERE id = $1 AND received_from IS NOT NULL",
+                        mid) == 0
+
+
+async def test_delete_update_reinsert_and_zero_change_resync(tree: Tree) -> None:
+    fr = tree.db("430102")
+    mid = await fr.fetchval("INSERT INTO members (org_code, name) VALUES ('430102', '冯一') RETURNING id")
+    await _settle(tree, "members", mid, ["430000"])
+    await fr.execute("DELETE FROM members WHERE id = $1", mid)
+
+    async def gone() -> bool:
+        return not any([await _has_row(tree, c, "members", mid) for c in ("430100", "430000")])
+    await eventually(gone)
+    sid = await fr.fetchval(
+        "INSERT INTO sectors (org_code, code, name, national_code) VALUES ('430102', 'JJ', '经济界', 21) RETURNING id")
+    await fr.execute("DELETE FROM sectors WHERE id = $1", sid)
+    await fr.execute("INSERT INTO sectors (org_code, code, name, national_code) VALUES ('430102', 'JJ', '经济界', 21)")
+    async def reinserted() -> bool:
+        return all([await tree.db(c).fetchval("SELECT cl FROM syncd.rowver WHERE id = $1", sid) == 3
+                    and await _has_row(tree, c, "sectors", sid) for c in ("430100", "430000")])
+    await eventually(reinserted)
+    # quiet tree: heads stop moving, stored cursors equal the last positions, nothing more flows
+    async def quiet() -> bool:
+        heads = [await tree.db(c).fetchval("SELECT head FROM syncd.node") for c in ALL]
+        import asyncio
+        await asyncio.sleep(1.0)
+        again = [await tree.db(c).fetchval("SELECT head FROM syncd.node") for c in ALL]
+        return heads == again
+    await eventually(quiet, 30, 0.1)
+    city_head = await tree.db("430100").fetchval(
+        "SELECT coalesce(max(pos), 0) FROM syncd.outbox WHERE peer = '430102'")
+    pull = await fr.fetchval("SELECT pos FROM syncd.cursors WHERE peer = '430100' AND kind = 'pull'")
+    assert pull == city_head
+
+
+async def test_child_down_catches_up_and_conflict_recorded(tree: Tree) -> None:
+    prov, fr = tree.db("430000"), tree.db("430102")
+    act = await prov.fetchval("INSERT INTO activities (org_code, kind, title, starts_at) "
+                              "VALUES ('430000', '视察', '联合视察', now()) RETURNING id")
+    mid = await fr.fetchval("INSERT INTO members (org_code, name) VALUES ('430102', '陈晨') RETURNING id")
+    await _settle(tree, "activities", act, ["430102"])
+    await _settle(tree, "members", mid, ["430000"])
+    aid = await fr.fetchval("INSERT INTO attendance (org_code, activity_id, member_id, status) "
+                            "VALUES ('430102', $1, $2, '出席') RETURNING id", act, mid)
+    await _settle(tree, "attendance", aid, ["430000"])
+    await tree.stop("430102")  # the county goes offline and keeps working
+    await fr.execute("UPDATE attendance SET status = '请假' WHERE id = $1", aid)
+    await prov.execute("UPDATE attendance SET status = '缺席' WHERE id = $1", aid)
+    for i in range(50):
+        await fr.execute("INSERT INTO micro_suggestions (org_code, member_id, title) VALUES ('430102', $1, $2)",
+                         mid, f"离线微建议{i}")
+    await tree.start("430102")
+
+    async def same() -> bool:
+        vals = {await tree.db(c).fetchval("SELECT status FROM attendance WHERE id = $1", aid)
+                for c in ("430000", "430100", "430102")}
+        n = await _count(prov, "SELECT count(*) FROM micro_suggestions WHERE org_code = '430102'")
+        return len(vals) == 1 and n == 50
+    await eventually(same, 30)
+    ids = [await _count(tree.db(c), "SELECT count(*) FROM syncd.conflicts WHERE row_id = $1", aid)
+           for c in ("430000", "430102")]
+    assert ids == [1, 1]
+    a = await prov.fetchval("SELECT id FROM syncd.conflicts WHERE row_id = $1", aid)
+    b = await fr.fetchval("SELECT id FROM syncd.conflicts WHERE row_id = $1", aid)
+    assert a == b

@@ -1,0 +1,107 @@
+"""Test support: a tree of real nodes, each on its own database, talking HTTP on loopback."""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import asyncpg
+
+from syncd.config import Config, parse_config
+from syncd.node import Node
+from syncd.topology import Topology
+from tests.pg import Cluster
+
+#: The replication issue's test tree (names from the Hunan divisions).
+SMALL_TREE = {
+    "430000": ("湖南省", "province", None),
+    "430100": ("长沙市", "city", "430000"),
+    "430102": ("芙蓉区", "county", "430100"),
+    "430104": ("岳麓区", "county", "430100"),
+    "430600": ("岳阳市", "city", "430000"),
+    "430602": ("岳阳楼区", "county", "430600"),
+}
+
+HASH_KEY = "province-issued-id-hash-key-2026"
+
+
+def secret(child: str) -> str:
+    return f"link-secret-for-{child}-0123456789"
+
+
+def node_config(code: str, tree: dict[str, tuple[str, str, str | None]], parent_url: str | None,
+                **tuning: Any) -> Config:
+    name, _, parent = tree[code]
+    data: dict[str, Any] = {
+        "node": {"id": code, "name": name, "listen": "127.0.0.1:0", "dsn": "unused",
+                 "id_hash_key": HASH_KEY},
+        "children": [{"id": c, "secret": secret(c)} for c, (_, _, p) in tree.items() if p == code],
+        "tuning": {"sequencer_interval_ms": 50, "pull_wait_s": 2.0, "retry_cap_s": 1.0,
+                   "failed_probe_s": 2.0, **tuning},
+        "log": {"format": "json", "level": "warning"},
+    }
+    if parent is not None:
+        assert parent_url is not None
+        data["parent"] = {"id": parent, "url": parent_url, "secret": secret(code)}
+    return parse_config(data)
+
+
+@dataclass
+class Tree:
+    cluster: Cluster
+    tree: dict[str, tuple[str, str, str | None]]
+    dsns: dict[str, str] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)
+    conns: dict[str, asyncpg.Connection] = field(default_factory=dict)
+    tuning: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def topology(self) -> Topology:
+        return Topology.from_rows([(c, n, lv, p) for c, (n, lv, p) in self.tree.items()])
+
+    async def setup(self) -> "Tree":
+        for code in self.tree:
+            self.dsns[code] = await self.cluster.new_node_db(code)
+            self.conns[code] = await asyncpg.connect(self.dsns[code])
+        root = next(c for c, (_, _, p) in self.tree.items() if p is None)
+        await self.conns[root].executemany(
+            "INSERT INTO committees (org_code, code, name, level, parent_code) VALUES ($1, $2, $3, $4, $5)",
+            [(root, c, n, lv, p) for c, (n, lv, p) in self.tree.items()])
+        for code in self.topology:
+            await self.start(code)
+        return self
+
+    async def start(self, code: str) -> Node:
+        parent = self.tree[code][2]
+        url = f"http://127.0.0.1:{self.nodes[parent].port}" if parent else None
+        node = await Node(node_config(code, self.tree, url, **self.tuning), self.dsns[code]).start()
+        self.nodes[code] = node
+        return node
+
+    async def stop(self, code: str) -> None:
+        await self.nodes.pop(code).stop()
+
+    async def close(self) -> None:
+        for code in list(self.topology)[::-1]:
+            if code in self.nodes:
+                await self.stop(code)
+        for c in self.conns.values():
+            await c.close()
+        for dsn in self.dsns.values():
+            await self.cluster.drop(dsn)
+
+    def db(self, code: str) -> asyncpg.Connection:
+        return self.conns[code]
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20.0, interval: float = 0.1) -> Any:
+    """Poll ``check`` until it returns a truthy value; fail with the last value after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
