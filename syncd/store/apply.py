@@ -34,6 +34,7 @@ from syncd.merge import Conflict, RowState, clock_check, decide
 from syncd.proto.change import Change
 from syncd.routing import Direction, check_origin
 from syncd.schema.declarations import Schema, Table
+from syncd.store.conflicts import close_seen
 from syncd.store.log import add_pending, encode_cols
 from syncd.store.sequencer import lock
 from syncd.store.versioning import RowVer, Versioner, claim_captures, load_rowver, save_rowver
@@ -343,6 +344,7 @@ async def apply_batch(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ki
             await park(conn, peer, parked)
             result.parked = len(parked)
             await _record_conflicts(conn, ctx.schema, result.conflicts, {str(c.id): c.org_code for c in ok})
+            await close_seen(conn, ok)
             await add_pending(conn, [(c, peer) for c in ok])
             if await conn.fetchval("SELECT count(*) FROM syncd.parked") > len(parked):
                 result.applied += await retry_parked(conn, ctx)

@@ -225,3 +225,33 @@ async def test_child_down_catches_up_and_conflict_recorded(tree: Tree) -> None:
     a = await prov.fetchval("SELECT id FROM syncd.conflicts WHERE row_id = $1", aid)
     b = await fr.fetchval("SELECT id FROM syncd.conflicts WHERE row_id = $1", aid)
     assert a == b
+
+
+async def test_hc17_resolve_at_province_closes_conflict_everywhere(tree: Tree) -> None:
+    from syncd.store.conflicts import list_conflicts, resolve
+
+    prov, fr = tree.db("430000"), tree.db("430102")
+    act = await prov.fetchval("INSERT INTO activities (org_code, kind, title, starts_at) "
+                              "VALUES ('430000', '视察', '联合视察', now()) RETURNING id")
+    mid = await fr.fetchval("INSERT INTO members (org_code, name) VALUES ('430102', '韩梅') RETURNING id")
+    await _settle(tree, "activities", act, ["430102"])
+    aid = await fr.fetchval("INSERT INTO attendance (org_code, activity_id, member_id, status) "
+                            "VALUES ('430102', $1, $2, '出席') RETURNING id", act, mid)
+    await _settle(tree, "attendance", aid, ["430000"])
+    await tree.stop("430102")
+    await fr.execute("UPDATE attendance SET status = '请假' WHERE id = $1", aid)
+    await prov.execute("UPDATE attendance SET status = '缺席' WHERE id = $1", aid)
+    await tree.start("430102")
+    await eventually(lambda: _count(fr, "SELECT count(*) FROM syncd.conflicts WHERE row_id = $1", aid))
+    await eventually(lambda: _count(prov, "SELECT count(*) FROM syncd.conflicts WHERE row_id = $1", aid))
+    (c,) = await list_conflicts(prov)
+    done = await resolve(prov, c.id, "value", "出席")
+    assert done.resolved_at is not None
+
+    async def closed_everywhere() -> bool:
+        vals = {await tree.db(n).fetchval("SELECT status FROM attendance WHERE id = $1", aid)
+                for n in ("430000", "430100", "430102")}
+        open_ = [await _count(tree.db(n), "SELECT count(*) FROM syncd.conflicts WHERE resolved_at IS NULL")
+                 for n in ("430000", "430100", "430102")]
+        return vals == {"出席"} and open_ == [0, 0, 0]
+    await eventually(closed_everywhere)
