@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import asyncpg
 
@@ -61,6 +61,9 @@ class ApplyContext:
     id_hash_key: Secret | None = None
     clock_soft_us: int = 5_000_000
     clock_hard_us: int = 300_000_000
+    #: awaited after the target rows are locked and before local captures are versioned
+    #: (a seam for the HC-4 test; None in production)
+    after_lock: Callable[[], Awaitable[None]] | None = None
 
 
 def change_to_json(c: Change) -> str:
@@ -241,6 +244,8 @@ async def merge_rows(conn: asyncpg.Connection, ctx: ApplyContext, peer: str,
         ids = [k[1] for k in targets if k[0] == t.name]
         if ids:
             values.update({(t.name, i): v for i, v in (await _load_values(conn, t, ids)).items()})
+    if ctx.after_lock is not None:
+        await ctx.after_lock()
     caps = await claim_captures(conn, 1_000_000, targets)
     if caps:  # HC-4: local writes to these rows are versioned before the merge
         local, _ = await Versioner(ctx.schema, ctx.me, ctx.id_hash_key).run(conn, caps, 0)

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import asyncpg
 
-from syncd.proto.change import Change
+from syncd.proto.change import Change, ColumnChange
 from syncd.schema.declarations import SCHEMA
 from syncd.store.apply import ApplyContext, apply_batch
 from syncd.store.log import read_log
@@ -104,3 +104,48 @@ async def test_forged_change_for_another_county_is_quarantined_rest_applies(clus
         await city.close()
         await cluster.drop(dsn)
         await cluster.drop(src)
+
+
+async def test_hc4_local_write_not_overwritten_by_losing_apply(cluster: Cluster) -> None:
+    """W commits while the apply waits on its row lock; W is versioned before the merge."""
+    dsn = await cluster.new_node_db("430102", prefix="hc4")
+    county, writer = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        await county.execute("SET syncd.applying = 'on'")
+        act = await county.fetchval("INSERT INTO activities (org_code, kind, title, starts_at) "
+                                    "VALUES ('430000', '全体会议', '省全会', now()) RETURNING id")
+        await county.execute("RESET syncd.applying")
+        mid = await county.fetchval("INSERT INTO members (org_code, name) VALUES ('430102', '李雷') RETURNING id")
+        aid = await county.fetchval("INSERT INTO attendance (org_code, activity_id, member_id, status) "
+                                    "VALUES ('430102', $1, $2, '缺席') RETURNING id", act, mid)
+        await Sequencer(me="430102").drain(county)
+        (orig,) = [c for c in await read_log(county, 0, 10_000) if c.id == aid]
+        # the province's edit, made before W: it saw only the original version
+        incoming = Change("attendance", aid, "430102", "U", 1, orig.ts + 1, "430000", 7,
+                          {"home": "430102", "organiser": "430000"},
+                          {"status": ColumnChange("请假", 0, 0, orig.version("status"))}, 1)
+        tr = writer.transaction()
+        await tr.start()
+        await writer.execute("UPDATE attendance SET status = '出席' WHERE id = $1", aid)  # W, holding the lock
+        seen: dict[str, int] = {}
+
+        async def paused() -> None:  # between lock and merge: W is committed, not yet versioned
+            seen["captures"] = await county.fetchval(
+                "SELECT count(*) FROM syncd.capture WHERE tbl = 'attendance' AND row_id = $1", aid)
+
+        ctx = replace(_ctx("430102"), after_lock=paused)
+        task = asyncio.create_task(apply_batch(county, ctx, "430100", "pull", "from_parent", [incoming], 1, _now()))
+        await asyncio.sleep(0.3)
+        assert not task.done() and "captures" not in seen  # the apply waits on W's row lock
+        await tr.commit()
+        await task
+        assert seen["captures"] == 1
+        assert await writer.fetchval("SELECT status FROM attendance WHERE id = $1", aid) == "出席"
+        await Sequencer(me="430102").drain(writer)
+        log = [c for c in await read_log(writer, orig.pos) if c.id == aid]
+        assert [(c.origin, c.cols["status"].value) for c in log] == [("430102", "出席"), ("430000", "请假")]
+        assert log[0].version("status") > incoming.version("status")  # W wins everywhere
+    finally:
+        await county.close()
+        await writer.close()
+        await cluster.drop(dsn)
