@@ -18,6 +18,7 @@ import structlog
 
 from syncd.config import Config
 from syncd.errors import SyncdError
+from syncd.faults import fault_point
 from syncd.merge import clock_check
 from syncd.proto.change import Change
 from syncd.proto.messages import (PROTOCOL_VERSION, SUPPORTED_VERSIONS, Hello, HelloReply, PullReply,
@@ -136,6 +137,7 @@ class ParentService:
                 await self._store_summaries(conn, child, msg.summary)
             res = await apply_batch(conn, self.ctx, child, "applied", "from_child", list(msg.changes),
                                     msg.to_pos, now_us())
+            fault_point("after_commit_before_response")
         return PushReply(acked_pos=res.cursor, applied=res.applied,
                          quarantined=tuple(Quarantined(pos, code) for pos, code in res.quarantined))
 

@@ -22,6 +22,7 @@ import asyncpg
 import structlog
 
 from syncd.config import Config
+from syncd.faults import fault_point
 from syncd.proto.change import Change
 from syncd.proto.messages import PROTOCOL_VERSION, SUPPORTED_VERSIONS, Hello, PullRequest, Push
 from syncd.retry import LoopHealth
@@ -124,6 +125,7 @@ class ChildLinks:
                                               to_pos=to_pos, changes=tuple(out), summary=summary))
             to_pos = max(reply.acked_pos, self.push_cursor) if out else to_pos
         self.push_cursor = to_pos
+        fault_point("before_push_cursor_save")
         async with self.pool.acquire() as conn:
             await conn.execute(
                 "INSERT INTO syncd.cursors (peer, kind, pos) VALUES ($1, 'push', $2) "
@@ -159,6 +161,7 @@ class ChildLinks:
             async with self.pool.acquire() as conn:
                 res = await apply_batch(conn, self.ctx, self.parent, "pull", "from_parent",
                                         list(reply.changes), reply.last_pos, now_us())
+            fault_point("after_pull_apply")
             self.pull_cursor = res.cursor
 
     async def pull_loop(self, stop: asyncio.Event) -> None:
