@@ -1,0 +1,180 @@
+"""Catch-up through one hop, daemon memory while rows stream, and a profile of the path.
+
+Tree 湖南省 → 长沙市 → 芙蓉区, real nodes over HTTP on loopback.  Pinned (HC-36): the city
+has a parent (relay on) and its ``members`` table is populated — N rows of its own, written
+before the nodes start and replicated to the province before the measurement.
+
+Link down = 芙蓉区's daemon stopped (``Node.stop``).  While it is down the application writes
+N member rows (1k-row transactions) and the county's sequencer versions them into its log
+(``Sequencer.drain``, what the running daemon does with the link down; timed separately).
+Then the daemon starts and the clock runs until 长沙市's table holds every row; the
+province's copy (second hop, via the city's relay) is timed too.  The same again for U
+updates of those rows.  A third, smaller catch-up runs under cProfile (all nodes run in
+this process, so the profile covers push, HTTP, apply, relay and the sequencers).
+
+Memory: the nodes run in this process, so "daemon RSS" is this process's RSS (psutil),
+sampled every 50 ms during the insert catch-up (PostgreSQL's backends are not included).
+"""
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import io
+import os
+import pstats
+import time
+from typing import Any
+
+import psutil
+
+from bench.harness import (DOWN_AT_LEAST_S, Run, Tree, build_tree, chain, count, drain_offline,
+                           insert_members, member_rows, update_members, wait_until)
+
+SCENARIO = "catchup"
+GOAL = "≥ 0.15× single COPY (aim 0.45×)"
+
+
+class RssSampler:
+    def __init__(self) -> None:
+        self.proc = psutil.Process(os.getpid())
+        self.peak = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.peak = self.proc.memory_info().rss
+        self._task = asyncio.create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> int:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+        return self.peak
+
+
+async def _offline(r: Run, t: Tree, write: Any, label: str) -> float:
+    """Stop the county, run ``write``, version its captures offline; return when it may restart."""
+    await t.stop("430102")
+    down = time.perf_counter()
+    await write()
+    start = time.perf_counter()
+    logged = await drain_offline(t, "430102")
+    secs = time.perf_counter() - start
+    r.add(SCENARIO, f"{label}: county sequencer versions captures into its log (offline)", logged / secs,
+          "changes/s")
+    await asyncio.sleep(max(0.0, DOWN_AT_LEAST_S - (time.perf_counter() - down)))
+    await r.cluster.checkpoint()
+    return secs
+
+
+async def _restart_until(t: Tree, check: Any, timeout: float) -> float:
+    t0 = time.perf_counter()
+    await t.start("430102")
+    await wait_until(check, timeout)
+    return time.perf_counter() - t0
+
+
+def _profile_rows(prof: cProfile.Profile, wall_s: float, top: int = 25) -> dict[str, Any]:
+    st = pstats.Stats(prof, stream=io.StringIO())
+    entries = []
+    for (file, line, name), (cc, nc, tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
+        short = file
+        for marker in ("site-packages/", "/work/main/"):
+            if marker in file:
+                short = file.split(marker, 1)[1]
+        entries.append({"function": f"{short}:{line}({name})", "ncalls": nc, "tottime_s": round(tt, 4),
+                        "cumtime_s": round(ct, 4)})
+    by_tot = sorted(entries, key=lambda e: -e["tottime_s"])[:top]
+    syncd = sorted((e for e in entries if e["function"].startswith(("syncd/", "asyncpg/connection.py",
+                                                                    "json/", "aiohttp/"))),
+                   key=lambda e: -e["cumtime_s"])[:top]
+    total = sum(e["tottime_s"] for e in entries)
+    idle = sum(e["tottime_s"] for e in entries if "select.epoll" in e["function"] or "poll" in e["function"]
+               and "built-in" in e["function"])
+    return {"wall_s": round(wall_s, 3), "profiled_s": round(total, 3), "waiting_in_poll_s": round(idle, 3),
+            "top_tottime": by_tot, "top_cumtime_syncd": syncd}
+
+
+async def run(r: Run) -> None:
+    n, u, p = r.size.rows, r.size.updates, r.size.profile_rows
+    tree = {k: v for k, v in chain().items() if k != "430104"}
+    timeout = max(180.0, n / 100)
+
+    async def seed(t: Tree) -> None:
+        await insert_members(t.db("430100"), member_rows("430100", n, seed=21))
+
+    t = await build_tree(r.cluster, tree, before_start=seed)
+    try:
+        prov, city, county = t.db("430000"), t.db("430100"), t.db("430102")
+        t0 = time.perf_counter()
+        await wait_until(lambda: _has(prov, "430100", n), timeout, 0.2)
+        warm = time.perf_counter() - t0
+        r.add(SCENARIO, f"warm-up: city's own {n} rows version + reach the province (root, no relay)",
+              n / warm, "rows/s", "copy_single", r.ratio_to("copy_single", n / warm))
+
+        rows = member_rows("430102", n, seed=22)
+        await _offline(r, t, lambda: insert_members(county, rows), "insert")
+        rss = RssSampler()
+        rss.start()
+        base = rss.peak
+        t0 = time.perf_counter()
+        await t.start("430102")
+        await wait_until(lambda: _has(city, "430102", n), timeout)
+        secs = time.perf_counter() - t0
+        peak = await rss.stop()
+        rate = n / secs
+        ratio = r.ratio_to("copy_single", rate)
+        r.add(SCENARIO, f"{n} inserts → city (relay on, populated table)", rate, "rows/s", "copy_single", ratio,
+              GOAL, None if ratio is None else ratio >= 0.15)
+        await wait_until(lambda: _has(prov, "430102", n), timeout)
+        two = time.perf_counter() - t0
+        r.add(SCENARIO, f"{n} inserts → province (two hops, via the city's relay)", n / two, "rows/s",
+              "copy_single", r.ratio_to("copy_single", n / two))
+        r.add("memory", f"process RSS before catch-up (3 nodes in-process)", base / 2**20, "MiB")
+        r.add("memory", f"peak process RSS while {n} rows stream through a hop", peak / 2**20, "MiB")
+        r.add("memory", "RSS growth during the catch-up", (peak - base) / 2**20, "MiB")
+
+        ids = [x[0] for x in rows[:u]]
+        value = "湖南省政协机关"
+        await _offline(r, t, lambda: update_members(county, ids, value), "update")
+        secs = await _restart_until(
+            t, lambda: _updated(city, value, u), timeout)
+        rate = u / secs
+        ratio = r.ratio_to("copy_single", rate)
+        r.add(SCENARIO, f"{u} updates → city", rate, "rows/s", "copy_single", ratio, GOAL,
+              None if ratio is None else ratio >= 0.15)
+        if r.rates.get("update_batched"):
+            r.add(SCENARIO, f"{u} updates → city vs batched UPDATE ceiling", rate / r.rates["update_batched"],
+                  "×", "update_batched", rate / r.rates["update_batched"])
+
+        more = member_rows("430102", p, seed=23, start=n)
+        await _offline(r, t, lambda: insert_members(county, more), "profiled insert")
+        prof = cProfile.Profile()
+        prof.enable()
+        try:
+            secs = await _restart_until(t, lambda: _has(city, "430102", n + p), timeout)
+        finally:
+            prof.disable()
+        r.add(SCENARIO, f"{p} inserts → city under cProfile (profiling slows it)", p / secs, "rows/s")
+        r.extra["profile_catchup"] = {"rows": p, **_profile_rows(prof, secs)}
+        r.extra["catchup_counts"] = {
+            "city_log": await count(city, "SELECT count(*) FROM syncd.log"),
+            "city_rowver": await count(city, "SELECT count(*) FROM syncd.rowver"),
+            "city_quarantine": await count(city, "SELECT count(*) FROM syncd.quarantine"),
+            "city_parked": await count(city, "SELECT count(*) FROM syncd.parked"),
+        }
+    finally:
+        await t.close()
+
+
+async def _has(conn: Any, org: str, n: int) -> bool:
+    return await count(conn, "SELECT count(*) FROM members WHERE org_code = $1", org) >= n
+
+
+async def _updated(conn: Any, value: str, n: int) -> bool:
+    return await count(conn, "SELECT count(*) FROM members WHERE work_unit = $1", value) >= n

@@ -1,0 +1,164 @@
+"""``python -m bench [--size tiny|small|full] [--only SCENARIO,…] [--out DIR]``
+
+One run = one embedded PostgreSQL cluster (settings in ``bench.harness.SETTINGS``, the same
+for ceilings and syncd), the chosen scenarios in order, a table on stdout and
+``<out>/<YYYY-MM-DD>-<size>.json``.  Ratios are only taken between measures of the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any
+
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+
+from bench import capture, catchup, ceilings, latency, scale  # noqa: E402
+from bench.harness import SETTINGS, SIZES, BenchCluster, Run  # noqa: E402
+
+#: scenario -> the function measuring it (memory is measured inside the catch-up run)
+SCENARIOS: dict[str, Any] = {
+    "ceilings": ceilings.run,
+    "capture": capture.run,
+    "catchup": catchup.run,
+    "latency": latency.run,
+    "bootstrap": None,  # not built: snapshots are not served yet
+    "memory": catchup.run,
+    "scale": scale.run,
+}
+NOT_BUILT = {"bootstrap": "not built — snapshots are not served by this version of syncd (ParentService.on_snapshot)"}
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return ""
+    if v != v:  # nan
+        return "nan"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def table(run: Run, scenarios: dict[str, dict[str, Any]]) -> str:
+    head = ("scenario", "measure", "value", "unit", "ceiling", "ratio", "goal", "verdict")
+    rows = [head]
+    for res in run.results:
+        rows.append((res.scenario, res.measure, _fmt(res.value), res.unit, res.ceiling or "",
+                     _fmt(res.ratio), res.goal or "", res.verdict))
+    for name, info in scenarios.items():
+        if info["status"] != "ok":
+            rows.append((name, info.get("detail", info["status"])[:100], "", "", "", "", "", info["status"].upper()))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
+    widths[1] = min(widths[1], 78)
+    out = []
+    for i, r in enumerate(rows):
+        out.append("  ".join(str(c)[:widths[j]].ljust(widths[j]) for j, c in enumerate(r)).rstrip())
+        if i == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def _profile_text(prof: dict[str, Any], top: int = 15) -> str:
+    lines = [f"catch-up profile ({prof['rows']} rows, wall {prof['wall_s']} s, Python busy "
+             f"{prof['profiled_s'] - prof['waiting_in_poll_s']:.2f} s, waiting in poll {prof['waiting_in_poll_s']} s)",
+             "  top own time (tottime):"]
+    for e in prof["top_tottime"][:top]:
+        lines.append(f"    {e['tottime_s']:8.3f} s  {e['ncalls']:>9}  {e['function']}")
+    lines.append("  top cumulative (syncd / asyncpg / json / aiohttp):")
+    for e in prof["top_cumtime_syncd"][:top]:
+        lines.append(f"    {e['cumtime_s']:8.3f} s  {e['ncalls']:>9}  {e['function']}")
+    return "\n".join(lines)
+
+
+async def main(size: str, only: list[str] | None, out_dir: Path, pg_dir: Path | None = None) -> Path:
+    from syncd.log import configure
+
+    configure("json", "error")
+    chosen = only or list(SCENARIOS)
+    unknown = [s for s in chosen if s not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}")
+    base = pg_dir or Path(tempfile.mkdtemp(prefix="syncd-bench-"))
+    cluster = BenchCluster(base, SETTINGS).start()
+    run = Run(SIZES[size], cluster)
+    scenarios: dict[str, dict[str, Any]] = {}
+    started = time.perf_counter()
+    try:
+        settings = await cluster.show()
+        print(f"syncd bench, size {size}, PostgreSQL settings (ceilings and syncd alike):", flush=True)
+        print("  " + ", ".join(f"{k}={v}" for k, v in settings.items()), flush=True)
+        done: set[Any] = set()
+        need = list(chosen)
+        if any(s in need for s in ("catchup", "memory", "scale")) and "ceilings" not in need:
+            need.insert(0, "ceilings")  # ratios need the ceilings of the same run
+        for name in need:
+            fn = SCENARIOS[name]
+            if fn is None:
+                scenarios[name] = {"status": "not built", "detail": NOT_BUILT[name]}
+                print(f"[{name}] {NOT_BUILT[name]}", flush=True)
+                continue
+            if fn in done:
+                scenarios[name] = dict(scenarios[next(k for k, v in SCENARIOS.items() if v is fn and k in scenarios)])
+                continue
+            print(f"[{name}] running …", flush=True)
+            t0 = time.perf_counter()
+            try:
+                await fn(run)
+                scenarios[name] = {"status": "ok", "seconds": round(time.perf_counter() - t0, 1)}
+            except Exception as e:  # noqa: BLE001 - one failed scenario does not lose the others
+                traceback.print_exc()
+                scenarios[name] = {"status": "error", "detail": f"{type(e).__name__}: {e}",
+                                   "seconds": round(time.perf_counter() - t0, 1)}
+            done.add(fn)
+            print(f"[{name}] {scenarios[name]['status']} in {time.perf_counter() - t0:.1f} s", flush=True)
+    finally:
+        cluster.stop()
+    print()
+    print(table(run, scenarios))
+    if "profile_catchup" in run.extra:
+        print()
+        print(_profile_text(run.extra["profile_catchup"]))
+    today = dt.date.today().isoformat()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{today}-{size}.json"
+    doc = {
+        "date": today, "size": size, "params": run.size.__dict__, "seconds": round(time.perf_counter() - started, 1),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "postgresql_settings": settings, "scenarios": scenarios,
+        "results": [r.as_dict() for r in run.results], "ceilings_rows_per_s": run.rates,
+        "nodes": "in-process: every Node runs in the bench's Python process (one event loop), "
+                 "each on its own database of the one cluster, HTTP on loopback",
+        **run.extra,
+    }
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, ensure_ascii=False, indent=1, default=str), encoding="utf-8")
+    tmp.replace(path)
+    print(f"\nwrote {path}")
+    return path
+
+
+def cli(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--size", choices=sorted(SIZES), default="small")
+    ap.add_argument("--only", help="comma-separated scenarios: " + ",".join(SCENARIOS))
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--pg-dir", type=Path, help="directory for the throwaway cluster (default: a temp dir)")
+    a = ap.parse_args(argv)
+    only = [s.strip() for s in a.only.split(",") if s.strip()] if a.only else None
+    asyncio.run(main(a.size, only, a.out, a.pg_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
