@@ -1,0 +1,95 @@
+"""The audit of what crossed each link (HC-15): one row per batch, never a value.
+
+:func:`record` writes one ``syncd.audit`` row per batch sent to or received from a
+peer: the peer, ``sent`` or ``received``, the batch id, a ``{table: count}`` map,
+the number of changes, and the *names* of the reach-limited (personal) columns the
+batch carried — e.g. ``["members.contact_phone"]`` for an ``up:1`` column.  Values
+never enter the audit, so the table can be shown to anyone who may see the link.
+
+Call it in the same transaction as the apply (received) or right after the peer
+acknowledged the batch (sent); an empty batch (a summary-only push, an empty pull)
+writes nothing.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import asyncpg
+
+from syncd.proto.change import Change
+from syncd.schema.declarations import SCHEMA, Schema
+
+AuditDirection = Literal["sent", "received"]
+
+
+def batch_tables(changes: Sequence[Change]) -> dict[str, int]:
+    """``{table: number of changes}``, tables in first-seen order."""
+    return dict(Counter(c.table for c in changes))
+
+
+def personal_columns(changes: Sequence[Change], schema: Schema = SCHEMA) -> list[str]:
+    """Sorted ``table.column`` names of reach-limited columns present in ``changes``."""
+    out: set[str] = set()
+    for c in changes:
+        if c.table not in schema:
+            continue
+        t = schema[c.table]
+        for name in c.cols:
+            try:
+                if t.column(name).personal:
+                    out.add(f"{c.table}.{name}")
+            except KeyError:  # an opaque column from a newer peer (HC-13) is not declared here
+                continue
+    return sorted(out)
+
+
+async def record(conn: asyncpg.Connection, peer: str, direction: AuditDirection,
+                 batch_id: uuid.UUID | str | None, changes: Sequence[Change],
+                 schema: Schema = SCHEMA) -> int | None:
+    """Write the audit row of one batch; return its id, or None for an empty batch.
+
+    Raises ``ValueError`` for a direction other than ``sent``/``received``.
+    """
+    if direction not in ("sent", "received"):
+        raise ValueError(f"audit direction must be 'sent' or 'received', not {direction!r}")
+    if not changes:
+        return None
+    return int(await conn.fetchval(
+        "INSERT INTO syncd.audit (peer, direction, batch_id, tables, changes, personal_columns) "
+        "VALUES ($1, $2, $3, $4::jsonb, $5, $6::jsonb) RETURNING id",
+        peer, direction, str(batch_id) if batch_id is not None else None,
+        json.dumps(batch_tables(changes), ensure_ascii=False), len(changes),
+        json.dumps(personal_columns(changes, schema))))
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    id: int
+    peer: str
+    direction: str
+    at: str
+    batch_id: str | None
+    tables: dict[str, int]
+    changes: int
+    personal_columns: list[str]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"id": self.id, "peer": self.peer, "direction": self.direction, "at": self.at,
+                "batch_id": self.batch_id, "tables": self.tables, "changes": self.changes,
+                "personal_columns": self.personal_columns}
+
+
+async def list_audit(conn: asyncpg.Connection, peer: str | None = None, limit: int = 100) -> list[AuditRow]:
+    """The latest ``limit`` audit rows (of ``peer`` if given), newest first."""
+    recs = await conn.fetch(
+        "SELECT * FROM syncd.audit WHERE $1::text IS NULL OR peer = $1 ORDER BY id DESC LIMIT $2", peer, limit)
+
+    def _j(v: object) -> object:
+        return json.loads(v) if isinstance(v, str) else v
+
+    return [AuditRow(r["id"], r["peer"], r["direction"], r["at"].isoformat(), r["batch_id"],
+                     _j(r["tables"]), r["changes"], _j(r["personal_columns"])) for r in recs]  # type: ignore[arg-type]
