@@ -62,7 +62,8 @@ class Tree:
 
     async def setup(self) -> "Tree":
         for code in self.tree:
-            self.dsns[code] = await self.cluster.new_node_db(code)
+            if code not in self.dsns:  # a test may bring its own (e.g. populated) database
+                self.dsns[code] = await self.cluster.new_node_db(code)
             self.conns[code] = await asyncpg.connect(self.dsns[code])
         root = next(c for c, (_, _, p) in self.tree.items() if p is None)
         await self.conns[root].executemany(

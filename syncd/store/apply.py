@@ -30,6 +30,7 @@ from typing import Any, Awaitable, Callable, Sequence
 import asyncpg
 
 from syncd.config import Secret
+from syncd.faults import fault_point
 from syncd.merge import Conflict, RowState, clock_check, decide
 from syncd.proto.change import Change
 from syncd.routing import Direction, check_origin
@@ -248,7 +249,9 @@ async def merge_rows(conn: asyncpg.Connection, ctx: ApplyContext, peer: str,
         await ctx.after_lock()
     caps = await claim_captures(conn, 1_000_000, targets)
     if caps:  # HC-4: local writes to these rows are versioned before the merge
-        local, _ = await Versioner(ctx.schema, ctx.me, ctx.id_hash_key).run(conn, caps, 0)
+        hlc = await conn.fetchval("SELECT hlc FROM syncd.node")
+        local, hlc = await Versioner(ctx.schema, ctx.me, ctx.id_hash_key).run(conn, caps, hlc)
+        await conn.execute("UPDATE syncd.node SET hlc = greatest(hlc, $1)", hlc)
         await add_pending(conn, [(c, None) for c in local])
     rowver = await load_rowver(conn, targets)
     rows: dict[Key, _Row] = {}
@@ -264,32 +267,104 @@ async def merge_rows(conn: asyncpg.Connection, ctx: ApplyContext, peer: str,
         row.changes.append(c)
         result.conflicts.extend(d.conflicts)
     parked: list[Change] = []
-    order = {t.name: i for i, t in enumerate(ctx.schema.tables)}
-    alive_first = sorted(rows.values(), key=lambda r: (not (r.state and r.state.alive), order[r.table.name]
-                                                        if r.state and r.state.alive else -order[r.table.name]))
     saved: dict[Key, RowVer] = {}
-    for row in alive_first:
+    for group in _groups(ctx.schema, rows.values()):
+        failed = await _write_group(conn, group)
+        for row in group:
+            f = failed.get(row.id)
+            if f is not None:
+                if f.code == "FK_MISSING":
+                    parked.extend(row.changes)
+                else:
+                    for c in row.changes:
+                        await quarantine(conn, peer, c, f.code, f.reason)
+                        result.quarantined.append((c.pos, f.code))
+                continue
+            saved[(row.table.name, row.id)] = _rowver_of(row, rowver)
+            result.applied += len(row.changes)
+    await save_rowver(conn, saved)
+    return parked
+
+
+def _rowver_of(row: _Row, rowver: dict[Key, RowVer]) -> RowVer:
+    st = row.state
+    assert st is not None
+    key = (row.table.name, row.id)
+    homes = dict(row.changes[-1].homes) if st.alive else (rowver[key].homes if key in rowver
+                                                           else dict(row.first.homes))
+    return RowVer(row.first.org_code, st.cl, homes, {c: v for c, (_, v) in st.cols.items()},
+                  {c: st.prevs.get(c) for c in st.cols})
+
+
+def _action(row: _Row) -> str:
+    st = row.state
+    assert st is not None
+    if not st.alive:
+        return "delete" if row.existed else "none"
+    if not row.existed:
+        return "insert"
+    return "update" if row.dirty & set(row.table.shipped_names) else "none"
+
+
+def _groups(schema: Schema, rows: Any) -> list[list[_Row]]:
+    """Rows to write, grouped by table and action: inserts and updates in foreign-key
+    order, then deletes in reverse order (HC-11)."""
+    by: dict[tuple[str, str, tuple[str, ...]], list[_Row]] = {}
+    for row in rows:
+        act = _action(row)
+        cols = tuple(sorted(row.dirty & set(row.table.shipped_names))) if act == "update" else ()
+        by.setdefault((row.table.name, act, cols), []).append(row)
+    order = {t.name: i for i, t in enumerate(schema.tables)}
+
+    def rank(k: tuple[str, str, tuple[str, ...]]) -> tuple[int, int]:
+        return (0, order[k[0]]) if k[1] in ("insert", "update", "none") else (1, -order[k[0]])
+    return [by[k] for k in sorted(by, key=rank)]
+
+
+async def _write_group(conn: asyncpg.Connection, group: list[_Row]) -> dict[uuid.UUID, "_Failed"]:
+    """Write a group set-based under one savepoint; if it fails, row by row to find the culprits."""
+    act = _action(group[0])
+    if act == "none":
+        return {}
+    try:
+        async with conn.transaction():
+            await _write_set(conn, group, act)
+        return {}
+    except asyncpg.PostgresError:
+        pass
+    failed: dict[uuid.UUID, _Failed] = {}
+    for row in group:
         try:
             await _write_guarded(conn, row)
         except _Failed as f:
-            if f.code == "FK_MISSING":
-                parked.extend(row.changes)
-            else:
-                for c in row.changes:
-                    await quarantine(conn, peer, c, f.code, f.reason)
-                    result.quarantined.append((c.pos, f.code))
-            continue
-        st = row.state
-        assert st is not None
-        homes = dict(row.changes[-1].homes) if st.alive else (rowver[(row.table.name, row.id)].homes
-                                                               if (row.table.name, row.id) in rowver
-                                                               else dict(row.first.homes))
-        saved[(row.table.name, row.id)] = RowVer(
-            row.first.org_code, st.cl, homes, {c: v for c, (_, v) in st.cols.items()},
-            {c: st.prevs.get(c) for c in st.cols})
-        result.applied += len(row.changes)
-    await save_rowver(conn, saved)
-    return parked
+            failed[row.id] = f
+    return failed
+
+
+async def _write_set(conn: asyncpg.Connection, group: list[_Row], act: str) -> None:
+    t = group[0].table
+    name = f'public."{t.name}"'
+    if act == "delete":
+        await conn.execute(f"DELETE FROM {name} WHERE id = ANY($1::uuid[])", [r.id for r in group])
+        return
+    docs = []
+    for row in group:
+        assert row.state is not None
+        values = {c: v for c, v in row.state.values().items() if c in t.shipped_names}
+        docs.append({**values, "id": str(row.id), "org_code": row.first.org_code})
+    payload = json.dumps(docs, ensure_ascii=False)
+    if act == "insert":
+        cols = sorted({c for d in docs for c in d if c in t.shipped_names})
+        names = ["org_code", *cols, *([] if t.natural_key else ["id"])]
+        await conn.execute(
+            f"INSERT INTO {name} ({', '.join(map(_q, names))}) SELECT {', '.join('x.' + _q(c) for c in names)} "
+            f"FROM jsonb_populate_recordset(NULL::{name}, $1::jsonb) x", payload)
+        return
+    cols = sorted(group[0].dirty & set(t.shipped_names))
+    sets = ", ".join(f"{_q(c)} = x.{_q(c)}" for c in cols)
+    await conn.execute(
+        f"UPDATE {name} t SET {sets} FROM jsonb_populate_recordset(NULL::{name}, $1::jsonb) x WHERE t.id = x.id",
+        payload)
 
 
 async def _record_conflicts(conn: asyncpg.Connection, schema: Schema, conflicts: Sequence[Conflict],
@@ -346,6 +421,7 @@ async def apply_batch(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ki
             result.quarantined.append((c.pos, code))
         if ok:
             parked = await merge_rows(conn, ctx, peer, ok, result)
+            fault_point("after_copy")
             await park(conn, peer, parked)
             result.parked = len(parked)
             await _record_conflicts(conn, ctx.schema, result.conflicts, {str(c.id): c.org_code for c in ok})
@@ -353,6 +429,7 @@ async def apply_batch(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ki
             await add_pending(conn, [(c, peer) for c in ok])
             if await conn.fetchval("SELECT count(*) FROM syncd.parked") > len(parked):
                 result.applied += await retry_parked(conn, ctx)
+        fault_point("before_cursor_commit")
         await conn.execute("UPDATE syncd.cursors SET pos = $3, updated_at = now() WHERE peer = $1 AND kind = $2",
                            peer, kind, to_pos)
         result.cursor = to_pos

@@ -18,7 +18,7 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import asyncpg
 
@@ -77,22 +77,46 @@ def _to_us(ts: datetime) -> int:
 
 
 def _derive(t: Table, image: Mapping[str, Any], key: Secret | None) -> dict[str, Any]:
-    return {c.name: id_card_hash(key, image.get(c.derived_from)) for c in t.shipped if c.derived_from}
+    derived = _cached(t, "derived_cols", lambda: tuple((c.name, c.derived_from) for c in t.shipped if c.derived_from))
+    return {name: id_card_hash(key, image.get(src)) for name, src in derived}
 
 
-def _changed_columns(t: Table, cap: Capture, key: Secret | None) -> dict[str, Any]:
-    """Shipped columns and their new values that this capture changes."""
-    new = cap.new or {}
-    if cap.op == "I":
-        out = {c.name: new.get(c.name) for c in t.shipped if not c.derived_from}
+_CACHE: dict[tuple[int, str], Any] = {}
+
+
+def _cached(t: Table, what: str, make: Callable[[], Any]) -> Any:
+    """Per-declaration facts computed once (a Table's own hash walks all its columns)."""
+    key = (id(t), what)
+    if key not in _CACHE:
+        _CACHE[key] = (t, make())  # keep t alive so its id is not reused
+    return _CACHE[key][1]
+
+
+def _plain_columns(t: Table) -> tuple[str, ...]:
+    """Shipped columns taken from the row image (not derived by the daemon)."""
+    return _cached(t, "plain", lambda: tuple(c.name for c in t.shipped if not c.derived_from))
+
+
+def _derived_sources(t: Table) -> tuple[str, ...]:
+    return _cached(t, "derived", lambda: tuple(c.derived_from for c in t.shipped if c.derived_from))
+
+
+def _changed_columns(t: Table, new: Mapping[str, Any], old: Mapping[str, Any] | None,
+                     key: Secret | None) -> dict[str, Any]:
+    """Shipped columns and their new values that this capture changes (all of them for
+    an insert, ``old`` None)."""
+    if old is None:
+        out = {c: new.get(c) for c in _plain_columns(t)}
         out.update(_derive(t, new, key))
         return out
-    old = cap.old or {}
-    out = {c.name: new.get(c.name) for c in t.shipped
-           if not c.derived_from and new.get(c.name) != old.get(c.name)}
-    if any(c.derived_from in out for c in t.shipped if c.derived_from):
+    out = {c: new.get(c) for c in _plain_columns(t) if new.get(c) != old.get(c)}
+    if any(src in out for src in _derived_sources(t)):
         out.update(_derive(t, new, key))
     return out
+
+
+def _workflow_columns(t: Table) -> frozenset[str]:
+    return _cached(t, "workflow", lambda: frozenset(c.name for c in t.columns if c.merge == "workflow"))
 
 
 def version_captures(
@@ -123,9 +147,9 @@ def version_captures(
         elif rv is None or rv.cl % 2 == 0 or cap.op == "I":
             op = OP_INSERT
             cl = 1 if rv is None else (rv.cl + 1 if rv.cl % 2 == 0 else rv.cl)
-            values = _changed_columns(t, Capture(**{**cap.__dict__, "op": "I"}), id_hash_key)
+            values = _changed_columns(t, cap.new or {}, None, id_hash_key)
         else:
-            op, cl, values = OP_UPDATE, rv.cl, _changed_columns(t, cap, id_hash_key)
+            op, cl, values = OP_UPDATE, rv.cl, _changed_columns(t, cap.new or {}, cap.old or {}, id_hash_key)
             if not values:
                 continue
         ts = next_ts(cap.ts_us, hlc)
@@ -138,8 +162,10 @@ def version_captures(
         if cl != rv.cl:  # a new causal length starts every column afresh (merge.decide)
             rv.v, rv.prevs = {}, {}
         cols: dict[str, ColumnChange] = {}
+        workflow = _workflow_columns(t)
         for name, value in values.items():
-            cc = column_change(t, name, value, rv.v.get(name))
+            prev = rv.v.get(name)
+            cc = column_change(t, name, value, prev) if name in workflow else ColumnChange(value, 0, 0, prev)
             cols[name] = cc
             rv.v[name] = Version(cl, cc.round, cc.stage, ts, me)
             rv.prevs[name] = cc.prev

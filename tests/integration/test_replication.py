@@ -255,3 +255,34 @@ async def test_hc17_resolve_at_province_closes_conflict_everywhere(tree: Tree) -
                  for n in ("430000", "430100", "430102")]
         return vals == {"出席"} and open_ == [0, 0, 0]
     await eventually(closed_everywhere)
+
+
+async def test_hc20_populated_county_joins_and_city_converges(cluster: Cluster) -> None:
+    """芙蓉区 has years of data before syncd: init brings it into the log and the tree converges."""
+    from syncd.store.migrate import init_node
+
+    t = Tree(cluster, SMALL_TREE)
+    try:
+        # 芙蓉区's database before syncd: the 政协云 schema with data, no triggers
+        dsn = await cluster.new_database("pop")
+        conn = await asyncpg.connect(dsn)
+        await conn.execute("""
+            INSERT INTO members (org_code, name) SELECT '430102', '老委员' || g FROM generate_series(1, 2000) g;
+            INSERT INTO activities (org_code, kind, title, starts_at)
+                 SELECT '430102', '视察', '视察' || g, now() - g * interval '1 day' FROM generate_series(1, 15) g;
+            INSERT INTO attendance (org_code, activity_id, member_id)
+                 SELECT '430102', a.id, m.id FROM activities a CROSS JOIN members m;""")
+        await init_node(conn, "430102")
+        await conn.close()
+        t.dsns["430102"] = dsn
+        await t.setup()
+
+        async def converged() -> bool:
+            counts = [await _count(t.db(c), "SELECT count(*) FROM attendance") for c in ("430100", "430000")]
+            return counts == [30_000, 30_000]
+        await eventually(converged, 120, 0.5)
+        for code in ("430100", "430000"):
+            assert await _count(t.db(code), "SELECT count(*) FROM members WHERE org_code = '430102'") == 2000
+            assert await _count(t.db(code), "SELECT count(*) FROM syncd.quarantine") == 0
+    finally:
+        await t.close()
