@@ -51,6 +51,34 @@ class Metrics:
         self.lag = Gauge("syncd_link_lag_changes", "changes not yet acknowledged", ["peer", "direction"], registry=r)
         self.conflicts = Gauge("syncd_conflicts_open", "open conflicts", registry=r)
         self.errors = Counter("syncd_errors_total", "link errors by code", ["peer", "code"], registry=r)
+        # set from the database and the links at each scrape (refresh), so they are never stale
+        self.link_up = Gauge("syncd_link_up", "1 when the link is running", ["peer", "direction"], registry=r)
+        self.link_errors = Gauge("syncd_link_consecutive_errors", "consecutive errors of a link",
+                                 ["peer", "direction"], registry=r)
+        self.quarantined = Gauge("syncd_quarantined", "quarantined changes waiting for an operator", registry=r)
+        self.parked = Gauge("syncd_parked", "changes parked for a missing foreign-key target", registry=r)
+        self.log_position = Gauge("syncd_log_position", "head of this node's change log", registry=r)
+        self.capture_healthy = Gauge("syncd_capture_healthy", "1 when capture triggers are all in place",
+                                     registry=r)
+        self.subtree_nodes = Gauge("syncd_subtree_nodes", "expected nodes of the subtree by state", ["state"],
+                                   registry=r)
+
+    def refresh(self, status: dict[str, Any]) -> None:
+        """Set the gauges from a ``/status`` model (called on every scrape)."""
+        for ln in status["links"]:
+            self.lag.labels(ln["peer"], ln["direction"]).set(ln["lag_changes"] or 0)
+            self.link_up.labels(ln["peer"], ln["direction"]).set(1 if ln["state"] == "running" else 0)
+            self.link_errors.labels(ln["peer"], ln["direction"]).set(ln["consecutive_errors"] or 0)
+        self.conflicts.set(status["conflicts_open"])
+        self.quarantined.set(status["quarantined"])
+        self.parked.set(status["parked"])
+        self.log_position.set(status["node"]["log_position"])
+        self.capture_healthy.set(1 if status["capture"]["healthy"] else 0)
+        states: dict[str, int] = {s: 0 for s in ("healthy", "degraded", "failed", "stale", "missing")}
+        for n in status["subtree"]:
+            states[n["state"]] = states.get(n["state"], 0) + 1
+        for state, count in states.items():
+            self.subtree_nodes.labels(state).set(count)
 
 
 async def _counts(conn: asyncpg.Connection) -> dict[str, int]:
@@ -157,6 +185,7 @@ def add_routes(app: web.Application, node: "Node") -> None:
         return web.json_response({"ready": True})
 
     async def metrics(request: web.Request) -> web.Response:
+        node.metrics.refresh(await build_status(node))
         return web.Response(body=generate_latest(node.metrics.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
