@@ -278,7 +278,7 @@ def member_rows(org_code: str, n: int, seed: int, start: int = 0) -> list[tuple[
         out.append((
             uuid.UUID(int=rnd.getrandbits(128), version=4), org_code, name, rnd.choice(("男", "女")),
             "汉族", f"{rnd.randint(1950, 1995)}-{rnd.randint(1, 12):02d}",
-            f"{org_code}{rnd.randint(1950, 1995)}{rnd.randint(101, 1231):04d}{i % 10000:04d}"[:18],
+            f"{org_code}{rnd.randint(1950, 1995)}{i:08d}",  # unique per i: UNIQUE (org_code, id_card_no)
             f"13{rnd.randint(0, 999_999_999):09d}",
             f"湖南省长沙市芙蓉区五一大道{rnd.randint(1, 999)}号{rnd.randint(1, 30)}栋{rnd.randint(101, 2505)}室",
             rnd.choice(_PARTIES), "JJ", rnd.choice(_UNITS), "教授、博士生导师、副院长", "委员", "第十三届",

@@ -12,6 +12,8 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -124,6 +126,8 @@ async def main(size: str, only: list[str] | None, out_dir: Path, pg_dir: Path | 
             print(f"[{name}] {scenarios[name]['status']} in {time.perf_counter() - t0:.1f} s", flush=True)
     finally:
         cluster.stop()
+        if pg_dir is None:
+            shutil.rmtree(base, ignore_errors=True)
     print()
     print(table(run, scenarios))
     if "profile_catchup" in run.extra:
@@ -156,6 +160,10 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--pg-dir", type=Path, help="directory for the throwaway cluster (default: a temp dir)")
     a = ap.parse_args(argv)
     only = [s.strip() for s in a.only.split(",") if s.strip()] if a.only else None
+    def _interrupt(*_: object) -> None:
+        raise KeyboardInterrupt  # so the cluster is stopped on SIGTERM too
+
+    signal.signal(signal.SIGTERM, _interrupt)
     asyncio.run(main(a.size, only, a.out, a.pg_dir))
     return 0
 
