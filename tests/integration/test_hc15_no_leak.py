@@ -155,3 +155,30 @@ async def test_hc15_seeded_id_number_never_appears_above_home(tree: Tree, capfd:
                 assert not any(p in r["reason"] for p in DETAIL_TEXT), r["reason"]
         hashes = await tree.db(code).fetch("SELECT id_card_no, mobile FROM members")
         assert all(h["id_card_no"] is None and h["mobile"] is None for h in hashes)
+
+
+async def test_hc15_audit_record_counts_tables_and_names_personal_columns_never_values(county: Any) -> None:
+    from syncd.store.audit import list_audit, record
+
+    member, act = uuid.uuid4(), uuid.uuid4()
+    changes = [
+        Change("members", member, "430102", "I", 1, 1, "430102", 1, {"home": "430102"},
+               {"name": ColumnChange("甲委员"), "mobile": ColumnChange(MOBILE), "id_card_hash": ColumnChange("h")}),
+        Change("members", uuid.uuid4(), "430102", "U", 1, 2, "430102", 2, {"home": "430102"},
+               {"name": ColumnChange("乙委员")}),
+        Change("activities", act, "430102", "I", 1, 3, "430102", 3, {"home": "430102"},
+               {"title": ColumnChange("视察")}),
+    ]
+    batch = uuid.uuid4()
+    rid = await record(county, "430100", "sent", batch, changes)
+    assert rid is not None
+    (row,) = await list_audit(county)
+    assert (row.peer, row.direction, row.batch_id, row.changes) == ("430100", "sent", str(batch), 3)
+    assert row.tables == {"members": 2, "activities": 1}
+    assert row.personal_columns == ["members.mobile"]
+    text = await county.fetchval("SELECT string_agg(a::text, '') FROM syncd.audit a")
+    assert MOBILE not in text and "甲委员" not in text
+    assert await record(county, "430100", "received", uuid.uuid4(), []) is None  # an empty batch: no row
+    assert await county.fetchval("SELECT count(*) FROM syncd.audit") == 1
+    with pytest.raises(ValueError):
+        await record(county, "430100", "relayed", batch, changes)  # type: ignore[arg-type]
