@@ -101,11 +101,13 @@ class TcpProxy:
         if self._cut:
             self.refused += 1
             _abort(writer)
+            await _close(writer)
             return
         try:
             up_r, up_w = await asyncio.wait_for(asyncio.open_connection(*self.target), 5)
         except (OSError, asyncio.TimeoutError):
             _abort(writer)
+            await _close(writer)
             return
         self.accepted += 1
         pair = (writer, up_w)
@@ -115,8 +117,12 @@ class TcpProxy:
         for t in (t1, t2):
             self._tasks.add(t)
             t.add_done_callback(self._tasks.discard)
-        await asyncio.gather(t1, t2, return_exceptions=True)
-        self._pairs.discard(pair)
+        try:
+            await asyncio.gather(t1, t2, return_exceptions=True)
+        finally:
+            self._pairs.discard(pair)
+            for w in pair:
+                await _close(w)
 
     async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter,
                     pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter], direction: str) -> None:
@@ -156,6 +162,12 @@ class TcpProxy:
                 with contextlib.suppress(Exception):
                     if dst.can_write_eof():
                         dst.write_eof()
+
+
+async def _close(w: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(Exception):
+        w.close()
+        await asyncio.wait_for(w.wait_closed(), 1)
 
 
 def _abort(w: asyncio.StreamWriter) -> None:
