@@ -86,7 +86,10 @@ async def test_status_and_check_live_then_link_down_then_daemon_down(tree: Tree,
     rc, out, _ = await eventually(checks_ok, 40, 0.5)
     assert out.startswith("ok: node 430102")
 
-    rc, out, err = await syncd("status", "--config", fr)
+    async def knows_its_level() -> tuple[int, str, str] | None:  # once the province's committees rows arrived
+        r = await syncd("status", "--config", fr)
+        return r if "芙蓉区 430102 (county)" in r[1] else None
+    rc, out, err = await eventually(knows_its_level, 30, 0.5)
     assert rc == 0, err
     assert f"source: live http://127.0.0.1:{port}" in out
     assert "LINKS" in out and "SUBTREE" in out and "芙蓉区 430102 (county)" in out
