@@ -129,11 +129,13 @@ def hello_of(node: str = EVIL, versions: tuple[int, ...] = (1, 2), clock: int | 
 
 
 async def applied_from_evil(t: Tree3) -> int:
-    """Everything of 430104's that could have reached the city's tables or logs."""
+    """Everything of 430104's that could have reached the city's tables, relay queue or log (a change
+    moves from ``pending`` to ``log`` in one sequencer transaction, so the sum is stable)."""
     db = t.db(CITY)
     return int(await db.fetchval(
         "SELECT (SELECT count(*) FROM members WHERE org_code = $1) + (SELECT count(*) FROM syncd.log "
-        "WHERE origin = $1 OR received_from = $1) + (SELECT count(*) FROM syncd.rowver WHERE org_code = $1)", EVIL))
+        "WHERE origin = $1 OR received_from = $1) + (SELECT count(*) FROM syncd.pending WHERE origin = $1 "
+        "OR received_from = $1) + (SELECT count(*) FROM syncd.rowver WHERE org_code = $1)", EVIL))
 
 
 # -- fuzz ---------------------------------------------------------------------------------

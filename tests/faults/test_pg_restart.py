@@ -23,6 +23,7 @@ from tests.pg import Cluster
 from tests.tree import Tree
 
 pytestmark = pytest.mark.timeout(150)
+RESTARTS = 3
 
 CHAIN = {
     "430000": ("湖南省", "province", None),
@@ -51,7 +52,8 @@ async def _status(t: Tree, code: str) -> dict[str, Any]:
             return await r.json()  # type: ignore[no-any-return]
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=False, reason=(  # not strict: which asyncpg error a task meets is racy
+
     "BUG: Sequencer.run dies when PostgreSQL restarts: an asyncpg.InterfaceError (closed connection) escapes "
     "its `except (PostgresError, OSError)` and the `finally: listener.remove_listener()` on the dead LISTEN "
     "connection raises InterfaceError; relays stop logging, nothing converges. Node._listener has the same "
@@ -85,6 +87,11 @@ async def test_postgres_restart_under_running_nodes_reported_recovered_converged
                   .get("code") for c in ("430100", "430102")}
         await asyncio.sleep(2.0)  # down for a while: every loop retries against a dead database
         await asyncio.to_thread(own.pg.start)
+        for _ in range(RESTARTS - 1):  # a few more short outages: each one is a chance to kill a task
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(own.pg.stop, "immediate")
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(own.pg.start)
         t.conns = {c: await asyncpg.connect(dsn) for c, dsn in t.dsns.items()}
 
         prov, fr = t.db("430000"), t.db("430102")
