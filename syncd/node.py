@@ -17,7 +17,7 @@ import asyncpg
 import structlog
 
 from syncd.config import Config
-from syncd.errors import SyncdError
+from syncd.errors import SyncdError, must_resync
 from syncd.faults import fault_point
 from syncd.merge import clock_check
 from syncd.proto.change import Change
@@ -35,6 +35,7 @@ from syncd.topology import Topology, TopologyError
 log = structlog.get_logger("syncd.node")
 
 INSTANCE_GRACE_S = 5.0
+SNAPSHOT_IDLE_S = 30.0  # a snapshot slot is freed after this long without a request
 _SEVERITY = {"running": 0, "initializing": 1, "pending": 2, "stalled": 3, "crashing": 4, "failed": 5}
 
 
@@ -90,6 +91,7 @@ class ParentService:
     instances: dict[str, tuple[uuid.UUID, float]] = field(default_factory=dict)
     last_seen: dict[str, float] = field(default_factory=dict)  # child -> wall time of last good request
     pull_after: dict[str, int] = field(default_factory=dict)  # child -> cursor it last pulled from
+    snapshots: dict[str, float] = field(default_factory=dict)  # child -> last snapshot request (monotonic)
 
     def _child(self, child: str) -> None:
         if self.cfg.child(child) is None:
@@ -205,6 +207,13 @@ class ParentService:
         self._child(child)
         self._touch(child)
         self.pull_after[child] = msg.after
+        async with self.pool.acquire() as conn:
+            truncated = await conn.fetchval(
+                "SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = 'truncated'", child) or 0
+            if msg.after < truncated:  # entries it needs are gone (retention, or this node resynced)
+                epoch = await conn.fetchval("SELECT epoch FROM syncd.node")
+                raise must_resync(epoch, f"{child}'s cursor {msg.after} is below {self.cfg.node.id}'s "
+                                         f"retained outbox ({truncated})")
         limit = min(msg.limit or self.cfg.tuning.batch_max_changes, self.cfg.tuning.batch_max_changes)
         deadline = time.monotonic() + msg.wait_ms / 1000
         while True:
@@ -244,7 +253,31 @@ class ParentService:
             self._log_waiters.discard(fut)
 
     async def on_snapshot(self, child: str, msg: SnapshotRequest) -> SnapshotChunk:
-        raise SyncdError("UNAVAILABLE", "snapshots are not served by this version of syncd")
+        """One chunk of a bootstrap/resync snapshot, admission-controlled (HC-22)."""
+        from syncd.store.snapshot import read_chunk
+
+        self._child(child)
+        self._touch(child)
+        if msg.table not in self.schema:
+            raise SyncdError("UNKNOWN_TABLE", f"table {msg.table!r} is not replicated here")
+        now = time.monotonic()
+        active = {c for c, at in self.snapshots.items() if now - at < SNAPSHOT_IDLE_S}
+        if child not in active and len(active) >= self.cfg.tuning.snapshot_slots:
+            raise SyncdError("SNAPSHOT_BUSY", f"{len(active)} snapshots are being served; "
+                             f"{child} will be served when one finishes")
+        self.snapshots[child] = now
+        limit = max(1, min(msg.limit, self.cfg.tuning.batch_max_changes))
+        async with self.pool.acquire() as conn:
+            if msg.position is None:  # a new snapshot covers whatever was truncated before it
+                await conn.execute("DELETE FROM syncd.cursors WHERE peer = $1 AND kind = 'truncated'", child)
+            position = msg.position if msg.position is not None else await conn.fetchval(
+                "SELECT head FROM syncd.node")
+            rows, nxt = await read_chunk(conn, self.schema, self.ctx.topo, self.cfg.node.id, child,
+                                         msg.table, msg.after_id, limit)
+        done = nxt is None
+        if done and msg.table == self.schema.tables[-1].name:
+            self.snapshots.pop(child, None)  # the last table: free the slot
+        return SnapshotChunk(msg.table, position, tuple(rows), nxt, done)
 
     async def on_verify(self, child: str, msg: VerifyRequest) -> VerifyReply:
         raise SyncdError("UNAVAILABLE", "verify is not served by this version of syncd")
@@ -365,8 +398,9 @@ class Node:
                 topo = await load_topology(conn, self.cfg)
         except (asyncpg.PostgresError, OSError):
             return
-        self.topo_ref.topo = topo
-        self.ctx.topo = topo
+        if len(topo.nodes) >= len(self.topo_ref.topo.nodes):  # never fall back to a smaller tree
+            self.topo_ref.topo = topo
+            self.ctx.topo = topo
 
     def _http_link(self) -> Any:
         from syncd.proto.signing import Keyring
@@ -422,7 +456,7 @@ class Node:
                 "lag_seconds": round(time.time() - row["oldest"].timestamp(), 3) if row["oldest"] else 0.0,
                 "consecutive_errors": ln.push_health.consecutive_errors + ln.pull_health.consecutive_errors,
                 "last_error": {k: err.get(k) for k in ("code", "reason", "hint")} if err else None,
-                "clock_offset_ms": ln.clock_offset_ms,
+                "clock_offset_ms": ln.clock_offset_ms, "snapshot": ln.snapshot_state,
                 "history": [{"at": iso(e.at), "event": e.state, "detail": e.code} for e in history]})
         if self.service is not None:
             out += await self.service.link_status(conn)

@@ -24,10 +24,10 @@ import structlog
 from syncd.config import Config
 from syncd.faults import fault_point
 from syncd.proto.change import Change
-from syncd.proto.messages import PROTOCOL_VERSION, SUPPORTED_VERSIONS, Hello, PullRequest, Push
+from syncd.proto.messages import PROTOCOL_VERSION, SUPPORTED_VERSIONS, Hello, PullRequest, Push, SnapshotRequest
 from syncd.retry import LoopHealth
 from syncd.routing import project
-from syncd.store.apply import ApplyContext, apply_batch
+from syncd.store.apply import ApplyContext, apply_batch, current_topology
 from syncd.store.log import change_from_record
 from syncd.transport.base import ParentLink
 
@@ -64,6 +64,7 @@ class ChildLinks:
     pull_cursor: int = 0
     clock_offset_ms: int | None = None
     summary_every_s: float = 5.0
+    snapshot_state: dict | None = None  # bootstrap progress, shown in status
     _summary_sent: float = 0.0
 
     def __post_init__(self) -> None:
@@ -115,9 +116,11 @@ class ChildLinks:
             return False
         entries = cut_batch([change_from_record(r) for r in recs], limit)
         from_parent = {r["pos"] for r in recs if r["received_from"] == self.parent}
-        behind = self.ctx.topo.behind(self.cfg.node.id, self.parent)
+        async with self.pool.acquire() as conn:
+            topo = self.ctx.topo = await current_topology(conn, self.ctx.topo, entries)
+        behind = topo.behind(self.cfg.node.id, self.parent)
         out = [p for c in entries if c.pos not in from_parent
-               for p in [project(c, behind, self.ctx.topo)] if p is not None]
+               for p in [project(c, behind, topo)] if p is not None]
         to_pos = entries[-1].pos
         summary = await self._summary()
         if out or summary:
@@ -140,10 +143,10 @@ class ChildLinks:
                 if hello_needed:
                     self.push_cursor = await self.hello()
                     hello_needed = False
+                self.wake_push.clear()  # before reading: a NOTIFY during the push is not lost
                 more = await self._push_once()
                 self.push_health.ok()
                 if not more:
-                    self.wake_push.clear()
                     await _wait_any(stop, self.wake_push, self.cfg.tuning.sequencer_interval_ms / 1000 * 5)
             except asyncio.CancelledError:
                 raise
@@ -164,12 +167,62 @@ class ChildLinks:
             fault_point("after_pull_apply")
             self.pull_cursor = res.cursor
 
+    async def bootstrap(self) -> None:
+        """Load (or resume) a snapshot of everything this node is entitled to, then pull from p₀."""
+        from syncd.node import now_us
+        from syncd.store.sequencer import lock
+        from syncd.store.snapshot import Progress, clear_progress, merge_chunk, progress, save_progress
+
+        async with self.pool.acquire() as conn:
+            done = await progress(conn, self.parent)
+        position = next((p.position for p in done.values()), None)
+        self.snapshot_state = {"state": "loading", "tables": {}, "position": position}
+        for t in self.ctx.schema.tables:
+            p = done.get(t.name) or Progress(t.name, position or 0, None, 0, False)
+            while not p.done:
+                chunk = await self.link.snapshot(SnapshotRequest(t.name, p.after_id, self.cfg.tuning.batch_max_changes,
+                                                                 position))
+                position = chunk.position
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await conn.execute("SET LOCAL syncd.applying = 'on'")
+                    await lock(conn)
+                    await merge_chunk(conn, self.ctx, self.parent, t.name, chunk.rows)
+                    p = Progress(t.name, position, chunk.next_after_id or p.after_id, p.rows + len(chunk.rows),
+                                 chunk.done)
+                    await save_progress(conn, self.parent, p)
+                self.snapshot_state["tables"][t.name] = p.rows
+                self.snapshot_state["position"] = position
+            log.info("snapshot_table_done", link=self.pull_health.name, table=t.name, rows=p.rows)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO syncd.cursors (peer, kind, pos) VALUES ($1, 'pull', $2) "
+                "ON CONFLICT (peer, kind) DO UPDATE SET pos = excluded.pos, updated_at = now()",
+                self.parent, position or 0)
+            await clear_progress(conn, self.parent)
+            # rows merged from a snapshot are not in this node's log: its own children resync
+            await conn.execute(
+                "INSERT INTO syncd.cursors (peer, kind, pos) SELECT c, 'truncated', n.head + 1 FROM syncd.node n, "
+                "unnest($1::text[]) c ON CONFLICT (peer, kind) DO UPDATE SET pos = excluded.pos, updated_at = now()",
+                [c.id for c in self.cfg.children])
+        self.pull_cursor = position or 0
+        self.snapshot_state = {"state": "done", "position": position, "at_us": now_us()}
+
+    async def _needs_snapshot(self) -> bool:
+        async with self.pool.acquire() as conn:
+            unfinished = await conn.fetchval("SELECT count(*) FROM syncd.snapshot_progress WHERE peer = $1",
+                                             self.parent)
+            pulled = await conn.fetchval("SELECT count(*) FROM syncd.cursors WHERE peer = $1 AND kind = 'pull'",
+                                         self.parent)
+        return bool(unfinished) or not pulled
+
     async def pull_loop(self, stop: asyncio.Event) -> None:
         hello_needed = True
         while not stop.is_set():
             try:
                 if hello_needed:
                     await self.hello()
+                    if await self._needs_snapshot():
+                        await self.bootstrap()
                     async with self.pool.acquire() as conn:
                         self.pull_cursor = await conn.fetchval(
                             "SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = 'pull'", self.parent) or 0
@@ -180,7 +233,16 @@ class ChildLinks:
                 raise
             except Exception as e:  # noqa: BLE001
                 hello_needed = True
+                if getattr(e, "code", None) == "MUST_RESYNC":  # below the parent's retained log (HC-21)
+                    await self._forget_pull_cursor()  # an expected event, not a link failure
+                    continue
                 await _wait_any(stop, None, self.pull_health.error(e))
+
+    async def _forget_pull_cursor(self) -> None:
+        """Drop the pull cursor so the next hello resyncs by snapshot (merging, HC-22)."""
+        async with self.pool.acquire() as conn:
+            await conn.execute("DELETE FROM syncd.cursors WHERE peer = $1 AND kind = 'pull'", self.parent)
+        log.warning("must_resync", link=self.pull_health.name)
 
 
 async def _wait_any(stop: asyncio.Event, other: asyncio.Event | None, timeout: float) -> None:

@@ -92,11 +92,28 @@ class Tree:
         for dsn in self.dsns.values():
             await self.cluster.drop(dsn)
 
+    async def diagnose(self) -> str:
+        """Where every node stands: for failure messages."""
+        lines = []
+        for code, conn in self.conns.items():
+            node = self.nodes.get(code)
+            links = node.links if node is not None else None
+            lines.append(
+                f"{code}: running={node is not None} head={await conn.fetchval('SELECT head FROM syncd.node')} "
+                f"cursors={[tuple(r) for r in await conn.fetch('SELECT peer, kind, pos FROM syncd.cursors')]} "
+                f"outbox={[tuple(r) for r in await conn.fetch('SELECT peer, max(pos) FROM syncd.outbox GROUP BY 1')]} "
+                f"quarantine={[tuple(r) for r in await conn.fetch('SELECT code, reason FROM syncd.quarantine')]} "
+                f"parked={await conn.fetchval('SELECT count(*) FROM syncd.parked')} "
+                + (f"push={links.push_health.state}/{links.push_cursor} pull={links.pull_health.state}/"
+                   f"{links.pull_cursor} last_error={links.pull_health.last_error or links.push_health.last_error} "
+                   f"snapshot={links.snapshot_state}" if links else ""))
+        return "\n".join(lines)
+
     def db(self, code: str) -> asyncpg.Connection:
         return self.conns[code]
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20.0, interval: float = 0.1) -> Any:
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 45.0, interval: float = 0.1) -> Any:
     """Poll ``check`` until it returns a truthy value; fail with the last value after ``timeout``."""
     deadline = time.monotonic() + timeout
     last: Any = None

@@ -25,6 +25,7 @@ that the two agree.  Nothing here does I/O.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 from dataclasses import dataclass, field
@@ -123,16 +124,20 @@ class Table:
                 return c
         raise KeyError(f"{self.name}.{name}")
 
-    @property
+    @functools.cached_property
     def shipped(self) -> tuple[Column, ...]:
         """Columns that travel in change records (everything not ``local``)."""
         return tuple(c for c in self.columns if not c.local)
 
-    @property
+    @functools.cached_property
     def shipped_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.shipped)
 
-    @property
+    @functools.cached_property
+    def shipped_set(self) -> frozenset[str]:
+        return frozenset(self.shipped_names)
+
+    @functools.cached_property
     def local_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns if c.local)
 

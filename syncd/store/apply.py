@@ -195,7 +195,7 @@ async def _write_row(conn: asyncpg.Connection, row: _Row) -> None:
     generated = bool(t.natural_key)
     values = st.values()
     if not row.existed:
-        cols = [c for c in values if c in t.shipped_names]
+        cols = [c for c in values if c in t.shipped_set]
         names = ["org_code", *cols, *([] if generated else ["id"])]
         params = [row.first.org_code, *(values[c] for c in cols), *([] if generated else [str(row.id)])]
         sel = ", ".join(f"x.{_q(c)}" for c in names)
@@ -204,7 +204,7 @@ async def _write_row(conn: asyncpg.Connection, row: _Row) -> None:
             f"SELECT {sel} FROM jsonb_populate_record(NULL::{name}, $1::jsonb) x",
             json.dumps(dict(zip(names, params)), ensure_ascii=False))
         return
-    cols = sorted(c for c in row.dirty if c in t.shipped_names)
+    cols = sorted(c for c in row.dirty if c in t.shipped_set)
     if not cols:
         return
     sets = ", ".join(f"{_q(c)} = x.{_q(c)}" for c in cols)
@@ -236,10 +236,10 @@ async def _write_guarded(conn: asyncpg.Connection, row: _Row) -> None:
         raise _Failed("POISON", f"{type(e).__name__}: value rejected by {row.table.name}") from e
 
 
-async def merge_rows(conn: asyncpg.Connection, ctx: ApplyContext, peer: str,
-                     changes: Sequence[Change], result: ApplyResult) -> list[Change]:
-    """Lock, version local captures, decide and write; return the changes parked."""
-    targets: list[Key] = list(dict.fromkeys((c.table, c.id) for c in changes))
+async def lock_and_load(conn: asyncpg.Connection, ctx: ApplyContext,
+                        targets: list[Key]) -> tuple[dict[Key, dict], dict[Key, RowVer]]:
+    """Lock the target rows, version their committed local captures first (HC-4), and
+    return their values and versions."""
     values: dict[Key, dict] = {}
     for t in ctx.schema.tables:
         ids = [k[1] for k in targets if k[0] == t.name]
@@ -253,7 +253,14 @@ async def merge_rows(conn: asyncpg.Connection, ctx: ApplyContext, peer: str,
         local, hlc = await Versioner(ctx.schema, ctx.me, ctx.id_hash_key).run(conn, caps, hlc)
         await conn.execute("UPDATE syncd.node SET hlc = greatest(hlc, $1)", hlc)
         await add_pending(conn, [(c, None) for c in local])
-    rowver = await load_rowver(conn, targets)
+    return values, await load_rowver(conn, targets)
+
+
+async def merge_rows(conn: asyncpg.Connection, ctx: ApplyContext, peer: str,
+                     changes: Sequence[Change], result: ApplyResult) -> list[Change]:
+    """Lock, version local captures, decide and write; return the changes parked."""
+    targets: list[Key] = list(dict.fromkeys((c.table, c.id) for c in changes))
+    values, rowver = await lock_and_load(conn, ctx, targets)
     rows: dict[Key, _Row] = {}
     for c in changes:
         key = (c.table, c.id)
@@ -266,9 +273,18 @@ async def merge_rows(conn: asyncpg.Connection, ctx: ApplyContext, peer: str,
         row.dirty |= set(d.writes) | set(d.cleared)
         row.changes.append(c)
         result.conflicts.extend(d.conflicts)
+    return await write_rows(conn, ctx.schema, peer, list(rows.values()), rowver, result)
+
+
+async def write_rows(conn: asyncpg.Connection, schema: Schema, peer: str, rows: list["_Row"],
+                     rowver: dict[Key, RowVer], result: ApplyResult) -> list[Change]:
+    """Write merged rows set-based in foreign-key order and save their versions.
+
+    Rows whose write fails are not versioned: a foreign-key miss parks their changes
+    (returned), any other failure quarantines them (HC-11)."""
     parked: list[Change] = []
     saved: dict[Key, RowVer] = {}
-    for group in _groups(ctx.schema, rows.values()):
+    for group in _groups(schema, rows):
         failed = await _write_group(conn, group)
         for row in group:
             f = failed.get(row.id)
@@ -281,7 +297,7 @@ async def merge_rows(conn: asyncpg.Connection, ctx: ApplyContext, peer: str,
                         result.quarantined.append((c.pos, f.code))
                 continue
             saved[(row.table.name, row.id)] = _rowver_of(row, rowver)
-            result.applied += len(row.changes)
+            result.applied += max(1, len(row.changes))
     await save_rowver(conn, saved)
     return parked
 
@@ -303,7 +319,7 @@ def _action(row: _Row) -> str:
         return "delete" if row.existed else "none"
     if not row.existed:
         return "insert"
-    return "update" if row.dirty & set(row.table.shipped_names) else "none"
+    return "update" if row.dirty & row.table.shipped_set else "none"
 
 
 def _groups(schema: Schema, rows: Any) -> list[list[_Row]]:
@@ -312,7 +328,7 @@ def _groups(schema: Schema, rows: Any) -> list[list[_Row]]:
     by: dict[tuple[str, str, tuple[str, ...]], list[_Row]] = {}
     for row in rows:
         act = _action(row)
-        cols = tuple(sorted(row.dirty & set(row.table.shipped_names))) if act == "update" else ()
+        cols = tuple(sorted(row.dirty & row.table.shipped_set)) if act == "update" else ()
         by.setdefault((row.table.name, act, cols), []).append(row)
     order = {t.name: i for i, t in enumerate(schema.tables)}
 
@@ -350,17 +366,17 @@ async def _write_set(conn: asyncpg.Connection, group: list[_Row], act: str) -> N
     docs = []
     for row in group:
         assert row.state is not None
-        values = {c: v for c, v in row.state.values().items() if c in t.shipped_names}
+        values = {c: v for c, v in row.state.values().items() if c in t.shipped_set}
         docs.append({**values, "id": str(row.id), "org_code": row.first.org_code})
     payload = json.dumps(docs, ensure_ascii=False)
     if act == "insert":
-        cols = sorted({c for d in docs for c in d if c in t.shipped_names})
+        cols = sorted({c for d in docs for c in d if c in t.shipped_set})
         names = ["org_code", *cols, *([] if t.natural_key else ["id"])]
         await conn.execute(
             f"INSERT INTO {name} ({', '.join(map(_q, names))}) SELECT {', '.join('x.' + _q(c) for c in names)} "
             f"FROM jsonb_populate_recordset(NULL::{name}, $1::jsonb) x", payload)
         return
-    cols = sorted(group[0].dirty & set(t.shipped_names))
+    cols = sorted(group[0].dirty & t.shipped_set)
     sets = ", ".join(f"{_q(c)} = x.{_q(c)}" for c in cols)
     await conn.execute(
         f"UPDATE {name} t SET {sets} FROM jsonb_populate_recordset(NULL::{name}, $1::jsonb) x WHERE t.id = x.id",

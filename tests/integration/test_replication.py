@@ -39,10 +39,13 @@ async def _has_row(t: Tree, code: str, table: str, row_id: uuid.UUID) -> bool:
     return bool(await t.db(code).fetchval(f"SELECT count(*) FROM {table} WHERE id = $1", row_id))
 
 
-async def _settle(t: Tree, table: str, row_id: uuid.UUID, present: list[str], timeout: float = 20) -> None:
+async def _settle(t: Tree, table: str, row_id: uuid.UUID, present: list[str], timeout: float = 45) -> None:
     async def ok() -> bool:
         return all([await _has_row(t, c, table, row_id) for c in present])
-    await eventually(ok, timeout)
+    try:
+        await eventually(ok, timeout)
+    except AssertionError as e:
+        raise AssertionError(f"{table} {row_id} not at {present}: {e}\n{await t.diagnose()}") from None
 
 
 async def test_hc14_member_projection_travels_up_only(tree: Tree) -> None:
@@ -189,10 +192,12 @@ async def test_delete_update_reinsert_and_zero_change_resync(tree: Tree) -> None
         again = [await tree.db(c).fetchval("SELECT head FROM syncd.node") for c in ALL]
         return heads == again
     await eventually(quiet, 30, 0.1)
-    city_head = await tree.db("430100").fetchval(
-        "SELECT coalesce(max(pos), 0) FROM syncd.outbox WHERE peer = '430102'")
+    city = tree.db("430100")
     pull = await fr.fetchval("SELECT pos FROM syncd.cursors WHERE peer = '430100' AND kind = 'pull'")
-    assert pull == city_head
+    last_for_child = await city.fetchval("SELECT coalesce(max(pos), 0) FROM syncd.outbox WHERE peer = '430102'")
+    # the stored cursor is the last position delivered: nothing is waiting beyond it, and it is real
+    assert last_for_child <= pull <= await city.fetchval("SELECT head FROM syncd.node")
+    assert tree.nodes["430102"].links.pull_cursor == pull
 
 
 async def test_child_down_catches_up_and_conflict_recorded(tree: Tree) -> None:

@@ -1,0 +1,135 @@
+"""Snapshots: serve a child the rows it is entitled to, and merge them at the child (HC-22).
+
+Parent side (:func:`read_chunk`): rows of one table in id order after ``after_id``,
+with their causal length, route homes and per-column versions, filtered to the
+rows that reach the child's subtree and projected to the columns whose reach
+includes it.  A snapshot is consistent with p₀, the parent's log head when it
+started: every change after p₀ is also in the child's outbox and is replayed by
+pulls afterwards (idempotent merges; no conflicts, HC-17).
+
+Child side (:func:`merge_chunk`): each row is joined into the local row with
+``merge.merge_states`` — never replaced, so home-only personal columns and own
+writes not yet pushed survive (HC-22) — and written through the same set-based
+path as applies.  :func:`progress` / :func:`save_progress` keep per-table
+progress in ``syncd.snapshot_progress`` so a killed bootstrap resumes.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import asyncpg
+
+from syncd.merge import RowState, merge_states
+from syncd.proto.change import OP_DELETE, OP_INSERT, Change, Version
+from syncd.proto.messages import SnapshotRow
+from syncd.routing import column_reach, reach
+from syncd.schema.declarations import Schema
+from syncd.store.apply import ApplyContext, ApplyResult, _Row, _state, lock_and_load, park, write_rows
+from syncd.topology import Topology, TopologyError
+
+
+def _project(table: Any, row: SnapshotRow, behind: frozenset[str], topo: Topology) -> SnapshotRow | None:
+    try:
+        reached = reach(table, row.homes, topo) & behind
+    except TopologyError:
+        return None
+    if not reached:
+        return None
+    cols = {}
+    for name, cell in row.cols.items():
+        rule = table.column(name).reach
+        allowed = column_reach(rule, row.org_code, topo)
+        if allowed is None or allowed & reached:
+            cols[name] = cell
+    return SnapshotRow(row.id, row.org_code, row.cl, row.homes, cols)
+
+
+async def read_chunk(conn: asyncpg.Connection, schema: Schema, topo: Topology, me: str, child: str,
+                     table: str, after_id: uuid.UUID | None, limit: int) -> tuple[list[SnapshotRow], uuid.UUID | None]:
+    """Up to ``limit`` rows of ``table`` for ``child`` after ``after_id``; and where to go on.
+
+    Scans in id order; the returned cursor is the last id scanned (None: table done),
+    so a chunk may hold fewer rows than ``limit`` when most rows are not the child's.
+    """
+    t = schema[table]
+    recs = await conn.fetch(
+        f'SELECT r.id, r.org_code, r.cl, r.homes, r.v, to_jsonb(x) AS j FROM syncd.rowver r '
+        f'LEFT JOIN public."{t.name}" x ON x.id = r.id '
+        "WHERE r.tbl = $1 AND ($2::uuid IS NULL OR r.id > $2) ORDER BY r.id LIMIT $3",
+        table, after_id, limit)
+    behind = topo.behind(me, child)
+    out = []
+    shipped = set(t.shipped_names)
+    for r in recs:
+        values = json.loads(r["j"]) if r["j"] else {}
+        versions = json.loads(r["v"])
+        cols = {c: (values.get(c), Version.from_list(v[:5])) for c, v in versions.items() if c in shipped}
+        row = _project(t, SnapshotRow(r["id"], r["org_code"], r["cl"], json.loads(r["homes"]), cols), behind, topo)
+        if row is not None:
+            out.append(row)
+    nxt = recs[-1]["id"] if len(recs) == limit else None
+    return out, nxt
+
+
+def _pseudo_change(table: str, row: SnapshotRow) -> Change:
+    """A stand-in change for bookkeeping (homes, org_code) of a snapshot row."""
+    return Change(table, row.id, row.org_code, OP_INSERT if row.cl % 2 else OP_DELETE, row.cl, 0,
+                  row.org_code, 0, dict(row.homes), {}, 0)
+
+
+async def merge_chunk(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, table: str,
+                      rows: Sequence[SnapshotRow]) -> ApplyResult:
+    """Merge snapshot rows into this node (caller's transaction, ``syncd.applying`` on)."""
+    result = ApplyResult()
+    if not rows:
+        return result
+    t = ctx.schema[table]
+    targets = [(table, r.id) for r in rows]
+    values, rowver = await lock_and_load(conn, ctx, targets)
+    merged: list[_Row] = []
+    for r in rows:
+        key = (table, r.id)
+        local = _state(rowver.get(key), values.get(key))
+        incoming = RowState(r.cl, dict(r.cols), {})
+        state = merge_states(local, incoming)
+        if state == local:
+            continue
+        assert state is not None
+        dirty = {c for c, cell in state.cols.items() if local is None or local.cols.get(c) != cell}
+        if local is not None and state.cl != local.cl:
+            dirty |= set(local.cols)
+        row = _Row(t, r.id, key in values, state, _pseudo_change(table, r), [_pseudo_change(table, r)], dirty)
+        merged.append(row)
+    parked = await write_rows(conn, ctx.schema, peer, merged, rowver, result)
+    await park(conn, peer, parked)
+    result.parked = len(parked)
+    return result
+
+
+@dataclass
+class Progress:
+    table: str
+    position: int
+    after_id: uuid.UUID | None
+    rows: int
+    done: bool
+
+
+async def progress(conn: asyncpg.Connection, peer: str) -> dict[str, Progress]:
+    return {r["tbl"]: Progress(r["tbl"], r["position"], r["after_id"], r["rows"], r["done"])
+            for r in await conn.fetch("SELECT * FROM syncd.snapshot_progress WHERE peer = $1", peer)}
+
+
+async def save_progress(conn: asyncpg.Connection, peer: str, p: Progress) -> None:
+    await conn.execute(
+        "INSERT INTO syncd.snapshot_progress (peer, tbl, position, after_id, rows, done) "
+        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (peer, tbl) DO UPDATE SET position = excluded.position, "
+        "after_id = excluded.after_id, rows = excluded.rows, done = excluded.done, updated_at = now()",
+        peer, p.table, p.position, p.after_id, p.rows, p.done)
+
+
+async def clear_progress(conn: asyncpg.Connection, peer: str) -> None:
+    await conn.execute("DELETE FROM syncd.snapshot_progress WHERE peer = $1", peer)
