@@ -18,6 +18,9 @@ import structlog
 
 from syncd.config import Config
 from syncd.errors import SyncdError, must_resync
+from syncd.proto.validate import push_problems, schema_columns
+from syncd.peer import RESYNC_ALWAYS
+from syncd.store import audit
 from syncd.faults import fault_point
 from syncd.merge import clock_check
 from syncd.proto.change import Change
@@ -93,6 +96,10 @@ class ParentService:
     pull_after: dict[str, int] = field(default_factory=dict)  # child -> cursor it last pulled from
     snapshots: dict[str, float] = field(default_factory=dict)  # child -> last snapshot request (monotonic)
 
+    @property
+    def columns(self) -> dict[str, frozenset[str]]:
+        return schema_columns(self.schema)
+
     def _child(self, child: str) -> None:
         if self.cfg.child(child) is None:
             raise SyncdError("NOT_A_CHILD", f"{child} is not a configured child of {self.cfg.node.id}")
@@ -134,12 +141,20 @@ class ParentService:
     async def on_push(self, child: str, msg: Push) -> PushReply:
         self._child(child)
         self._touch(child)
+        # signed but invalid content is refused whole (R5.4-R5.6); a future ts only
+        # quarantines its own change, in apply (HC-23)
+        problems = [p for p in push_problems(msg, self.columns, now_us(), self.cfg.tuning.clock_hard_ms * 1000)
+                    if p.code != "FUTURE_TS"]
+        if problems:
+            raise problems[0].error()
         async with self.pool.acquire() as conn:
             if msg.summary:
                 await self._store_summaries(conn, child, msg.summary)
             res = await apply_batch(conn, self.ctx, child, "applied", "from_child", list(msg.changes),
                                     msg.to_pos, now_us())
             fault_point("after_commit_before_response")
+            if not res.duplicate:
+                await audit.record(conn, child, "received", str(msg.batch_id), msg.changes)
         return PushReply(acked_pos=res.cursor, applied=res.applied,
                          quarantined=tuple(Quarantined(pos, code) for pos, code in res.quarantined))
 
@@ -212,8 +227,9 @@ class ParentService:
                 "SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = 'truncated'", child) or 0
             if msg.after < truncated:  # entries it needs are gone (retention, or this node resynced)
                 epoch = await conn.fetchval("SELECT epoch FROM syncd.node")
-                raise must_resync(epoch, f"{child}'s cursor {msg.after} is below {self.cfg.node.id}'s "
-                                         f"retained outbox ({truncated})")
+                why = (f"{self.cfg.node.id} resynchronised from its parent" if truncated >= RESYNC_ALWAYS
+                       else f"{child}'s cursor {msg.after} is below {self.cfg.node.id}'s retained outbox ({truncated})")
+                raise must_resync(epoch, why)
         limit = min(msg.limit or self.cfg.tuning.batch_max_changes, self.cfg.tuning.batch_max_changes)
         deadline = time.monotonic() + msg.wait_ms / 1000
         while True:
@@ -228,6 +244,9 @@ class ParentService:
         behind = self.ctx.topo.behind(self.cfg.node.id, child)
         out = [p for p in (project(c, behind, self.ctx.topo) for c in changes) if p is not None]
         last = changes[-1].pos if changes else msg.after
+        if out:
+            async with self.pool.acquire() as conn:
+                await audit.record(conn, child, "sent", f"pull ({msg.after}, {last}]", out)
         return PullReply(changes=tuple(out), last_pos=last, head=max(head, last), epoch=epoch,
                          more=last < head)
 
@@ -365,8 +384,7 @@ class Node:
         self.ctx = ApplyContext(self.schema, self.cfg.node.id, self.topo_ref.topo, self.cfg.node.id_hash_key,
                                 t.clock_soft_ms * 1000, t.clock_hard_ms * 1000)
         self.sequencer = make_sequencer(self.cfg, self.topo_ref, lambda: self.ctx)
-        self._listener = await self.pool.acquire()
-        await self._listener.add_listener("syncd_log", self._on_log)
+        self.tasks.append(asyncio.create_task(self._listen_loop()))
         self.tasks.append(asyncio.create_task(self.sequencer.run(self.pool, self.stop_event)))
         self.service = ParentService(self.cfg, self.pool, self.ctx, self.incarnation, self.schema)
         await self._serve()
@@ -378,6 +396,31 @@ class Node:
             self.tasks.append(asyncio.create_task(self.links.pull_loop(self.stop_event)))
         log.info("node_started", node=self.cfg.node.id, port=self.port)
         return self
+
+    async def _listen_loop(self) -> None:
+        """Keep a LISTEN syncd_log connection, re-established after a database restart."""
+        from syncd.store.sequencer import _release_quietly
+
+        assert self.pool is not None
+        conn: asyncpg.Connection | None = None
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    if conn is None or conn.is_closed():
+                        conn = await _release_quietly(self.pool, conn)
+                        conn = await self.pool.acquire()
+                        await conn.add_listener("syncd_log", self._on_log)
+                        self._on_log()  # catch up on anything logged while not listening
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - retried; the sequencer reports database health
+                    conn = await _release_quietly(self.pool, conn)
+                await asyncio.sleep(1.0)
+        finally:
+            if conn is not None and not conn.is_closed():
+                await conn.remove_listener("syncd_log", self._on_log)
+            if self.pool is not None:
+                await _release_quietly(self.pool, conn)
 
     def _on_log(self, *_: object) -> None:
         if self.service is not None:
@@ -428,6 +471,7 @@ class Node:
         assert self.pool is not None and self.service is not None
         server = HttpParentServer(self.service, rings, PgNonceStore(self.pool),
                                   window_s=self.cfg.tuning.signature_window_s)
+        self.server = server  # its keyrings are swapped by a SIGHUP reload
         app = server.app
         add_routes(app, self)
         self.runner = server.runner(access_log=None)  # auto_decompress off: signatures cover gzip bytes
@@ -483,7 +527,5 @@ class Node:
         if self.runner is not None:
             await self.runner.cleanup()
         if self.pool is not None:
-            await self._listener.remove_listener("syncd_log", self._on_log)
-            await self.pool.release(self._listener)
             await self.pool.close()
             self.pool = None

@@ -27,11 +27,16 @@ from syncd.proto.change import Change
 from syncd.proto.messages import PROTOCOL_VERSION, SUPPORTED_VERSIONS, Hello, PullRequest, Push, SnapshotRequest
 from syncd.retry import LoopHealth
 from syncd.routing import project
-from syncd.store.apply import ApplyContext, apply_batch, current_topology
+from syncd.store import audit
+from syncd.store.apply import ApplyContext, apply_batch, current_topology, retry_parked
 from syncd.store.log import change_from_record
 from syncd.transport.base import ParentLink
 
 log = structlog.get_logger("syncd.peer")
+
+#: a 'truncated' mark at this position makes a child resync whatever its cursor, until it
+#: starts a snapshot (which removes the mark)
+RESYNC_ALWAYS = 2**62
 
 
 def cut_batch(entries: list[Change], max_changes: int) -> list[Change]:
@@ -124,9 +129,13 @@ class ChildLinks:
         to_pos = entries[-1].pos
         summary = await self._summary()
         if out or summary:
-            reply = await self.link.push(Push(batch_id=uuid.uuid4(), epoch=0, from_pos=self.push_cursor,
+            batch_id = uuid.uuid4()
+            reply = await self.link.push(Push(batch_id=batch_id, epoch=0, from_pos=self.push_cursor,
                                               to_pos=to_pos, changes=tuple(out), summary=summary))
             to_pos = max(reply.acked_pos, self.push_cursor) if out else to_pos
+            if out:
+                async with self.pool.acquire() as conn:
+                    await audit.record(conn, self.parent, "sent", str(batch_id), out)
         self.push_cursor = to_pos
         fault_point("before_push_cursor_save")
         async with self.pool.acquire() as conn:
@@ -164,6 +173,9 @@ class ChildLinks:
             async with self.pool.acquire() as conn:
                 res = await apply_batch(conn, self.ctx, self.parent, "pull", "from_parent",
                                         list(reply.changes), reply.last_pos, now_us())
+                if not res.duplicate:
+                    await audit.record(conn, self.parent, "received",
+                                       f"pull ({self.pull_cursor}, {reply.last_pos}]", reply.changes)
             fault_point("after_pull_apply")
             self.pull_cursor = res.cursor
 
@@ -194,6 +206,9 @@ class ChildLinks:
                 self.snapshot_state["position"] = position
             log.info("snapshot_table_done", link=self.pull_health.name, table=t.name, rows=p.rows)
         async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL syncd.applying = 'on'")
+            await lock(conn)
+            await retry_parked(conn, self.ctx)  # changes that waited for the tree or a FK target
             await conn.execute(
                 "INSERT INTO syncd.cursors (peer, kind, pos) VALUES ($1, 'pull', $2) "
                 "ON CONFLICT (peer, kind) DO UPDATE SET pos = excluded.pos, updated_at = now()",
@@ -201,9 +216,9 @@ class ChildLinks:
             await clear_progress(conn, self.parent)
             # rows merged from a snapshot are not in this node's log: its own children resync
             await conn.execute(
-                "INSERT INTO syncd.cursors (peer, kind, pos) SELECT c, 'truncated', n.head + 1 FROM syncd.node n, "
+                "INSERT INTO syncd.cursors (peer, kind, pos) SELECT c, 'truncated', $2 FROM "
                 "unnest($1::text[]) c ON CONFLICT (peer, kind) DO UPDATE SET pos = excluded.pos, updated_at = now()",
-                [c.id for c in self.cfg.children])
+                [c.id for c in self.cfg.children], RESYNC_ALWAYS)
         self.pull_cursor = position or 0
         self.snapshot_state = {"state": "done", "position": position, "at_us": now_us()}
 

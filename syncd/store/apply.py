@@ -23,6 +23,7 @@ Positions are never assigned here; the sequencer moves the queued changes (HC-2)
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Sequence
@@ -394,22 +395,33 @@ async def _record_conflicts(conn: asyncpg.Connection, schema: Schema, conflicts:
             json.dumps([cf.loser[1], cf.loser[0].as_list()], ensure_ascii=False))
 
 
-async def park(conn: asyncpg.Connection, peer: str, changes: Sequence[Change]) -> None:
+async def park(conn: asyncpg.Connection, peer: str, changes: Sequence[Change], reason: str = "FK_MISSING") -> None:
+    """Keep changes that cannot apply yet (a missing FK target, an unknown committee) for a retry."""
     for c in changes:
         await conn.execute(
-            "INSERT INTO syncd.parked (peer, tbl, row_id, change, reason) VALUES ($1, $2, $3, $4, 'FK_MISSING')",
-            peer, c.table, c.id, change_to_json(c))
+            "INSERT INTO syncd.parked (peer, tbl, row_id, change, reason) VALUES ($1, $2, $3, $4, $5)",
+            peer, c.table, c.id, change_to_json(c), reason)
 
 
 async def retry_parked(conn: asyncpg.Connection, ctx: ApplyContext) -> int:
     """Re-apply parked changes whose targets may have arrived (caller's transaction)."""
-    recs = await conn.fetch("DELETE FROM syncd.parked RETURNING id, peer, change, attempts")
+    recs = await conn.fetch("DELETE FROM syncd.parked RETURNING id, peer, change, reason")
     if not recs:
         return 0
     result = ApplyResult()
     by_peer: dict[str, list[Change]] = {}
+    unknown: dict[str, list[Change]] = {}
     for r in sorted(recs, key=lambda r: r["id"]):
-        by_peer.setdefault(r["peer"], []).append(change_from_json(r["change"]))
+        target = unknown if r["reason"] == "UNKNOWN_NODE" else by_peer
+        target.setdefault(r["peer"], []).append(change_from_json(r["change"]))
+    for peer, changes in unknown.items():  # authorised again, now that the tree may be known
+        ctx.topo = await current_topology(conn, ctx.topo, changes)
+        ok, refused = _authorise(ctx, peer, "from_parent", changes, time.time_ns() // 1000)
+        await park(conn, peer, [c for c, code, _ in refused if code == "UNKNOWN_NODE"], "UNKNOWN_NODE")
+        for c, code, reason in refused:
+            if code != "UNKNOWN_NODE":
+                await quarantine(conn, peer, c, code, reason)
+        by_peer.setdefault(peer, []).extend(ok)
     for peer, changes in by_peer.items():
         again = await merge_rows(conn, ctx, peer, changes, result)
         await park(conn, peer, again)
@@ -433,6 +445,11 @@ async def apply_batch(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ki
         ctx.topo = await current_topology(conn, ctx.topo, fresh)
         ok, refused = _authorise(ctx, peer, direction, fresh, now_us)
         for c, code, reason in refused:
+            if code == "UNKNOWN_NODE" and direction == "from_parent":
+                # the tree (committees) has not reached this node yet: wait for it, not an operator
+                await park(conn, peer, [c], "UNKNOWN_NODE")
+                result.parked += 1
+                continue
             await quarantine(conn, peer, c, code, reason)
             result.quarantined.append((c.pos, code))
         if ok:

@@ -22,6 +22,7 @@ import asyncpg
 import structlog
 
 from syncd.config import Secret
+from syncd.retry import LoopHealth
 from syncd.proto.change import Change
 from syncd.schema.declarations import SCHEMA, Schema
 from syncd.store.log import append_log, change_from_record
@@ -59,6 +60,7 @@ class Sequencer:
     fanout: Callable[[asyncpg.Connection, Sequence[tuple[Change, str | None]]],
                      Awaitable[list[list[str]]]] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    health: LoopHealth = field(default_factory=lambda: LoopHealth("sequencer", cap_s=5.0, failed_cap_s=10.0))
 
     async def tick(self, conn: asyncpg.Connection) -> TickResult:
         """Move pending changes and version captures, in one transaction."""
@@ -107,23 +109,49 @@ class Sequencer:
         self._wake.set()
 
     async def run(self, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
-        """Tick on every capture notification and at least every ``interval_s`` until ``stop``."""
-        async with pool.acquire() as listener:
-            await listener.add_listener("syncd_capture", self.wake)
-            try:
-                while not stop.is_set():
-                    try:
-                        async with pool.acquire() as conn:
-                            await self.drain(conn)
-                    except (asyncpg.PostgresError, OSError) as e:
-                        log.warning("sequencer_error", error=str(e))
-                    self._wake.clear()
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), self.interval_s)
-                    except asyncio.TimeoutError:
-                        pass
-            finally:
+        """Tick on every capture notification and at least every ``interval_s`` until ``stop``.
+
+        Never dies: a database failure (PostgreSQL restarting, a dropped connection)
+        is counted in :attr:`health` and retried with backoff; the LISTEN connection
+        is re-established when it was lost.
+        """
+        listener: asyncpg.Connection | None = None
+        try:
+            while not stop.is_set():
+                delay = self.interval_s
+                try:
+                    if listener is None or listener.is_closed():
+                        listener = await _release_quietly(pool, listener)
+                        listener = await pool.acquire()
+                        await listener.add_listener("syncd_capture", self.wake)
+                    async with pool.acquire() as conn:
+                        await self.drain(conn)
+                    self.health.ok()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - the loop never dies; the error is in status
+                    delay = self.health.error(e)
+                    if listener is not None and listener.is_closed():
+                        listener = await _release_quietly(pool, listener)
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            if listener is not None and not listener.is_closed():
                 await listener.remove_listener("syncd_capture", self.wake)
+            await _release_quietly(pool, listener)
+
+
+async def _release_quietly(pool: asyncpg.Pool, conn: asyncpg.Connection | None) -> None:
+    """Give a (possibly broken) connection back to the pool; returns None."""
+    if conn is not None:
+        try:
+            await pool.release(conn)
+        except Exception:  # noqa: BLE001 - a dead connection is simply dropped
+            conn.terminate()
+    return None
 
 
 def log_row_as_json(change: Change, received_from: str | None = None) -> str:
