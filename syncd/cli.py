@@ -501,7 +501,7 @@ def _add_target(s: argparse.ArgumentParser, url: bool = True) -> None:
 def _add_ops_parsers(sub: Any) -> None:
     s = sub.add_parser("status", help="links and subtree of a node (live, or from its database)")
     _add_target(s)
-    s.add_argument("--json", action="store_true", help="the /status JSON (fields: docs/operators.md)")
+    s.add_argument("--json", action="store_true", help="the /status JSON (fields: README, Status fields)")
     s.add_argument("--offline", action="store_true", help="with --config: read the database, do not ask the daemon")
     s.set_defaults(func=cmd_status)
 

@@ -135,8 +135,8 @@ class Demo:
     async def start_all(self) -> None:
         for code in self.order():
             await self.start_node(code)
-        self.say(f"{len(self.nodes)} daemons running; province status: "
-                 f"http://127.0.0.1:{self.nodes[self.root()].port}/healthz")
+        self.say(f"{len(self.nodes)} daemons running; dashboard of the province: "
+                 f"http://127.0.0.1:{self.nodes[self.root()].port}/")
 
     async def seed_data(self) -> None:
         rng = random.Random(self.seed)
@@ -211,8 +211,15 @@ class Demo:
             return all([await self.count(c, "SELECT count(*) FROM activities WHERE id = $1", act) == 1
                         for c in counties])
         await self.wait_for(f"the plenary is at all {len(counties)} counties", everywhere)
-        self.say(f"\n4. {self.tree[fr][0]} goes offline, keeps working, comes back and catches up")
+        att = await self.execute(fr, "INSERT INTO attendance (org_code, activity_id, member_id, status) "
+                                     "VALUES ($1, $2, $3, '出席') RETURNING id", fr, act, mid)
+        await self.wait_for("the sign-in reached the province",
+                            lambda: self._eq(root, "SELECT count(*) FROM attendance WHERE id = $1", 1, att))
+        self.say(f"\n4. {self.tree[fr][0]} goes offline, keeps working, comes back and catches up;"
+                 " meanwhile both it and the province change the same sign-in")
         await self.nodes.pop(fr).stop()
+        await self.execute(fr, "UPDATE attendance SET status = '请假' WHERE id = $1 RETURNING id", att)
+        await self.execute(root, "UPDATE attendance SET status = '缺席' WHERE id = $1 RETURNING id", att)
         for i in range(20):
             await self.execute(fr, "INSERT INTO micro_suggestions (org_code, member_id, title) VALUES ($1, $2, $3) "
                                    "RETURNING id", fr, mid, f"离线期间的微建议{i}")
@@ -220,6 +227,21 @@ class Demo:
         await self.wait_for("20 micro-suggestions written offline reached the province",
                             lambda: self._eq(root, "SELECT count(*) FROM micro_suggestions WHERE org_code = $1",
                                              20, fr))
+        city = self.tree[fr][2]
+        assert city is not None
+
+        async def one_winner() -> bool:
+            values = set()
+            for code in (fr, city, root):
+                conn = await asyncpg.connect(self.dsns[code])
+                try:
+                    values.add(await conn.fetchval("SELECT status FROM attendance WHERE id = $1", att))
+                finally:
+                    await conn.close()
+            return len(values) == 1
+        await self.wait_for("the concurrently edited sign-in has one value at county, city and province", one_winner)
+        await self.wait_for("the conflict is recorded at the province (syncd conflicts)",
+                            lambda: self._eq(root, "SELECT count(*) FROM syncd.conflicts WHERE row_id = $1", 1, att))
 
     async def _eq(self, code: str, sql: str, expected: int, *args: Any) -> bool:
         return await self.count(code, sql, *args) == expected

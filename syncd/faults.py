@@ -27,7 +27,10 @@ Named points (where they are, what has happened when the process dies there):
     ``peer.ChildLinks._push_once``, before the push cursor is stored: the parent has
     acknowledged the batch but the child's stored push cursor is behind.
 
-``mid_snapshot_chunk`` (HC-35) is not placed yet: snapshots are not built.
+``mid_snapshot_chunk``
+    ``peer.ChildLinks.bootstrap``, after a snapshot chunk is merged and before it and
+    its progress commit: the restarted daemon resumes the snapshot at that table.
+    (``after_copy`` is placed there too: a snapshot chunk's rows are written the same way.)
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ import sys
 
 #: Every name a test may put in ``SYNCD_FAULT``.
 FAULT_POINTS = ("after_copy", "before_cursor_commit", "after_commit_before_response",
-                "after_pull_apply", "before_push_cursor_save")
+                "after_pull_apply", "before_push_cursor_save", "mid_snapshot_chunk")
 EXIT_CODE = 137  # what a shell reports for SIGKILL
 
 

@@ -199,6 +199,8 @@ class ChildLinks:
                     await conn.execute("SET LOCAL syncd.applying = 'on'")
                     await lock(conn)
                     await merge_chunk(conn, self.ctx, self.parent, t.name, chunk.rows)
+                    fault_point("mid_snapshot_chunk")  # rows merged, progress not yet committed
+                    fault_point("after_copy")
                     p = Progress(t.name, position, chunk.next_after_id or p.after_id, p.rows + len(chunk.rows),
                                  chunk.done)
                     await save_progress(conn, self.parent, p)

@@ -39,9 +39,10 @@ CASES = [
     ("before_cursor_commit", COUNTY, "pull"),
     ("after_pull_apply", COUNTY, "pull"),
     ("before_push_cursor_save", COUNTY, "push"),
+    ("mid_snapshot_chunk", COUNTY, "snapshot"),
 ]
 
-#: Figures for tests/faults/RESULTS.md (printed with -s).
+#: Figures for the README's Reliability section (printed with -s).
 FIGURES: dict[str, int] = {}
 
 
@@ -83,6 +84,12 @@ async def test_hc35_kill_at_named_point_converges_without_duplicates(
         await d[PROVINCE].start()
         await d[CITY].start()
         await d[COUNTY].start(fault=point, wait=False)
+    if direction == "pull":  # a new county loads a snapshot first: keep changes coming for its pulls
+        for i in range(40):
+            if d[target].proc is not None and d[target].proc.returncode is not None:
+                break
+            await write_province(t.db(PROVINCE), 1, f"poke{i}")
+            await asyncio.sleep(1.0)
     rc = await d[target].exited(40)
     assert rc == EXIT_CODE, d[target].log_text()[-2000:]
     assert f"fault point {point} reached" in d[target].log_text()

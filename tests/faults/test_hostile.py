@@ -260,8 +260,6 @@ async def test_hc34_ten_megabyte_string_is_named(tree: Tree3) -> None:
     assert await applied_from_evil(tree) == before
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ParentService.on_push never calls proto.validate.validate_push "
-                                       "(SPEC R5.4/R5.6): an unknown column is accepted with 200")
 async def test_hc34_unknown_column_is_422_named(tree: Tree3) -> None:
     before = await applied_from_evil(tree)
     c = member(cols={"name": ColumnChange("王五"), "favourite_colour": ColumnChange("红")})
@@ -270,8 +268,6 @@ async def test_hc34_unknown_column_is_422_named(tree: Tree3) -> None:
     assert await applied_from_evil(tree) == before
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ParentService.on_push never calls proto.validate.validate_push "
-                                       "(SPEC R5.5/R5.6): the same change twice is accepted with 200")
 async def test_hc34_same_change_twice_is_422_duplicate_row(tree: Tree3) -> None:
     before = await applied_from_evil(tree)
     c = member()
