@@ -163,12 +163,27 @@ class ChildLinks:
                 hello_needed = True
                 await _wait_any(stop, None, self.push_health.error(e))
 
+    async def _retry_parked_if_any(self) -> None:
+        """Parked changes also get a try when the link is idle (their target may have come by
+        a snapshot, or the tree may be known now)."""
+        from syncd.store.sequencer import lock
+
+        async with self.pool.acquire() as conn:
+            if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM syncd.parked)"):
+                return
+            async with conn.transaction():
+                await conn.execute("SET LOCAL syncd.applying = 'on'")
+                await lock(conn)
+                await retry_parked(conn, self.ctx)
+
     async def _pull_once(self) -> None:
         from syncd.node import now_us
 
         wait_ms = int(self.cfg.tuning.pull_wait_s * 1000)
         reply = await self.link.pull(PullRequest(after=self.pull_cursor, epoch=0,
                                                  limit=self.cfg.tuning.batch_max_changes, wait_ms=wait_ms))
+        if reply.last_pos <= self.pull_cursor:
+            await self._retry_parked_if_any()
         if reply.last_pos > self.pull_cursor:
             async with self.pool.acquire() as conn:
                 res = await apply_batch(conn, self.ctx, self.parent, "pull", "from_parent",

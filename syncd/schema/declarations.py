@@ -119,10 +119,14 @@ class Table:
     version: int = 1  # merge-rule version of the table (HC-13)
 
     def column(self, name: str) -> Column:
-        for c in self.columns:
-            if c.name == name:
-                return c
-        raise KeyError(f"{self.name}.{name}")
+        try:
+            return self._columns_by_name[name]
+        except KeyError:
+            raise KeyError(f"{self.name}.{name}") from None
+
+    @functools.cached_property
+    def _columns_by_name(self) -> dict[str, Column]:
+        return {c.name: c for c in self.columns}
 
     @functools.cached_property
     def shipped(self) -> tuple[Column, ...]:

@@ -217,10 +217,12 @@ async def load_rowver(conn: asyncpg.Connection,
 async def save_rowver(conn: asyncpg.Connection, state: Mapping[tuple[str, uuid.UUID], RowVer]) -> None:
     if not state:
         return
-    await conn.executemany(
-        "INSERT INTO syncd.rowver (tbl, id, org_code, cl, homes, v) VALUES ($1, $2, $3, $4, $5, $6) "
+    rows = [(k[0], k[1], *rv.to_db()) for k, rv in state.items()]
+    await conn.execute(  # one statement for the whole batch (executemany costs a round trip per row)
+        "INSERT INTO syncd.rowver (tbl, id, org_code, cl, homes, v) "
+        "SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::int[], $5::jsonb[], $6::jsonb[]) "
         "ON CONFLICT (tbl, id) DO UPDATE SET cl = excluded.cl, homes = excluded.homes, v = excluded.v",
-        [(k[0], k[1], *rv.to_db()) for k, rv in state.items()])
+        *[list(col) for col in zip(*rows)])
 
 
 async def lookup_homes(conn: asyncpg.Connection, schema: Schema,

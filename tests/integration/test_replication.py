@@ -111,9 +111,10 @@ async def test_hc1_cross_level_attendance_and_adoption_routes(tree: Tree) -> Non
     for code in ("430104", "430600", "430602"):
         assert not await _has_row(tree, code, "opinion_adoptions", adoption)
         assert not await _has_row(tree, code, "opinion_reports", report)
-    for code in ALL:
-        assert await _count(tree.db(code), "SELECT count(*) FROM syncd.quarantine") == 0
-        assert await _count(tree.db(code), "SELECT count(*) FROM syncd.parked") == 0
+    async def nothing_waiting() -> bool:
+        return all([await _count(tree.db(code), "SELECT count(*) FROM syncd.quarantine") == 0
+                    and await _count(tree.db(code), "SELECT count(*) FROM syncd.parked") == 0 for code in ALL])
+    await eventually(nothing_waiting)
 
 
 async def test_hc10_same_signin_at_province_and_county_is_one_row(tree: Tree) -> None:
@@ -224,9 +225,16 @@ async def test_child_down_catches_up_and_conflict_recorded(tree: Tree) -> None:
         n = await _count(prov, "SELECT count(*) FROM micro_suggestions WHERE org_code = '430102'")
         return len(vals) == 1 and n == 50
     await eventually(same, 30)
-    ids = [await _count(tree.db(c), "SELECT count(*) FROM syncd.conflicts WHERE row_id = $1", aid)
-           for c in ("430000", "430102")]
-    assert ids == [1, 1]
+    async def recorded_at_both_ends() -> bool:
+        return [await _count(tree.db(c), "SELECT count(*) FROM syncd.conflicts WHERE row_id = $1", aid)
+                for c in ("430000", "430102")] == [1, 1]
+    try:
+        await eventually(recorded_at_both_ends)
+    except AssertionError:
+        print("DEBUG", await fr.fetch("SELECT pos, op, origin, received_from, cols FROM syncd.log WHERE id = $1", aid))
+        print("DEBUG", await fr.fetch("SELECT * FROM syncd.conflicts"), await prov.fetch("SELECT id, winner, loser FROM syncd.conflicts"))
+        print("DEBUG", await tree.diagnose())
+        raise
     a = await prov.fetchval("SELECT id FROM syncd.conflicts WHERE row_id = $1", aid)
     b = await fr.fetchval("SELECT id FROM syncd.conflicts WHERE row_id = $1", aid)
     assert a == b
