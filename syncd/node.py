@@ -74,7 +74,9 @@ async def load_topology(conn: asyncpg.Connection, cfg: Config) -> Topology:
 
     if cfg.parent is not None:
         add(cfg.parent.id, None, "province")
-    add(me, cfg.parent.id if cfg.parent else None, "city")
+    # until the province's committees rows arrive, guess the level from the links
+    add(me, cfg.parent.id if cfg.parent else None,
+        "province" if cfg.parent is None else ("city" if cfg.children else "county"))
     for c in cfg.children:
         add(c.id, me, "county")
     return Topology.from_rows(list(rows.values()))

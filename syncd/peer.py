@@ -236,6 +236,7 @@ class ChildLinks:
                 "INSERT INTO syncd.cursors (peer, kind, pos) SELECT c, 'truncated', $2 FROM "
                 "unnest($1::text[]) c ON CONFLICT (peer, kind) DO UPDATE SET pos = excluded.pos, updated_at = now()",
                 [c.id for c in self.cfg.children], RESYNC_ALWAYS)
+            await conn.execute("NOTIFY syncd_log")  # the node re-reads its tree (committees came by snapshot)
         self.pull_cursor = position or 0
         self.snapshot_state = {"state": "done", "position": position, "at_us": now_us()}
 

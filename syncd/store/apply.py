@@ -53,6 +53,7 @@ class ApplyResult:
     parked: int = 0
     conflicts: list[Conflict] = field(default_factory=list)
     cursor: int = 0
+    duplicates: set[int] = field(default_factory=set)  # id() of changes this node already held
 
 
 @dataclass
@@ -270,6 +271,8 @@ async def merge_rows(conn: asyncpg.Connection, ctx: ApplyContext, peer: str,
             row = rows[key] = _Row(ctx.schema[c.table], c.id, key in values,
                                    _state(rowver.get(key), values.get(key)), c)
         d = decide(row.state, c, row.table)
+        if d.duplicate:
+            result.duplicates.add(id(c))
         row.state = d.state
         row.dirty |= set(d.writes) | set(d.cleared)
         row.changes.append(c)
@@ -459,7 +462,9 @@ async def apply_batch(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ki
             result.parked = len(parked)
             await _record_conflicts(conn, ctx.schema, result.conflicts, {str(c.id): c.org_code for c in ok})
             await close_seen(conn, ok)
-            await add_pending(conn, [(c, peer) for c in ok])
+            # relay what is new here (HC-12: whether or not it applied); a version this node
+            # already held was relayed when it first came, so it is not logged twice (HC-35)
+            await add_pending(conn, [(c, peer) for c in ok if id(c) not in result.duplicates])
             if await conn.fetchval("SELECT count(*) FROM syncd.parked") > len(parked):
                 result.applied += await retry_parked(conn, ctx)
         fault_point("before_cursor_commit")
