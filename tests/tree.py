@@ -92,6 +92,19 @@ class Tree:
         for dsn in self.dsns.values():
             await self.cluster.drop(dsn)
 
+    async def settled(self, timeout: float = 45.0) -> None:
+        """Wait until start-up resyncs are over: every child has loaded its snapshot and no
+        parent still asks a child to resync (so later rows travel by push and pull)."""
+        async def done() -> bool:
+            for code, node in self.nodes.items():
+                links = node.links
+                if links is not None and (links.snapshot_state or {}).get("state") != "done":
+                    return False
+                if await self.conns[code].fetchval("SELECT count(*) FROM syncd.cursors WHERE kind = 'truncated'"):
+                    return False
+            return True
+        await eventually(done, timeout)
+
     async def diagnose(self) -> str:
         """Where every node stands: for failure messages."""
         lines = []

@@ -46,6 +46,7 @@ async def audited(conn: asyncpg.Connection, peer: str, direction: str, table: st
 
 async def test_hc15_every_batch_that_crossed_a_link_is_audited_on_both_ends(tree: Tree) -> None:
     fr, prov = tree.db("430102"), tree.db("430000")
+    await tree.settled()  # rows written now cross by push and pull, not in a start-up snapshot
     mid = await fr.fetchval("INSERT INTO members (org_code, name, id_card_no, mobile) "
                             "VALUES ('430102', '审计委员', '430102199101011111', $1) RETURNING id", MOBILE)
     act = await prov.fetchval("INSERT INTO activities (org_code, kind, title, starts_at) "
