@@ -22,16 +22,6 @@ pytestmark = pytest.mark.timeout(180)
 MOBILE = "13973100077"
 
 
-@pytest.fixture
-async def tree(cluster: Cluster) -> AsyncIterator[Tree]:
-    t = Tree(cluster, SMALL_TREE)
-    try:
-        await t.setup()
-        yield t
-    finally:
-        await t.close()
-
-
 async def audited(conn: asyncpg.Connection, peer: str, direction: str, table: str) -> list[dict[str, Any]]:
     rows = await conn.fetch("SELECT * FROM syncd.audit WHERE peer = $1 AND direction = $2 ORDER BY id",
                             peer, direction)

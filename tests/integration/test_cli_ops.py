@@ -23,16 +23,6 @@ from tests.tree import HASH_KEY, SMALL_TREE, Tree, eventually, node_config, secr
 pytestmark = pytest.mark.timeout(240)
 
 
-@pytest.fixture
-async def tree(cluster: Cluster) -> AsyncIterator[Tree]:
-    t = Tree(cluster, SMALL_TREE)
-    try:
-        await t.setup()
-        yield t
-    finally:
-        await t.close()
-
-
 def write_toml(t: Tree, code: str, directory: Path, port: int | None = None, dsn: str | None = None) -> Path:
     """The node's config as an operator's file: its dsn, its listen port, its links."""
     name, _, parent = t.tree[code]

@@ -23,16 +23,6 @@ WAIT_MS = 4000
 CUT_CITY, ITS_COUNTY = "430600", "430602"
 
 
-@pytest.fixture
-async def tree(cluster: Cluster) -> AsyncIterator[Tree]:
-    t = Tree(cluster, SMALL_TREE)
-    try:
-        await t.setup()
-        yield t
-    finally:
-        await t.close()
-
-
 def state_of(e: Element) -> str:
     states = [c for c in e.classes if c.startswith("state-")]
     assert len(states) == 1, f"node {e.attrs.get('data-node')} has state classes {states}"

@@ -42,16 +42,6 @@ SECRETS = (ID_NO, ID_NO_2, MOBILE)
 DETAIL_TEXT = ("already exists", "Failing row contains", "Key (", "DETAIL")
 
 
-@pytest.fixture
-async def tree(cluster: Cluster) -> AsyncIterator[Tree]:
-    t = Tree(cluster, SMALL_TREE)
-    try:
-        await t.setup()
-        yield t
-    finally:
-        await t.close()
-
-
 async def pg_dump(dsn: str) -> str:
     proc = await asyncio.create_subprocess_exec(
         str(bin_path("pg_dump")), "--data-only", "--no-owner", f"--dbname={dsn}",

@@ -21,16 +21,6 @@ pytestmark = pytest.mark.timeout(180)
 ALL = list(SMALL_TREE)
 
 
-@pytest.fixture
-async def tree(cluster: Cluster) -> AsyncIterator[Tree]:
-    t = Tree(cluster, SMALL_TREE)
-    try:
-        await t.setup()
-        yield t
-    finally:
-        await t.close()
-
-
 async def _count(conn: asyncpg.Connection, sql: str, *args: object) -> int:
     return int(await conn.fetchval(sql, *args))
 

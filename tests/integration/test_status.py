@@ -32,16 +32,6 @@ from tests.tree import HASH_KEY, SMALL_TREE, Tree, eventually, node_config, secr
 pytestmark = pytest.mark.timeout(240)
 
 
-@pytest.fixture
-async def tree(cluster: Cluster) -> AsyncIterator[Tree]:
-    t = Tree(cluster, SMALL_TREE)
-    try:
-        await t.setup()
-        yield t
-    finally:
-        await t.close()
-
-
 def base(t: Tree, code: str) -> str:
     return f"http://127.0.0.1:{t.nodes[code].port}"
 
