@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 OP_INSERT = "I"  # insert or re-insert: cl odd, every shipped column present
 OP_UPDATE = "U"  # some columns of a live row: cl odd
@@ -18,9 +18,11 @@ OP_DELETE = "D"  # tombstone: cl even, no columns
 OPS = (OP_INSERT, OP_UPDATE, OP_DELETE)
 
 
-@dataclass(frozen=True, order=True)
-class Version:
+class Version(NamedTuple):
     """A column version; the field order is the merge order (SPEC R5.1).
+
+    A named tuple (not a dataclass): tuple comparison is exactly the field order,
+    and a change carries one per column, so it must be cheap to make.
 
     ``cl`` is the row's causal length when the column was written (odd = alive),
     ``round``/``stage`` the workflow rank (0/0 for ``lww`` columns), ``ts`` the
@@ -35,7 +37,7 @@ class Version:
     origin: str
 
     def as_list(self) -> list[Any]:
-        return [self.cl, self.round, self.stage, self.ts, self.origin]
+        return list(self)
 
     @classmethod
     def from_list(cls, v: list[Any] | tuple[Any, ...]) -> "Version":
@@ -43,8 +45,7 @@ class Version:
         return cls(int(cl), int(rnd), int(stage), int(ts), str(origin))
 
 
-@dataclass(frozen=True)
-class ColumnChange:
+class ColumnChange(NamedTuple):
     """The new value of one column, its workflow rank and the version it replaced."""
 
     value: Any
@@ -69,7 +70,7 @@ class Change:
 
     def version(self, column: str) -> Version:
         c = self.cols[column]
-        return Version(self.cl, c.round, c.stage, self.ts, self.origin)
+        return Version(self.cl, c[1], c[2], self.ts, self.origin)
 
     @property
     def alive(self) -> bool:

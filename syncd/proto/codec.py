@@ -112,7 +112,7 @@ def _version(v: Any, p: str) -> Version:
     )
 
 
-def _column_change(v: Any, p: str) -> ColumnChange:
+def _column_change_checked(v: Any, p: str) -> ColumnChange:
     m = f.fields(v, p, ("v", "r", "s", "p"))
     return ColumnChange(
         value=f.value(m["v"], f.sub(p, "value")), round=f.integer(m["r"], f.sub(p, "round")),
@@ -125,7 +125,7 @@ def _homes(v: Any, p: str) -> dict[str, str]:
     return f.str_map(v, p, _node, MAX_HOMES)
 
 
-def _change(v: Any, p: str) -> Change:
+def _change_checked(v: Any, p: str) -> Change:
     m = f.fields(v, p, ("t", "i", "o", "op", "cl", "ts", "or", "tx", "h", "c", "p"))
     op = f.string(m["op"], f.sub(p, "op"), 1)
     if op not in OPS:
@@ -136,9 +136,95 @@ def _change(v: Any, p: str) -> Change:
         cl=f.causal_length(m["cl"], f.sub(p, "cl")), ts=f.integer(m["ts"], f.sub(p, "ts")),
         origin=_node(m["or"], f.sub(p, "origin")), txn=f.integer(m["tx"], f.sub(p, "txn")),
         homes=_homes(m["h"], f.sub(p, "homes")),
-        cols=f.str_map(m["c"], f.sub(p, "cols"), _column_change, MAX_COLUMNS, key_code="UNKNOWN_COLUMN"),
+        cols=f.str_map(m["c"], f.sub(p, "cols"), _column_change_checked, MAX_COLUMNS, key_code="UNKNOWN_COLUMN"),
         pos=f.integer(m["p"], f.sub(p, "pos")),
     )
+
+
+
+# -- the fast path for changes ----------------------------------------------------------
+# A push or pull carries thousands of changes; reading each field through the readers
+# above builds a path string per field.  ``_change_fast`` makes the same checks inline and
+# gives up (None) at the first doubt, and the checked reader then decodes the change again
+# to raise the precise error.  Property test: tests/property/test_codec_props.py.
+
+_CHANGE_KEYS = frozenset(("t", "i", "o", "op", "cl", "ts", "or", "tx", "h", "c", "p"))
+_CC_KEYS = frozenset(("v", "r", "s", "p"))
+_IDENT = f.IDENT_RE.match
+_NODE = f.NODE_RE.match
+_I64 = f.INT64_MAX
+
+
+def _is_node(v: Any) -> bool:
+    return type(v) is str and len(v) <= 32 and _NODE(v) is not None
+
+
+def _is_u64(v: Any) -> bool:
+    return type(v) is int and 0 <= v <= _I64
+
+
+def _fast_version(v: Any) -> Version | None:
+    if type(v) is not list or len(v) != 5:
+        return None
+    cl, rnd, stage, ts, origin = v
+    if (_is_u64(cl) and _is_u64(rnd) and type(stage) is int and -1 <= stage <= _I64 and _is_u64(ts)
+            and _is_node(origin)):
+        return Version(cl, rnd, stage, ts, origin)
+    return None
+
+
+def _fast_value(x: Any) -> tuple[bool, Any]:
+    t = type(x)
+    if x is None or t is str or t is bool:
+        return True, x
+    if t is int:
+        return f.INT64_MIN <= x <= _I64, x
+    if t is float:
+        return x == x and x not in (float("inf"), float("-inf")), x
+    try:
+        return True, f.value(x, "")
+    except DecodeError:
+        return False, None
+
+
+def _change_fast(v: Any) -> Change | None:
+    """The change in ``v`` if every check passes, else None (never raises)."""
+    if type(v) is not dict or v.keys() != _CHANGE_KEYS:
+        return None
+    table, rid, org, op, cl, origin = v["t"], v["i"], v["o"], v["op"], v["cl"], v["or"]
+    if not (type(table) is str and len(table) <= 63 and _IDENT(table) is not None
+            and type(rid) is bytes and len(rid) == 16 and _is_node(org) and _is_node(origin)
+            and type(op) is str and op in OPS and _is_u64(cl) and _is_u64(v["ts"])
+            and _is_u64(v["tx"]) and _is_u64(v["p"])):
+        return None
+    homes, raw = v["h"], v["c"]
+    if type(homes) is not dict or len(homes) > MAX_HOMES or type(raw) is not dict or len(raw) > MAX_COLUMNS:
+        return None
+    for k, code in homes.items():
+        if not (type(k) is str and len(k) <= 64 and _IDENT(k) is not None and _is_node(code)):
+            return None
+    cols: dict[str, ColumnChange] = {}
+    for k, m in raw.items():
+        if not (type(k) is str and len(k) <= 64 and _IDENT(k) is not None
+                and type(m) is dict and m.keys() == _CC_KEYS):
+            return None
+        rnd, stage, prev = m["r"], m["s"], m["p"]
+        if not (_is_u64(rnd) and type(stage) is int and -1 <= stage <= _I64):
+            return None
+        if prev is not None:
+            prev = _fast_version(prev)
+            if prev is None:
+                return None
+        ok, value = _fast_value(m["v"])
+        if not ok:
+            return None
+        cols[k] = ColumnChange(value, rnd, stage, prev)
+    return Change(table, uuid.UUID(bytes=rid), org, op, cl, v["ts"], origin, v["tx"], dict(homes), cols, v["p"])
+
+
+def _change(v: Any, p: str) -> Change:
+    fast = _change_fast(v)
+    return fast if fast is not None else _change_checked(v, p)
 
 
 def _changes(v: Any, p: str) -> tuple[Change, ...]:

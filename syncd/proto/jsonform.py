@@ -10,13 +10,15 @@ import dataclasses
 import uuid
 from typing import Any, Mapping
 
-from syncd.proto.change import Version
+from syncd.proto.change import ColumnChange, Version
 
 
 def to_json(x: Any) -> Any:
     """A JSON-able rendering of a message or any part of one."""
     if isinstance(x, Version):
         return x.as_list()
+    if isinstance(x, ColumnChange):
+        return {k: to_json(v) for k, v in x._asdict().items()}
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
         return {fd.name: to_json(getattr(x, fd.name)) for fd in dataclasses.fields(x)}
     if isinstance(x, uuid.UUID):

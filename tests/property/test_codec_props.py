@@ -97,3 +97,99 @@ def test_r8_2_change_hash_is_stable_under_pos(cs: list[Change]) -> None:
     for c in cs:
         moved = Change(**{**c.__dict__, "pos": c.pos ^ 1})
         assert codec.change_hash(c) == codec.change_hash(moved)
+
+
+def _paths(obj: object, at: tuple = ()) -> list[tuple]:
+    """Every place inside an unpacked change map, as key/index paths."""
+    out = [at]
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out += _paths(v, (*at, k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            out += _paths(v, (*at, i))
+    return out
+
+
+_EDGES = st.sampled_from([-2, -1, 0, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1, "a" * 33, "a" * 64, "A", "x\n",
+                          "", None, True, 1.5, float("nan"), float("inf"), b"\0" * 16, b"", [], {}, [1] * 5])
+_ANY = (_EDGES | st.integers(-(2**64), 2**64) | st.floats() | st.text(max_size=70) | st.binary(max_size=20)
+        | st.lists(st.integers(-2, 2), max_size=6) | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+
+
+def _mutate(obj: object, data: st.DataObject) -> object:
+    """``obj`` (an unpacked change map) with one place, at any depth, replaced or removed."""
+    path = data.draw(st.sampled_from(_paths(obj)))
+    if not path:
+        return data.draw(_ANY)
+
+    def at(node: object, rest: tuple) -> object:
+        key, *more = rest
+        new = at(node[key], tuple(more)) if more else data.draw(_ANY)  # type: ignore[index]
+        if isinstance(node, dict):
+            out = dict(node)
+            if not more and data.draw(st.integers(0, 5)) == 0:
+                del out[key]
+            else:
+                out[key] = new
+            return out
+        return [*node[:key], new, *node[key + 1:]]  # type: ignore[index]
+    return at(obj, path)
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(changes, st.data())
+def test_fast_change_reader_agrees_with_the_checked_one(c: Change, data: st.DataObject) -> None:
+    """The inline fast reader of a change accepts only what the checked reader accepts,
+    and reads it to the same change; anything else it hands to the checked reader."""
+    raw = codec.unpack(codec.encode(Push(uuid.uuid4(), 1, 0, 1, (c,))))["ch"][0]
+    if data.draw(st.booleans()):
+        raw = _mutate(raw, data)
+    fast = codec._change_fast(raw)
+    try:
+        checked = codec._change_checked(raw, "changes[0]")
+    except DecodeError:
+        assert fast is None
+        return
+    assert fast is None or fast == checked
+    if raw is not None and not data.draw(st.booleans()):
+        assert codec._change(raw, "changes[0]") == checked
+
+
+def _agree(raw: object) -> None:
+    fast = codec._change_fast(raw)
+    try:
+        checked = codec._change_checked(raw, "changes[0]")
+    except DecodeError:
+        assert fast is None, raw
+        return
+    assert fast is None or fast == checked, raw
+
+
+def test_fast_change_reader_agrees_at_every_place_with_every_edge_value() -> None:
+    """Exhaustive twin of the property above: each place of a full change replaced by each
+    edge value (and removed), both readers agree."""
+    c = Change("members", uuid.uuid4(), "430102", "U", 3, 10**15, "430102", 7, {"home": "430102", "org": "430100"},
+               {"name": ColumnChange("王芳", 0, 0, Version(3, 0, 0, 10**15 - 1, "430100")),
+                "status": ColumnChange("已答复", 2, 5, None), "extra": ColumnChange({"a": [1, 2.5]}, 0, -1, None)},
+               42)
+    raw = codec.unpack(codec.encode(Push(uuid.uuid4(), 1, 0, 1, (c,))))["ch"][0]
+    _agree(raw)
+    edges = _EDGES.wrapped_strategy.elements if hasattr(_EDGES, "wrapped_strategy") else _EDGES.elements
+    for path in _paths(raw)[1:]:
+        for value in [*edges, "__remove__"]:
+            def put(node: object, rest: tuple) -> object:
+                key, *more = rest
+                if isinstance(node, dict):
+                    out = dict(node)
+                    if more:
+                        out[key] = put(node[key], tuple(more))
+                    elif value == "__remove__":
+                        del out[key]
+                    else:
+                        out[key] = value
+                    return out
+                assert isinstance(node, list)
+                new = put(node[key], tuple(more)) if more else (None if value == "__remove__" else value)
+                return [*node[:key], new, *node[key + 1:]]
+            _agree(put(raw, path))
