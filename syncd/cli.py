@@ -119,7 +119,7 @@ async def cmd_demo(args: argparse.Namespace) -> int:
 async def cmd_run(args: argparse.Namespace) -> int:
     import signal
 
-    from syncd.node import Node
+    from syncd.node import Node, tune_gc
     from syncd.reload import install_sighup
     from syncd.store.db import open_database
 
@@ -127,6 +127,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     db = await open_database(cfg)
     try:
         node = await Node(cfg, db.dsn).start()
+        tune_gc(freeze=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

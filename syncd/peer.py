@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
 import asyncpg
 import structlog
@@ -39,18 +39,23 @@ log = structlog.get_logger("syncd.peer")
 RESYNC_ALWAYS = 2**62
 
 
-def cut_batch(entries: list[Change], max_changes: int) -> list[Change]:
-    """At most ``max_changes``, cut only between origin transactions (one oversize txn goes whole)."""
+def cut_batch(entries: Sequence[Any], max_changes: int) -> list[Any]:
+    """At most ``max_changes``, cut only between origin transactions (one oversize txn goes whole).
+
+    ``entries`` are changes or log records: anything with ``origin`` and ``txn`` items."""
     if len(entries) <= max_changes:
-        return entries
+        return list(entries)
+
+    def txn(e: Any) -> tuple[str, int]:
+        return (e.origin, e.txn) if isinstance(e, Change) else (e["origin"], e["txn"])
     cut = max_changes
-    while cut > 0 and (entries[cut - 1].origin, entries[cut - 1].txn) == (entries[cut].origin, entries[cut].txn):
+    while cut > 0 and txn(entries[cut - 1]) == txn(entries[cut]):
         cut -= 1
     if cut == 0:  # a single transaction larger than the cap travels in one batch
         cut = max_changes
-        while cut < len(entries) and (entries[cut].origin, entries[cut].txn) == (entries[0].origin, entries[0].txn):
+        while cut < len(entries) and txn(entries[cut]) == txn(entries[0]):
             cut += 1
-    return entries[:cut]
+    return list(entries[:cut])
 
 
 @dataclass
@@ -111,22 +116,25 @@ class ChildLinks:
         """Send one batch; True if there may be more to send right away."""
         limit = self.cfg.tuning.batch_max_changes
         async with self.pool.acquire() as conn:
-            recs = await conn.fetch("SELECT * FROM syncd.log WHERE pos > $1 ORDER BY pos LIMIT $2",
-                                    self.push_cursor, limit * 2)
-        if not recs:
+            # the cut is found on (pos, origin, txn) alone; only what goes up is decoded
+            heads = await conn.fetch("SELECT pos, origin, txn FROM syncd.log WHERE pos > $1 ORDER BY pos LIMIT $2",
+                                     self.push_cursor, limit * 2)
+            cut = cut_batch(heads, limit)
+            recs = [] if not cut else await conn.fetch(
+                "SELECT * FROM syncd.log WHERE pos > $1 AND pos <= $2 AND received_from IS DISTINCT FROM $3 "
+                "ORDER BY pos", self.push_cursor, cut[-1]["pos"], self.parent)
+        if not heads:
             summary = await self._summary()
             if summary:
                 await self.link.push(Push(batch_id=uuid.uuid4(), epoch=0, from_pos=self.push_cursor,
                                           to_pos=self.push_cursor, changes=(), summary=summary))
             return False
-        entries = cut_batch([change_from_record(r) for r in recs], limit)
-        from_parent = {r["pos"] for r in recs if r["received_from"] == self.parent}
+        entries = [change_from_record(r) for r in recs]
         async with self.pool.acquire() as conn:
             topo = self.ctx.topo = await current_topology(conn, self.ctx.topo, entries)
         behind = topo.behind(self.cfg.node.id, self.parent)
-        out = [p for c in entries if c.pos not in from_parent
-               for p in [project(c, behind, topo)] if p is not None]
-        to_pos = entries[-1].pos
+        out = [p for c in entries for p in [project(c, behind, topo)] if p is not None]
+        to_pos = cut[-1]["pos"]
         summary = await self._summary()
         if out or summary:
             batch_id = uuid.uuid4()
@@ -143,7 +151,7 @@ class ChildLinks:
                 "INSERT INTO syncd.cursors (peer, kind, pos) VALUES ($1, 'push', $2) "
                 "ON CONFLICT (peer, kind) DO UPDATE SET pos = excluded.pos, updated_at = now()",
                 self.parent, self.push_cursor)
-        return len(recs) > len(entries) or len(recs) == limit * 2
+        return len(heads) > len(cut) or len(heads) == limit * 2
 
     async def push_loop(self, stop: asyncio.Event) -> None:
         hello_needed = True

@@ -173,17 +173,35 @@ def project(change: Change, behind: Iterable[str], topo: Topology) -> Change | N
     column left after dropping those outside their reach.  Inserts and deletes
     cross even without columns: they carry the row's causal length.
     """
+    behind = behind if isinstance(behind, frozenset) else frozenset(behind)
+    # depends on the table, homes, org_code, op and column names only: memoised per tree
+    key = ("project", change.table, tuple(change.homes.items()), change.org_code, change.op, tuple(change.cols),
+           behind)
+    keep = topo.memo.get(key, _MISSING)
+    if keep is _MISSING:
+        if len(topo.memo) > 100_000:
+            topo.memo.clear()
+        keep = topo.memo[key] = _project_columns(change, behind, topo)
+    if keep is None:
+        return None
+    if len(keep) == len(change.cols):  # type: ignore[arg-type]
+        return change
+    return dataclasses.replace(change, cols={c: change.cols[c] for c in keep})  # type: ignore[union-attr]
+
+
+_MISSING = object()
+
+
+def _project_columns(change: Change, behind: frozenset[str], topo: Topology) -> tuple[str, ...] | None:
+    """The columns of ``change`` that may cross, or None when nothing of it may."""
     t = _table(change.table)
-    behind = frozenset(behind)
     row_reach = reach(t, change.homes, topo)
     if not row_reach & behind:
         return None
     keep = columns_for(t, change, change.org_code, behind, topo, row_reach)
-    if len(keep) == len(change.cols):
-        return change
-    if not keep and change.op not in (OP_INSERT, OP_DELETE):
+    if not keep and change.op not in (OP_INSERT, OP_DELETE) and change.cols:
         return None
-    return dataclasses.replace(change, cols={c: change.cols[c] for c in keep})
+    return keep
 
 
 def may_write(
@@ -282,7 +300,30 @@ def check_origin(
     reach-limited column only from its home and only to a node within its reach.
     Unknown codes become ``UNKNOWN_NODE`` refusals; ``table=None`` looks the
     change's table up in ``SCHEMA`` (``UNKNOWN_TABLE`` if absent).
+
+    The answer depends only on the change's table, origin, org_code, homes, op,
+    cl's parity and column names — never on values — so it is memoised per tree.
     """
+    tname = table.name if isinstance(table, Table) else (table or change.table)
+    key = ("check_origin", tname, id(table) if isinstance(table, Table) else None, change.origin,
+           change.org_code, tuple(change.homes.items()), change.op, change.cl >= 1, change.cl % 2,
+           tuple(change.cols), sender, me, direction)
+    hit = topo.memo.get(key)
+    if hit is None or hit[0] is not table:  # type: ignore[index]
+        if len(topo.memo) > 100_000:
+            topo.memo.clear()
+        hit = topo.memo[key] = (table, tuple(_check_origin(change, table, sender, me, topo, direction)))
+    return list(hit[1])  # type: ignore[index]
+
+
+def _check_origin(
+    change: Change,
+    table: Table | str | None,
+    sender: str,
+    me: str,
+    topo: Topology,
+    direction: Direction,
+) -> list[Refusal]:
     try:
         t = _table(table if table is not None else change.table)
     except KeyError:

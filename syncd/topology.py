@@ -96,6 +96,8 @@ class Topology:
         self._root = self._find_root()
         self._depth = self._compute_depths()
         self._subtree_cache: dict[str, frozenset[str]] = {}
+        #: memo for pure functions of this tree (syncd.routing); dropped with the tree
+        self.memo: dict[object, object] = {}
 
     # -- construction ---------------------------------------------------------------
 

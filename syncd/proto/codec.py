@@ -80,6 +80,9 @@ def _uuid_out(u: uuid.UUID | None) -> bytes | None:
     return None if u is None else u.bytes
 
 
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
 def _canon(v: Any) -> Any:
     """A value with every map sorted by key and tuples as lists (canonical form)."""
     if isinstance(v, dict) or isinstance(v, Mapping):
@@ -305,8 +308,8 @@ def change_map(c: Change, with_pos: bool = True) -> dict[str, Any]:
     m: dict[str, Any] = {
         "t": c.table, "i": c.id.bytes, "o": c.org_code, "op": c.op, "cl": c.cl, "ts": c.ts,
         "or": c.origin, "tx": c.txn, "h": _canon(c.homes),
-        "c": {k: {"v": _canon(cc.value), "r": cc.round, "s": cc.stage,
-                  "p": None if cc.prev is None else cc.prev.as_list()}
+        "c": {k: {"v": cc[0] if type(cc[0]) in _SCALARS else _canon(cc[0]), "r": cc[1], "s": cc[2],
+                  "p": None if cc[3] is None else list(cc[3])}
               for k, cc in sorted(c.cols.items())},
     }
     if with_pos:

@@ -78,8 +78,16 @@ def _change_shape(c: Change) -> Iterator[tuple[str, str]]:
     for name, cc in sorted(c.cols.items()):
         if cc.prev is not None and not cc.prev < c.version(name):
             yield "INVALID_CHANGE", f"{where}.{name}: prev version is not below the new version"
-        if len(encode_value(cc.value)) > MAX_VALUE_BYTES:
+        if _may_be_large(cc.value) and len(encode_value(cc.value)) > MAX_VALUE_BYTES:
             yield "VALUE_TOO_LARGE", f"{where}.{name}: value exceeds {MAX_VALUE_BYTES} bytes"
+
+
+def _may_be_large(v: object) -> bool:
+    """False when ``v``'s canonical encoding is certainly within MAX_VALUE_BYTES (a scalar,
+    or a string short enough even at 4 UTF-8 bytes per character)."""
+    if type(v) is str:
+        return 4 * len(v) + 5 > MAX_VALUE_BYTES
+    return v is not None and type(v) not in (bool, int, float)
 
 
 def push_problems(

@@ -33,18 +33,25 @@ def batch_tables(changes: Sequence[Change]) -> dict[str, int]:
 
 def personal_columns(changes: Sequence[Change], schema: Schema = SCHEMA) -> list[str]:
     """Sorted ``table.column`` names of reach-limited columns present in ``changes``."""
+    personal = _personal(schema)  # an opaque column from a newer peer (HC-13) is never personal here
     out: set[str] = set()
     for c in changes:
-        if c.table not in schema:
-            continue
-        t = schema[c.table]
-        for name in c.cols:
-            try:
-                if t.column(name).personal:
-                    out.add(f"{c.table}.{name}")
-            except KeyError:  # an opaque column from a newer peer (HC-13) is not declared here
-                continue
+        names = personal.get(c.table)
+        if names and not names.isdisjoint(c.cols):
+            out.update(f"{c.table}.{n}" for n in names.intersection(c.cols))
     return sorted(out)
+
+
+_PERSONAL: dict[int, tuple[Schema, dict[str, frozenset[str]]]] = {}
+
+
+def _personal(schema: Schema) -> dict[str, frozenset[str]]:
+    """Reach-limited column names per table of ``schema`` (computed once per schema)."""
+    hit = _PERSONAL.get(id(schema))
+    if hit is None or hit[0] is not schema:
+        hit = _PERSONAL[id(schema)] = (schema, {t.name: frozenset(c.name for c in t.columns if c.personal)
+                                                for t in schema.tables})
+    return hit[1]
 
 
 async def record(conn: asyncpg.Connection, peer: str, direction: AuditDirection,

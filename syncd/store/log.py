@@ -17,18 +17,13 @@ LOG_COLUMNS = ("pos", "epoch", "tbl", "id", "org_code", "op", "cl", "ts", "origi
 
 
 def encode_cols(change: Change) -> str:
-    return json.dumps({
-        name: [c.value, c.round, c.stage, c.prev.as_list() if c.prev else None]
-        for name, c in change.cols.items()
-    }, ensure_ascii=False)
+    return json.dumps({name: c for name, c in change.cols.items()}, ensure_ascii=False)  # named tuples: arrays
 
 
 def decode_cols(raw: str | dict[str, Any]) -> dict[str, ColumnChange]:
     data = json.loads(raw) if isinstance(raw, str) else raw
-    return {
-        name: ColumnChange(v[0], int(v[1]), int(v[2]), Version.from_list(v[3]) if v[3] else None)
-        for name, v in data.items()
-    }
+    # written by encode_cols: ints are ints already, a prev is a 5-list
+    return {name: ColumnChange(v[0], v[1], v[2], Version._make(v[3]) if v[3] else None) for name, v in data.items()}
 
 
 def _op(value: Any) -> str:

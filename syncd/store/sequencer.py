@@ -44,6 +44,30 @@ class TickResult:
         return self.moved + self.versioned
 
 
+#: Move the oldest pending changes into the log at head+1…, in serial order; return what
+#: the outbox rule and the clock need ($1 batch, $2 head, $3 epoch).
+_MOVE_PENDING = """
+WITH moved AS (
+    DELETE FROM syncd.pending WHERE serial IN
+        (SELECT serial FROM syncd.pending ORDER BY serial LIMIT $1)
+    RETURNING *
+), logged AS (
+    INSERT INTO syncd.log (pos, epoch, tbl, id, org_code, op, cl, ts, origin, txn, homes, cols, received_from)
+    SELECT $2 + row_number() OVER (ORDER BY serial), $3, tbl, id, org_code, op, cl, ts, origin, txn, homes,
+           cols, received_from
+    FROM moved
+    RETURNING pos, tbl, id, org_code, op, cl, ts, origin, txn, homes, received_from,
+              CASE WHEN tbl = 'committees' THEN cols ELSE '{}'::jsonb END AS cols
+)
+SELECT * FROM logged ORDER BY pos
+"""
+
+
+def _routing_view(r: asyncpg.Record) -> Change:
+    """A logged change as the outbox rule sees it: columns only for committees rows."""
+    return change_from_record(r)
+
+
 async def lock(conn: asyncpg.Connection) -> None:
     """Take the sequencer lock for the rest of the current transaction."""
     await conn.execute("SELECT pg_advisory_xact_lock($1)", SEQUENCER_LOCK)
@@ -68,24 +92,25 @@ class Sequencer:
             await lock(conn)
             node = await conn.fetchrow("SELECT id, epoch, hlc, head FROM syncd.node FOR UPDATE")
             me = self.me or node["id"]
-            pend = await conn.fetch(
-                "DELETE FROM syncd.pending WHERE serial IN "
-                "(SELECT serial FROM syncd.pending ORDER BY serial LIMIT $1) RETURNING *", self.batch)
-            items: list[tuple[Change, str | None]] = [
-                (change_from_record(r), r["received_from"]) for r in sorted(pend, key=lambda r: r["serial"])]
+            head = node["head"]
+            # received changes move inside PostgreSQL, already encoded; Python sees only what
+            # the outbox rule needs (committees rows whole: they may extend the tree)
+            moved = await conn.fetch(_MOVE_PENDING, self.batch, head, node["epoch"])
+            items: list[tuple[Change, str | None]] = [(_routing_view(r), r["received_from"]) for r in moved]
             caps = await claim_captures(conn, self.batch)
             versioner = Versioner(self.schema, me, self.id_hash_key)
             changes, hlc = await versioner.run(conn, caps, node["hlc"])
-            items += [(c, None) for c in changes]
-            head = node["head"]
+            if moved:
+                head += len(moved)
+            if changes:
+                head = await append_log(conn, head + 1, node["epoch"], [(c, None) for c in changes])
+                items += [(c, None) for c in changes]
             if items:
-                first = head + 1
-                head = await append_log(conn, first, node["epoch"], items)
-                await self._fill_outboxes(conn, first, items)
+                await self._fill_outboxes(conn, node["head"] + 1, items)
                 await conn.execute("NOTIFY syncd_log")
             seen = max([hlc, *(c.ts for c, _ in items)]) if items else hlc
             await conn.execute("UPDATE syncd.node SET head = $1, hlc = greatest(hlc, $2)", head, seen)
-        return TickResult(len(pend), len(changes), head)
+        return TickResult(len(moved), len(changes), head)
 
     async def _fill_outboxes(self, conn: asyncpg.Connection, first: int,
                              items: list[tuple[Change, str | None]]) -> None:
