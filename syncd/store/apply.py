@@ -37,6 +37,7 @@ from syncd.proto.change import Change
 from syncd.routing import Direction, check_origin
 from syncd.schema.declarations import Schema, Table
 from syncd.store.conflicts import close_seen
+from syncd.store.fastpath import apply_fast
 from syncd.store.log import add_pending, encode_cols
 from syncd.store.sequencer import lock
 from syncd.store.versioning import RowVer, Versioner, claim_captures, load_rowver, save_rowver
@@ -67,6 +68,9 @@ class ApplyContext:
     #: awaited after the target rows are locked and before local captures are versioned
     #: (a seam for the HC-4 test; None in production)
     after_lock: Callable[[], Awaitable[None]] | None = None
+    #: merge new rows and fast-forward updates set-based in SQL (syncd.store.fastpath);
+    #: False sends every change through decide() (the differential test's reference)
+    fast_path: bool = True
 
 
 def change_to_json(c: Change) -> str:
@@ -238,31 +242,66 @@ async def _write_guarded(conn: asyncpg.Connection, row: _Row) -> None:
         raise _Failed("POISON", f"{type(e).__name__}: value rejected by {row.table.name}") from e
 
 
-async def lock_and_load(conn: asyncpg.Connection, ctx: ApplyContext,
-                        targets: list[Key]) -> tuple[dict[Key, dict], dict[Key, RowVer]]:
+async def lock_and_load(conn: asyncpg.Connection, ctx: ApplyContext, targets: list[Key],
+                        locked: bool = False) -> tuple[dict[Key, dict], dict[Key, RowVer]]:
     """Lock the target rows, version their committed local captures first (HC-4), and
-    return their values and versions."""
+    return their values and versions.  ``locked``: the caller did the locking and
+    versioning already (:func:`lock_targets`); only the loading is left."""
     values: dict[Key, dict] = {}
     for t in ctx.schema.tables:
         ids = [k[1] for k in targets if k[0] == t.name]
         if ids:
             values.update({(t.name, i): v for i, v in (await _load_values(conn, t, ids)).items()})
+    if not locked:
+        await _version_local(conn, ctx, targets)
+    return values, await load_rowver(conn, targets)
+
+
+async def _version_local(conn: asyncpg.Connection, ctx: ApplyContext, targets: list[Key]) -> None:
+    """HC-4: committed local writes to the (locked) targets are versioned before the merge."""
     if ctx.after_lock is not None:
         await ctx.after_lock()
     caps = await claim_captures(conn, 1_000_000, targets)
-    if caps:  # HC-4: local writes to these rows are versioned before the merge
+    if caps:
         hlc = await conn.fetchval("SELECT hlc FROM syncd.node")
         local, hlc = await Versioner(ctx.schema, ctx.me, ctx.id_hash_key).run(conn, caps, hlc)
         await conn.execute("UPDATE syncd.node SET hlc = greatest(hlc, $1)", hlc)
         await add_pending(conn, [(c, None) for c in local])
-    return values, await load_rowver(conn, targets)
+
+
+async def lock_targets(conn: asyncpg.Connection, ctx: ApplyContext,
+                       targets: list[Key]) -> tuple[set[Key], dict[Key, int]]:
+    """Lock the target rows and version their local captures (HC-4); return the targets
+    present in their tables and the causal length of those with versions here."""
+    existing: set[Key] = set()
+    for t in ctx.schema.tables:
+        ids = [k[1] for k in targets if k[0] == t.name]
+        if ids:
+            recs = await conn.fetch(f'SELECT id FROM public."{t.name}" WHERE id = ANY($1::uuid[]) '
+                                    "ORDER BY id FOR UPDATE", ids)
+            existing.update((t.name, r["id"]) for r in recs)
+    await _version_local(conn, ctx, targets)
+    recs = await conn.fetch(
+        "SELECT r.tbl, r.id, r.cl FROM syncd.rowver r JOIN unnest($1::text[], $2::uuid[]) AS k(tbl, id) "
+        "ON r.tbl = k.tbl AND r.id = k.id", [k[0] for k in targets], [k[1] for k in targets])
+    return existing, {(r["tbl"], r["id"]): r["cl"] for r in recs}
 
 
 async def merge_rows(conn: asyncpg.Connection, ctx: ApplyContext, peer: str,
                      changes: Sequence[Change], result: ApplyResult) -> list[Change]:
-    """Lock, version local captures, decide and write; return the changes parked."""
+    """Lock, version local captures, decide and write; return the changes parked.
+
+    New rows and fast-forward updates are merged set-based in SQL
+    (:mod:`syncd.store.fastpath`); the rest row by row with :func:`decide`."""
     targets: list[Key] = list(dict.fromkeys((c.table, c.id) for c in changes))
-    values, rowver = await lock_and_load(conn, ctx, targets)
+    locked = ctx.fast_path
+    if locked:
+        existing, held = await lock_targets(conn, ctx, targets)
+        changes = await apply_fast(conn, ctx, changes, existing, held, result)
+        if not changes:
+            return []
+        targets = list(dict.fromkeys((c.table, c.id) for c in changes))
+    values, rowver = await lock_and_load(conn, ctx, targets, locked)
     rows: dict[Key, _Row] = {}
     for c in changes:
         key = (c.table, c.id)
