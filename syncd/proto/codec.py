@@ -158,8 +158,28 @@ _NODE = f.NODE_RE.match
 _I64 = f.INT64_MAX
 
 
+_GOOD_NODES: set[str] = set()  # strings already matched: a batch repeats a handful of codes
+_GOOD_IDENTS: set[str] = set()  # and of table/column/route names
+
+
 def _is_node(v: Any) -> bool:
-    return type(v) is str and len(v) <= 32 and _NODE(v) is not None
+    if type(v) is str and v in _GOOD_NODES:
+        return True
+    if type(v) is str and len(v) <= 32 and _NODE(v) is not None:
+        if len(_GOOD_NODES) < 4096:
+            _GOOD_NODES.add(v)
+        return True
+    return False
+
+
+def _is_ident(v: Any) -> bool:
+    if type(v) is str and v in _GOOD_IDENTS:
+        return True
+    if type(v) is str and len(v) <= 63 and _IDENT(v) is not None:
+        if len(_GOOD_IDENTS) < 4096:
+            _GOOD_IDENTS.add(v)
+        return True
+    return False
 
 
 def _is_u64(v: Any) -> bool:
@@ -195,8 +215,7 @@ def _change_fast(v: Any) -> Change | None:
     if type(v) is not dict or v.keys() != _CHANGE_KEYS:
         return None
     table, rid, org, op, cl, origin = v["t"], v["i"], v["o"], v["op"], v["cl"], v["or"]
-    if not (type(table) is str and len(table) <= 63 and _IDENT(table) is not None
-            and type(rid) is bytes and len(rid) == 16 and _is_node(org) and _is_node(origin)
+    if not (_is_ident(table) and type(rid) is bytes and len(rid) == 16 and _is_node(org) and _is_node(origin)
             and type(op) is str and op in OPS and _is_u64(cl) and _is_u64(v["ts"])
             and _is_u64(v["tx"]) and _is_u64(v["p"])):
         return None
@@ -204,12 +223,11 @@ def _change_fast(v: Any) -> Change | None:
     if type(homes) is not dict or len(homes) > MAX_HOMES or type(raw) is not dict or len(raw) > MAX_COLUMNS:
         return None
     for k, code in homes.items():
-        if not (type(k) is str and len(k) <= 64 and _IDENT(k) is not None and _is_node(code)):
+        if not (_is_ident(k) and _is_node(code)):
             return None
     cols: dict[str, ColumnChange] = {}
     for k, m in raw.items():
-        if not (type(k) is str and len(k) <= 64 and _IDENT(k) is not None
-                and type(m) is dict and m.keys() == _CC_KEYS):
+        if not (_is_ident(k) and type(m) is dict and m.keys() == _CC_KEYS):
             return None
         rnd, stage, prev = m["r"], m["s"], m["p"]
         if not (_is_u64(rnd) and type(stage) is int and -1 <= stage <= _I64):
