@@ -39,7 +39,6 @@ log = structlog.get_logger("syncd.node")
 
 INSTANCE_GRACE_S = 5.0
 SNAPSHOT_IDLE_S = 30.0  # a snapshot slot is freed after this long without a request
-_SEVERITY = {"running": 0, "initializing": 1, "pending": 2, "stalled": 3, "crashing": 4, "failed": 5}
 
 
 def now_us() -> int:
@@ -188,22 +187,16 @@ class ParentService:
 
     async def link_status(self, conn: asyncpg.Connection) -> list[dict[str, Any]]:
         """One entry per configured child (``direction: child``)."""
-        from syncd.status import iso
+        from syncd.status import child_link_view
 
         out = []
-        stalled_after = self.cfg.tuning.pull_wait_s * 2 + 10
         for c in self.cfg.children:
             after = self.pull_after.get(c.id)
-            seen = self.last_seen.get(c.id)
             row = await conn.fetchrow(
                 "SELECT count(*) AS n, min(l.logged_at) AS oldest FROM syncd.outbox o JOIN syncd.log l "
                 "ON l.pos = o.pos WHERE o.peer = $1 AND o.pos > $2", c.id, after or 0)
-            state = ("initializing" if seen is None else
-                     "running" if time.time() - seen < stalled_after else "stalled")
-            out.append({"peer": c.id, "direction": "child", "state": state, "since": iso(seen),
-                        "cursor": after, "lag_changes": int(row["n"]),
-                        "lag_seconds": round(time.time() - row["oldest"].timestamp(), 3) if row["oldest"] else 0.0,
-                        "consecutive_errors": 0, "last_error": None, "clock_offset_ms": None, "history": []})
+            out.append(child_link_view(self, c.id, int(row["n"]), round(
+                time.time() - row["oldest"].timestamp(), 3) if row["oldest"] else 0.0))
         return out
 
     async def _read_outbox(self, conn: asyncpg.Connection, child: str, after: int,
@@ -401,28 +394,17 @@ class Node:
 
     async def _listen_loop(self) -> None:
         """Keep a LISTEN syncd_log connection, re-established after a database restart."""
-        from syncd.store.sequencer import _release_quietly
+        from syncd.store.listen import Listener
 
         assert self.pool is not None
-        conn: asyncpg.Connection | None = None
+        self.listener = Listener(self.pool, "syncd_log", self._on_log)
         try:
             while not self.stop_event.is_set():
-                try:
-                    if conn is None or conn.is_closed():
-                        conn = await _release_quietly(self.pool, conn)
-                        conn = await self.pool.acquire()
-                        await conn.add_listener("syncd_log", self._on_log)
-                        self._on_log()  # catch up on anything logged while not listening
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # noqa: BLE001 - retried; the sequencer reports database health
-                    conn = await _release_quietly(self.pool, conn)
+                if await self.listener.ensure():
+                    self._on_log()  # catch up on anything logged while not listening
                 await asyncio.sleep(1.0)
         finally:
-            if conn is not None and not conn.is_closed():
-                await conn.remove_listener("syncd_log", self._on_log)
-            if self.pool is not None:
-                await _release_quietly(self.pool, conn)
+            await self.listener.close()
 
     def _on_log(self, *_: object) -> None:
         if self.service is not None:
@@ -485,25 +467,16 @@ class Node:
 
     async def link_status(self, conn: asyncpg.Connection) -> list[dict[str, Any]]:
         """Every link of this node as ``/status`` shows it: the parent first, then each child."""
-        from syncd.status import iso
+        from syncd.status import parent_link_view
 
         out: list[dict[str, Any]] = []
         if self.links is not None:
             ln = self.links
-            worst = max((ln.push_health, ln.pull_health), key=lambda h: _SEVERITY[h.state])
             row = await conn.fetchrow(
                 "SELECT count(*) AS n, min(logged_at) AS oldest FROM syncd.log WHERE pos > $1 "
                 "AND received_from IS DISTINCT FROM $2", ln.push_cursor, ln.parent)
-            history = sorted([*ln.push_health.history, *ln.pull_health.history], key=lambda e: e.at)[-20:]
-            err = worst.last_error
-            out.append({
-                "peer": ln.parent, "direction": "parent", "state": worst.state, "since": iso(worst.since),
-                "cursor": ln.pull_cursor, "push_cursor": ln.push_cursor, "lag_changes": int(row["n"]),
-                "lag_seconds": round(time.time() - row["oldest"].timestamp(), 3) if row["oldest"] else 0.0,
-                "consecutive_errors": ln.push_health.consecutive_errors + ln.pull_health.consecutive_errors,
-                "last_error": {k: err.get(k) for k in ("code", "reason", "hint")} if err else None,
-                "clock_offset_ms": ln.clock_offset_ms, "snapshot": ln.snapshot_state,
-                "history": [{"at": iso(e.at), "event": e.state, "detail": e.code} for e in history]})
+            out.append(parent_link_view(ln, int(row["n"]), round(
+                time.time() - row["oldest"].timestamp(), 3) if row["oldest"] else 0.0))
         if self.service is not None:
             out += await self.service.link_status(conn)
         return out

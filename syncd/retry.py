@@ -41,6 +41,9 @@ State = Literal["initializing", "running", "pending", "crashing", "failed"]
 
 log = structlog.get_logger("syncd.retry")
 
+#: how bad each link state is, for "the worse of two loops" (``stalled`` is a child link's)
+SEVERITY = {"running": 0, "initializing": 1, "pending": 2, "stalled": 3, "crashing": 4, "failed": 5}
+
 #: asyncpg errors that a new attempt (new transaction or connection) can get past.
 _PG_RETRY: tuple[type[BaseException], ...] = (
     asyncpg.SerializationError, asyncpg.DeadlockDetectedError, asyncpg.ConnectionDoesNotExistError,
