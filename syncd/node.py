@@ -96,6 +96,7 @@ class ParentService:
     last_seen: dict[str, float] = field(default_factory=dict)  # child -> wall time of last good request
     pull_after: dict[str, int] = field(default_factory=dict)  # child -> cursor it last pulled from
     snapshots: dict[str, float] = field(default_factory=dict)  # child -> last snapshot request (monotonic)
+    versions: tuple[int, ...] = SUPPORTED_VERSIONS  # protocol versions spoken (SPEC R3.1)
 
     @property
     def columns(self) -> dict[str, frozenset[str]]:
@@ -109,10 +110,10 @@ class ParentService:
         self._child(child)
         if msg.node != child:
             raise SyncdError("NOT_A_CHILD", f"hello names node {msg.node} but is signed by {child}")
-        common = set(msg.versions) & set(SUPPORTED_VERSIONS)
+        common = set(msg.versions) & set(self.versions)
         if not common:
             raise SyncdError("UNSUPPORTED_VERSION", f"child speaks {list(msg.versions)}, "
-                             f"this node speaks {list(SUPPORTED_VERSIONS)}")
+                             f"this node speaks {list(self.versions)}")
         t = self.cfg.tuning
         offset = msg.clock - now_us()
         if clock_check(msg.clock, now_us(), t.clock_soft_ms * 1000, t.clock_hard_ms * 1000) == "refuse" or \
@@ -349,8 +350,10 @@ class Node:
     closes the server (SIGTERM in ``syncd run`` calls it).
     """
 
-    def __init__(self, cfg: Config, dsn: str, *, link: Any = None, schema: Schema = SCHEMA):
+    def __init__(self, cfg: Config, dsn: str, *, link: Any = None, schema: Schema = SCHEMA,
+                 versions: tuple[int, ...] = SUPPORTED_VERSIONS):
         self.cfg, self.dsn, self.schema = cfg, dsn, schema
+        self.versions = versions  # fewer than SUPPORTED_VERSIONS only to play an older build (tests)
         self._link = link
         self.instance = uuid.uuid4()
         self.stop_event = asyncio.Event()
@@ -381,12 +384,13 @@ class Node:
         self.sequencer = make_sequencer(self.cfg, self.topo_ref, lambda: self.ctx)
         self.tasks.append(asyncio.create_task(self._listen_loop()))
         self.tasks.append(asyncio.create_task(self.sequencer.run(self.pool, self.stop_event)))
-        self.service = ParentService(self.cfg, self.pool, self.ctx, self.incarnation, self.schema)
+        self.service = ParentService(self.cfg, self.pool, self.ctx, self.incarnation, self.schema,
+                                     versions=self.versions)
         await self._serve()
         if self.cfg.parent is not None:
             link = self._link or self._http_link()
             self.links = ChildLinks(self.cfg, self.pool, link, self.ctx, self.incarnation, self.instance,
-                                    summary=self.subtree_summaries)
+                                    summary=self.subtree_summaries, versions=self.versions)
             self.tasks.append(asyncio.create_task(self.links.push_loop(self.stop_event)))
             self.tasks.append(asyncio.create_task(self.links.pull_loop(self.stop_event)))
         log.info("node_started", node=self.cfg.node.id, port=self.port)
@@ -438,7 +442,8 @@ class Node:
         for s in self.cfg.parent.secrets:  # a link's keys are filed under its child on both sides
             ring.add(self.cfg.node.id, wire_key_id(self.cfg.node.id, s.key_id), s.secret)
         return HttpParentLink(self.cfg.parent.url, self.cfg.node.id, ring, tls_verify=self.cfg.parent.tls_verify,
-                              window_s=self.cfg.tuning.signature_window_s)
+                              window_s=self.cfg.tuning.signature_window_s,
+                              version=min(max(self.versions), PROTOCOL_VERSION))  # hello: one layout (R3.2)
 
     async def _serve(self) -> None:
         from aiohttp import web
@@ -454,7 +459,7 @@ class Node:
                 rings[c.id].add(c.id, wire_key_id(c.id, s.key_id), s.secret)
         assert self.pool is not None and self.service is not None
         server = HttpParentServer(self.service, rings, PgNonceStore(self.pool),
-                                  window_s=self.cfg.tuning.signature_window_s)
+                                  window_s=self.cfg.tuning.signature_window_s, versions=self.versions)
         self.server = server  # its keyrings are swapped by a SIGHUP reload
         app = server.app
         add_routes(app, self)

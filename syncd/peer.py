@@ -70,6 +70,7 @@ class ChildLinks:
     clock_offset_ms: int | None = None
     summary_every_s: float = 5.0
     snapshot_state: dict | None = None  # bootstrap progress, shown in status
+    versions: tuple[int, ...] = SUPPORTED_VERSIONS  # protocol versions offered at hello (SPEC R3.1)
     _summary_sent: float = 0.0
 
     def __post_init__(self) -> None:
@@ -100,7 +101,7 @@ class ChildLinks:
             epoch = await conn.fetchval("SELECT epoch FROM syncd.node")
         sent = now_us()
         reply = await self.link.hello(Hello(
-            versions=SUPPORTED_VERSIONS, node=self.cfg.node.id, instance=self.instance,
+            versions=self.versions, node=self.cfg.node.id, instance=self.instance,
             incarnation=self.incarnation, epoch=epoch, clock=sent, pull_cursor=pull, pull_hash=None,
             tables=table_decls(self.ctx.schema)))
         if reply.clock is not None:

@@ -55,6 +55,8 @@ class Tree:
     nodes: dict[str, Node] = field(default_factory=dict)
     conns: dict[str, asyncpg.Connection] = field(default_factory=dict)
     tuning: dict[str, Any] = field(default_factory=dict)
+    #: protocol versions a node speaks when it should play an older (or newer) build
+    versions: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def topology(self) -> Topology:
@@ -76,7 +78,8 @@ class Tree:
     async def start(self, code: str) -> Node:
         parent = self.tree[code][2]
         url = f"http://127.0.0.1:{self.nodes[parent].port}" if parent else None
-        node = await Node(node_config(code, self.tree, url, **self.tuning), self.dsns[code]).start()
+        extra = {"versions": self.versions[code]} if code in self.versions else {}
+        node = await Node(node_config(code, self.tree, url, **self.tuning), self.dsns[code], **extra).start()
         self.nodes[code] = node
         return node
 
