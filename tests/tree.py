@@ -129,8 +129,17 @@ class Tree:
         return self.conns[code]
 
 
+class Pending(str):
+    """A check's "not yet", with the reason :func:`eventually` shows if it never comes true
+    (falsy, unlike a plain non-empty string)."""
+
+    def __bool__(self) -> bool:
+        return False
+
+
 async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 45.0, interval: float = 0.1) -> Any:
-    """Poll ``check`` until it returns a truthy value; fail with the last value after ``timeout``."""
+    """Poll ``check`` until it returns a truthy value; fail with the last value after ``timeout``.
+    A check says why it is not there yet by returning a :class:`Pending`."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
