@@ -289,6 +289,8 @@ class ParentService:
                 "SELECT head FROM syncd.node")
             rows, nxt = await read_chunk(conn, self.schema, self.ctx.topo, self.cfg.node.id, child,
                                          msg.table, msg.after_id, limit)
+            await audit.record_snapshot(conn, child, "sent", audit.snapshot_batch_id(msg.table, msg.after_id, nxt),
+                                        msg.table, rows)
         done = nxt is None
         if done and msg.table == self.schema.tables[-1].name:
             self.snapshots.pop(child, None)  # the last table: free the slot

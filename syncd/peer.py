@@ -204,7 +204,9 @@ class ChildLinks:
         async with self.pool.acquire() as conn:
             done = await progress(conn, self.parent)
         position = next((p.position for p in done.values()), None)
-        self.snapshot_state = {"state": "loading", "tables": {}, "position": position}
+        resumed = sum(p.rows for p in done.values())  # loaded by an earlier, interrupted run
+        state = self.snapshot_state = {"state": "loading", "tables": {n: p.rows for n, p in done.items()},
+                                       "position": position, "resumed_rows": resumed, "chunks": 0}
         for t in self.ctx.schema.tables:
             p = done.get(t.name) or Progress(t.name, position or 0, None, 0, False)
             while not p.done:
@@ -215,13 +217,16 @@ class ChildLinks:
                     await conn.execute("SET LOCAL syncd.applying = 'on'")
                     await lock(conn)
                     await merge_chunk(conn, self.ctx, self.parent, t.name, chunk.rows)
+                    await audit.record_snapshot(conn, self.parent, "received", audit.snapshot_batch_id(
+                        t.name, p.after_id, chunk.next_after_id), t.name, chunk.rows)
                     fault_point("mid_snapshot_chunk")  # rows merged, progress not yet committed
                     fault_point("after_copy")
                     p = Progress(t.name, position, chunk.next_after_id or p.after_id, p.rows + len(chunk.rows),
                                  chunk.done)
                     await save_progress(conn, self.parent, p)
-                self.snapshot_state["tables"][t.name] = p.rows
-                self.snapshot_state["position"] = position
+                state["tables"][t.name] = p.rows
+                state["position"] = position
+                state["chunks"] += 1
             log.info("snapshot_table_done", link=self.pull_health.name, table=t.name, rows=p.rows)
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SET LOCAL syncd.applying = 'on'")
@@ -239,7 +244,8 @@ class ChildLinks:
                 [c.id for c in self.cfg.children], RESYNC_ALWAYS)
             await conn.execute("NOTIFY syncd_log")  # the node re-reads its tree (committees came by snapshot)
         self.pull_cursor = position or 0
-        self.snapshot_state = {"state": "done", "position": position, "at_us": now_us()}
+        self.snapshot_state = {"state": "done", "position": position, "at_us": now_us(), "resumed_rows": resumed,
+                               "chunks": state["chunks"]}
 
     async def _needs_snapshot(self) -> bool:
         async with self.pool.acquire() as conn:
