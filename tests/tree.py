@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
+import aiohttp
 import asyncpg
 
 from syncd.config import Config, parse_config
@@ -63,6 +65,12 @@ class Tree:
         return Topology.from_rows([(c, n, lv, p) for c, (n, lv, p) in self.tree.items()])
 
     async def setup(self) -> "Tree":
+        await self.prepare()
+        await self.start_all()
+        return self
+
+    async def prepare(self) -> "Tree":
+        """Every node's database (initialised) and the committees at the root; no daemon yet."""
         for code in self.tree:
             if code not in self.dsns:  # a test may bring its own (e.g. populated) database
                 self.dsns[code] = await self.cluster.new_node_db(code)
@@ -71,9 +79,13 @@ class Tree:
         await self.conns[root].executemany(
             "INSERT INTO committees (org_code, code, name, level, parent_code) VALUES ($1, $2, $3, $4, $5)",
             [(root, c, n, lv, p) for c, (n, lv, p) in self.tree.items()])
-        for code in self.topology:
-            await self.start(code)
         return self
+
+    async def start_all(self, only: set[str] | None = None) -> None:
+        """Start the nodes (or ``only`` those) top-down: a child's first hello finds its parent up."""
+        for code in self.topology:
+            if only is None or code in only:
+                await self.start(code)
 
     async def start(self, code: str) -> Node:
         parent = self.tree[code][2]
@@ -127,6 +139,30 @@ class Tree:
 
     def db(self, code: str) -> asyncpg.Connection:
         return self.conns[code]
+
+    async def status(self, code: str) -> dict[str, Any]:
+        """The node's ``GET /status`` (200 asserted)."""
+        port = self.nodes[code].port
+        assert port is not None
+        return await node_status(port)
+
+
+async def node_status(port: int) -> dict[str, Any]:
+    """``GET /status`` of the daemon on this loopback port (200 asserted)."""
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"http://127.0.0.1:{port}/status", timeout=aiohttp.ClientTimeout(total=10)) as r:
+            assert r.status == 200, await r.text()
+            return await r.json()  # type: ignore[no-any-return]
+
+
+@contextlib.asynccontextmanager
+async def running(t: "Tree") -> AsyncIterator["Tree"]:
+    """Set the tree up, hand it out, close it whatever happened (for fixtures)."""
+    try:
+        await t.setup()
+        yield t
+    finally:
+        await t.close()
 
 
 class Pending(str):

@@ -16,8 +16,6 @@ import uuid
 from pathlib import Path
 from typing import AsyncIterator
 
-import aiohttp
-import asyncpg
 import pytest
 
 from syncd.node import Node
@@ -27,7 +25,7 @@ from syncd.store.log import read_log
 from syncd.store.sequencer import Sequencer
 from tests.faults.daemons import duplicates
 from tests.pg import Cluster
-from tests.tree import Tree, Pending, eventually, node_config
+from tests.tree import Pending, Tree, eventually, node_config, node_status
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -61,14 +59,8 @@ async def _county_batch(t: Tree, n: int) -> tuple[list, int]:
     return changes, changes[-1].pos
 
 
-async def test_hc28_same_push_to_two_daemon_replicas_applies_once(pair: Tree, cluster: Cluster) -> None:
-    t = pair
-    for code in PAIR:
-        t.dsns[code] = await cluster.new_node_db(code)
-        t.conns[code] = await asyncpg.connect(t.dsns[code])
-    await t.db("430100").executemany(
-        "INSERT INTO committees (org_code, code, name, level, parent_code) VALUES ('430100', $1, $2, $3, $4)",
-        [(c, n, lv, p) for c, (n, lv, p) in PAIR.items()])
+async def test_hc28_same_push_to_two_daemon_replicas_applies_once(pair: Tree) -> None:
+    t = await pair.prepare()  # no daemon: the replicas and the county's pushes are made here
     city_cfg = node_config("430100", PAIR, None, **TUNING)
     replica_a = await Node(city_cfg, t.dsns["430100"]).start()
     replica_b = await Node(city_cfg, t.dsns["430100"]).start()
@@ -131,13 +123,6 @@ def _now_us() -> int:
     return now_us()
 
 
-async def _status(node: Node) -> dict:
-    async with aiohttp.ClientSession() as s:
-        async with s.get(f"http://127.0.0.1:{node.port}/status") as r:
-            assert r.status == 200
-            return await r.json()  # type: ignore[no-any-return]
-
-
 async def test_hc28_second_live_instance_is_refused_by_name(pair: Tree) -> None:
     t = pair
     await t.setup()
@@ -146,10 +131,10 @@ async def test_hc28_second_live_instance_is_refused_by_name(pair: Tree) -> None:
     copy = await Node(node_config("430102", PAIR, city_url, **TUNING), t.dsns["430102"]).start()
     try:
         async def refused() -> bool | str:
-            up = next(ln for ln in (await _status(copy))["links"] if ln["direction"] == "parent")
+            up = next(ln for ln in (await node_status(copy.port))["links"] if ln["direction"] == "parent")
             return (up["last_error"] or {}).get("code") == "DUPLICATE_INSTANCE" or Pending(str(up))
         await eventually(refused, 20)
-        up = next(ln for ln in (await _status(copy))["links"] if ln["direction"] == "parent")
+        up = next(ln for ln in (await node_status(copy.port))["links"] if ln["direction"] == "parent")
         assert up["state"] == "crashing" and "another live daemon of 430102" in up["last_error"]["reason"]
         first = t.nodes["430102"].links
 
@@ -169,7 +154,7 @@ async def test_hc28_second_live_instance_is_refused_by_name(pair: Tree) -> None:
         await eventually(lambda: arrived("备用委员"), 30)
 
         async def copy_running() -> bool | str:
-            up = next(ln for ln in (await _status(copy))["links"] if ln["direction"] == "parent")
+            up = next(ln for ln in (await node_status(copy.port))["links"] if ln["direction"] == "parent")
             return up["state"] == "running" or Pending(str(up["state"]))
         await eventually(copy_running, 20)
         assert not await duplicates(t.db("430100"))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 import aiohttp
 import pytest
@@ -50,12 +50,6 @@ async def own() -> AsyncIterator[Cluster]:
         await asyncio.to_thread(c.pg.destroy)
 
 
-async def _status(t: Tree, code: str) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as s:
-        async with s.get(f"http://127.0.0.1:{t.nodes[code].port}/status") as r:
-            assert r.status == 200
-            return await r.json()  # type: ignore[no-any-return]
-
 
 async def test_postgres_restart_under_running_nodes_reported_recovered_converged(own: Cluster) -> None:
     import asyncpg
@@ -84,10 +78,10 @@ async def test_postgres_restart_under_running_nodes_reported_recovered_converged
         await wait_until(reported, 20)
 
         async def database_down() -> bool | str:  # every node, the root too, still answers /status
-            states = {c: (await _status(t, c))["database"]["state"] for c in CHAIN}
+            states = {c: (await t.status(c))["database"]["state"] for c in CHAIN}
             return set(states.values()) == {"down"} or str(states)
         await wait_until(database_down, 20)
-        down = await _status(t, "430102")
+        down = await t.status("430102")
         assert down["database"]["last_error"]["code"] in ("DATABASE", "UNREACHABLE"), down["database"]
         assert down["subtree"][0]["state"] == "degraded" and down["node"]["log_position"] is None, down
         up_link = next(ln for ln in down["links"] if ln["direction"] == "parent")
@@ -124,11 +118,11 @@ async def test_postgres_restart_under_running_nodes_reported_recovered_converged
         await wait_until(converged, 45, 0.3)
 
         async def running() -> bool | str:
-            links = (await _status(t, "430102"))["links"]
+            links = (await t.status("430102"))["links"]
             up = next(ln for ln in links if ln["direction"] == "parent")
             return up["state"] == "running" or str(up["state"])
         await wait_until(running, 20)
-        after = await _status(t, "430102")
+        after = await t.status("430102")
         assert after["database"]["state"] == "up" and after["node"]["log_position"], after["database"]
         up = next(ln for ln in after["links"] if ln["direction"] == "parent")
         assert any(e["event"] in ("crashing", "failed") for e in up["history"]), up["history"]

@@ -11,13 +11,12 @@ at hello with ``UNSUPPORTED_VERSION``, shown by name in its status, and syncs on
 """
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
-import aiohttp
 import pytest
 
 from tests.pg import Cluster
-from tests.tree import Tree, Pending, eventually
+from tests.tree import Pending, Tree, eventually, running
 
 CHAIN = {
     "430000": ("湖南省", "province", None),
@@ -28,19 +27,9 @@ CHAIN = {
 
 @pytest.fixture
 async def mixed(cluster: Cluster) -> AsyncIterator[Tree]:
-    t = Tree(cluster, CHAIN, tuning={"pull_wait_s": 0.5}, versions={"430100": (1,)})
-    try:
-        await t.setup()
+    async with running(Tree(cluster, CHAIN, tuning={"pull_wait_s": 0.5}, versions={"430100": (1,)})) as t:
         yield t
-    finally:
-        await t.close()
 
-
-async def _status(t: Tree, code: str) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as s:
-        async with s.get(f"http://127.0.0.1:{t.nodes[code].port}/status") as r:
-            assert r.status == 200
-            return await r.json()  # type: ignore[no-any-return]
 
 
 async def test_r3_1_n_minus_1_city_in_a_v2_tree_syncs_both_ways(mixed: Tree) -> None:
@@ -66,7 +55,7 @@ async def test_r3_1_n_minus_1_city_in_a_v2_tree_syncs_both_ways(mixed: Tree) -> 
     for code in CHAIN:
         assert await t.db(code).fetchval("SELECT count(*) FROM syncd.quarantine") == 0, code
     # R3.5: a v1 city pushes no status summaries, so the province never hears of its subtree
-    province = {s["node"]: s["state"] for s in (await _status(t, "430000"))["subtree"]}
+    province = {s["node"]: s["state"] for s in (await t.status("430000"))["subtree"]}
     assert province["430100"] == province["430102"] == "missing", province
 
 
@@ -78,11 +67,11 @@ async def test_r3_1_build_two_majors_ahead_is_refused_at_hello_by_name(cluster: 
         await t.db("430102").execute("INSERT INTO members (org_code, name) VALUES ('430102', '新版委员')")
 
         async def refused() -> bool | str:
-            up = next(ln for ln in (await _status(t, "430102"))["links"] if ln["direction"] == "parent")
+            up = next(ln for ln in (await t.status("430102"))["links"] if ln["direction"] == "parent")
             return (up["state"] == "failed" and (up["last_error"] or {}).get("code") == "UNSUPPORTED_VERSION"
                     or Pending(str(up)))
         await eventually(refused, 20)
-        up = next(ln for ln in (await _status(t, "430102"))["links"] if ln["direction"] == "parent")
+        up = next(ln for ln in (await t.status("430102"))["links"] if ln["direction"] == "parent")
         assert "[3, 4]" in up["last_error"]["reason"] and up["last_error"]["hint"], up["last_error"]
         assert await t.db("430100").fetchval("SELECT count(*) FROM members WHERE name = '新版委员'") == 0
         assert await t.db("430100").fetchval(
