@@ -49,6 +49,9 @@ _PG_RETRY: tuple[type[BaseException], ...] = (
     asyncpg.SerializationError, asyncpg.DeadlockDetectedError, asyncpg.ConnectionDoesNotExistError,
     asyncpg.CannotConnectNowError, asyncpg.InterfaceError, asyncpg.TooManyConnectionsError,
     asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
+    # the pool's own bookkeeping when a connection is lost under a release (asyncpg 0.32 races
+    # its connection_lost cleanup with Pool.release): a new connection gets past it
+    asyncpg.InternalClientError,
 )
 
 
@@ -112,7 +115,7 @@ def describe(exc: BaseException) -> dict[str, str | None]:
     or row values (HC-15): for database errors only the class, SQLSTATE and message."""
     if isinstance(exc, SyncdError):
         return {"code": exc.code, "reason": exc.reason, "hint": exc.hint}
-    if isinstance(exc, asyncpg.PostgresError) or isinstance(exc, asyncpg.InterfaceError):
+    if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)):
         state = getattr(exc, "sqlstate", None)
         msg = str(getattr(exc, "message", None) or exc).splitlines()[0][:300] if str(exc) else ""
         return {"code": "DATABASE", "reason": f"{type(exc).__name__} {state or ''}: {msg}".strip(),
