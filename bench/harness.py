@@ -165,18 +165,10 @@ async def build_tree(cluster: BenchCluster, tree: dict[str, tuple[str, str, str 
                      before_start: Callable[[Tree], Awaitable[None]] | None = None,
                      **tuning: Any) -> Tree:
     """``tests.tree.Tree.setup`` with a hook between creating the databases and starting the nodes."""
-    t = Tree(cluster, tree, tuning=tuning)
-    for code in tree:
-        t.dsns[code] = await cluster.new_node_db(code)
-        t.conns[code] = await asyncpg.connect(t.dsns[code])
-    root = next(c for c, (_, _, p) in tree.items() if p is None)
-    await t.conns[root].executemany(
-        "INSERT INTO committees (org_code, code, name, level, parent_code) VALUES ($1, $2, $3, $4, $5)",
-        [(root, c, n, lv, p) for c, (n, lv, p) in tree.items()])
+    t = await Tree(cluster, tree, tuning=tuning).prepare()
     if before_start is not None:
         await before_start(t)
-    for code in t.topology:
-        await t.start(code)
+    await t.start_all()
     return t
 
 

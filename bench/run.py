@@ -24,7 +24,7 @@ from typing import Any
 
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
 
-from bench import capture, catchup, ceilings, latency, scale  # noqa: E402
+from bench import capture, catchup, ceilings, latency, scale, tree137  # noqa: E402
 from bench.harness import SETTINGS, SIZES, BenchCluster, Run  # noqa: E402
 
 #: scenario -> the function measuring it (memory is measured inside the catch-up run)
@@ -36,6 +36,7 @@ SCENARIOS: dict[str, Any] = {
     "bootstrap": None,  # not built: snapshots are not served yet
     "memory": catchup.run,
     "scale": scale.run,
+    "tree137": tree137.run,
 }
 NOT_BUILT = {"bootstrap": "not built — snapshots are not served by this version of syncd (ParentService.on_snapshot)"}
 

@@ -295,6 +295,10 @@ def _print_status(st: dict[str, Any], source: str) -> None:
     print(f"{n['name']} {n['id']} ({n['level']})  syncd {n['version']}  log {n['log_position']}  "
           f"epoch {n['epoch']}  capture {'healthy' if cap['healthy'] else 'UNHEALTHY'} (backlog {cap['backlog']})")
     print(f"source: {source}")
+    db = st.get("database") or {}
+    if db.get("state") == "down":
+        e = db.get("last_error") or {}
+        print(f"database DOWN since {_ago(db.get('since'))}: {e.get('code')}: {e.get('reason')}  hint: {e.get('hint')}")
     for p in cap["problems"]:
         print(f"  capture {p['code']} {p['table']}: {p['detail']}")
     print(f"conflicts open {st['conflicts_open']}  parked {st['parked']}  quarantined {st['quarantined']}")

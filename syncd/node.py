@@ -40,7 +40,6 @@ log = structlog.get_logger("syncd.node")
 
 INSTANCE_GRACE_S = 5.0
 SNAPSHOT_IDLE_S = 30.0  # a snapshot slot is freed after this long without a request
-_SEVERITY = {"running": 0, "initializing": 1, "pending": 2, "stalled": 3, "crashing": 4, "failed": 5}
 
 
 def now_us() -> int:
@@ -98,6 +97,7 @@ class ParentService:
     last_seen: dict[str, float] = field(default_factory=dict)  # child -> wall time of last good request
     pull_after: dict[str, int] = field(default_factory=dict)  # child -> cursor it last pulled from
     snapshots: dict[str, float] = field(default_factory=dict)  # child -> last snapshot request (monotonic)
+    versions: tuple[int, ...] = SUPPORTED_VERSIONS  # protocol versions spoken (SPEC R3.1)
 
     @property
     def columns(self) -> dict[str, frozenset[str]]:
@@ -111,10 +111,10 @@ class ParentService:
         self._child(child)
         if msg.node != child:
             raise SyncdError("NOT_A_CHILD", f"hello names node {msg.node} but is signed by {child}")
-        common = set(msg.versions) & set(SUPPORTED_VERSIONS)
+        common = set(msg.versions) & set(self.versions)
         if not common:
             raise SyncdError("UNSUPPORTED_VERSION", f"child speaks {list(msg.versions)}, "
-                             f"this node speaks {list(SUPPORTED_VERSIONS)}")
+                             f"this node speaks {list(self.versions)}")
         t = self.cfg.tuning
         offset = msg.clock - now_us()
         if clock_check(msg.clock, now_us(), t.clock_soft_ms * 1000, t.clock_hard_ms * 1000) == "refuse" or \
@@ -189,22 +189,16 @@ class ParentService:
 
     async def link_status(self, conn: asyncpg.Connection) -> list[dict[str, Any]]:
         """One entry per configured child (``direction: child``)."""
-        from syncd.status import iso
+        from syncd.status import child_link_view
 
         out = []
-        stalled_after = self.cfg.tuning.pull_wait_s * 2 + 10
         for c in self.cfg.children:
             after = self.pull_after.get(c.id)
-            seen = self.last_seen.get(c.id)
             row = await conn.fetchrow(
                 "SELECT count(*) AS n, min(l.logged_at) AS oldest FROM syncd.outbox o JOIN syncd.log l "
                 "ON l.pos = o.pos WHERE o.peer = $1 AND o.pos > $2", c.id, after or 0)
-            state = ("initializing" if seen is None else
-                     "running" if time.time() - seen < stalled_after else "stalled")
-            out.append({"peer": c.id, "direction": "child", "state": state, "since": iso(seen),
-                        "cursor": after, "lag_changes": int(row["n"]),
-                        "lag_seconds": round(time.time() - row["oldest"].timestamp(), 3) if row["oldest"] else 0.0,
-                        "consecutive_errors": 0, "last_error": None, "clock_offset_ms": None, "history": []})
+            out.append(child_link_view(self, c.id, int(row["n"]), round(
+                time.time() - row["oldest"].timestamp(), 3) if row["oldest"] else 0.0))
         return out
 
     async def _read_outbox(self, conn: asyncpg.Connection, child: str, after: int,
@@ -296,6 +290,8 @@ class ParentService:
                 "SELECT head FROM syncd.node")
             rows, nxt = await read_chunk(conn, self.schema, self.ctx.topo, self.cfg.node.id, child,
                                          msg.table, msg.after_id, limit)
+            await audit.record_snapshot(conn, child, "sent", audit.snapshot_batch_id(msg.table, msg.after_id, nxt),
+                                        msg.table, rows)
         done = nxt is None
         if done and msg.table == self.schema.tables[-1].name:
             self.snapshots.pop(child, None)  # the last table: free the slot
@@ -372,8 +368,10 @@ class Node:
     closes the server (SIGTERM in ``syncd run`` calls it).
     """
 
-    def __init__(self, cfg: Config, dsn: str, *, link: Any = None, schema: Schema = SCHEMA):
+    def __init__(self, cfg: Config, dsn: str, *, link: Any = None, schema: Schema = SCHEMA,
+                 versions: tuple[int, ...] = SUPPORTED_VERSIONS):
         self.cfg, self.dsn, self.schema = cfg, dsn, schema
+        self.versions = versions  # fewer than SUPPORTED_VERSIONS only to play an older build (tests)
         self._link = link
         self.instance = uuid.uuid4()
         self.stop_event = asyncio.Event()
@@ -405,12 +403,13 @@ class Node:
         self.sequencer = make_sequencer(self.cfg, self.topo_ref, lambda: self.ctx)
         self.tasks.append(asyncio.create_task(self._listen_loop()))
         self.tasks.append(asyncio.create_task(self.sequencer.run(self.pool, self.stop_event)))
-        self.service = ParentService(self.cfg, self.pool, self.ctx, self.incarnation, self.schema)
+        self.service = ParentService(self.cfg, self.pool, self.ctx, self.incarnation, self.schema,
+                                     versions=self.versions)
         await self._serve()
         if self.cfg.parent is not None:
             link = self._link or self._http_link()
             self.links = ChildLinks(self.cfg, self.pool, link, self.ctx, self.incarnation, self.instance,
-                                    summary=self.subtree_summaries)
+                                    summary=self.subtree_summaries, versions=self.versions)
             self.tasks.append(asyncio.create_task(self.links.push_loop(self.stop_event)))
             self.tasks.append(asyncio.create_task(self.links.pull_loop(self.stop_event)))
         log.info("node_started", node=self.cfg.node.id, port=self.port)
@@ -418,28 +417,17 @@ class Node:
 
     async def _listen_loop(self) -> None:
         """Keep a LISTEN syncd_log connection, re-established after a database restart."""
-        from syncd.store.sequencer import _release_quietly
+        from syncd.store.listen import Listener
 
         assert self.pool is not None
-        conn: asyncpg.Connection | None = None
+        self.listener = Listener(self.pool, "syncd_log", self._on_log)
         try:
             while not self.stop_event.is_set():
-                try:
-                    if conn is None or conn.is_closed():
-                        conn = await _release_quietly(self.pool, conn)
-                        conn = await self.pool.acquire()
-                        await conn.add_listener("syncd_log", self._on_log)
-                        self._on_log()  # catch up on anything logged while not listening
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # noqa: BLE001 - retried; the sequencer reports database health
-                    conn = await _release_quietly(self.pool, conn)
+                if await self.listener.ensure():
+                    self._on_log()  # catch up on anything logged while not listening
                 await asyncio.sleep(1.0)
         finally:
-            if conn is not None and not conn.is_closed():
-                await conn.remove_listener("syncd_log", self._on_log)
-            if self.pool is not None:
-                await _release_quietly(self.pool, conn)
+            await self.listener.close()
 
     def _on_log(self, *_: object) -> None:
         if self.service is not None:
@@ -473,7 +461,8 @@ class Node:
         for s in self.cfg.parent.secrets:  # a link's keys are filed under its child on both sides
             ring.add(self.cfg.node.id, wire_key_id(self.cfg.node.id, s.key_id), s.secret)
         return HttpParentLink(self.cfg.parent.url, self.cfg.node.id, ring, tls_verify=self.cfg.parent.tls_verify,
-                              window_s=self.cfg.tuning.signature_window_s)
+                              window_s=self.cfg.tuning.signature_window_s,
+                              version=min(max(self.versions), PROTOCOL_VERSION))  # hello: one layout (R3.2)
 
     async def _serve(self) -> None:
         from aiohttp import web
@@ -489,7 +478,7 @@ class Node:
                 rings[c.id].add(c.id, wire_key_id(c.id, s.key_id), s.secret)
         assert self.pool is not None and self.service is not None
         server = HttpParentServer(self.service, rings, PgNonceStore(self.pool),
-                                  window_s=self.cfg.tuning.signature_window_s)
+                                  window_s=self.cfg.tuning.signature_window_s, versions=self.versions)
         self.server = server  # its keyrings are swapped by a SIGHUP reload
         app = server.app
         add_routes(app, self)
@@ -502,25 +491,16 @@ class Node:
 
     async def link_status(self, conn: asyncpg.Connection) -> list[dict[str, Any]]:
         """Every link of this node as ``/status`` shows it: the parent first, then each child."""
-        from syncd.status import iso
+        from syncd.status import parent_link_view
 
         out: list[dict[str, Any]] = []
         if self.links is not None:
             ln = self.links
-            worst = max((ln.push_health, ln.pull_health), key=lambda h: _SEVERITY[h.state])
             row = await conn.fetchrow(
                 "SELECT count(*) AS n, min(logged_at) AS oldest FROM syncd.log WHERE pos > $1 "
                 "AND received_from IS DISTINCT FROM $2", ln.push_cursor, ln.parent)
-            history = sorted([*ln.push_health.history, *ln.pull_health.history], key=lambda e: e.at)[-20:]
-            err = worst.last_error
-            out.append({
-                "peer": ln.parent, "direction": "parent", "state": worst.state, "since": iso(worst.since),
-                "cursor": ln.pull_cursor, "push_cursor": ln.push_cursor, "lag_changes": int(row["n"]),
-                "lag_seconds": round(time.time() - row["oldest"].timestamp(), 3) if row["oldest"] else 0.0,
-                "consecutive_errors": ln.push_health.consecutive_errors + ln.pull_health.consecutive_errors,
-                "last_error": {k: err.get(k) for k in ("code", "reason", "hint")} if err else None,
-                "clock_offset_ms": ln.clock_offset_ms, "snapshot": ln.snapshot_state,
-                "history": [{"at": iso(e.at), "event": e.state, "detail": e.code} for e in history]})
+            out.append(parent_link_view(ln, int(row["n"]), round(
+                time.time() - row["oldest"].timestamp(), 3) if row["oldest"] else 0.0))
         if self.service is not None:
             out += await self.service.link_status(conn)
         return out

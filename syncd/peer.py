@@ -75,6 +75,7 @@ class ChildLinks:
     clock_offset_ms: int | None = None
     summary_every_s: float = 5.0
     snapshot_state: dict | None = None  # bootstrap progress, shown in status
+    versions: tuple[int, ...] = SUPPORTED_VERSIONS  # protocol versions offered at hello (SPEC R3.1)
     _summary_sent: float = 0.0
 
     def __post_init__(self) -> None:
@@ -105,7 +106,7 @@ class ChildLinks:
             epoch = await conn.fetchval("SELECT epoch FROM syncd.node")
         sent = now_us()
         reply = await self.link.hello(Hello(
-            versions=SUPPORTED_VERSIONS, node=self.cfg.node.id, instance=self.instance,
+            versions=self.versions, node=self.cfg.node.id, instance=self.instance,
             incarnation=self.incarnation, epoch=epoch, clock=sent, pull_cursor=pull, pull_hash=None,
             tables=table_decls(self.ctx.schema)))
         if reply.clock is not None:
@@ -211,7 +212,9 @@ class ChildLinks:
         async with self.pool.acquire() as conn:
             done = await progress(conn, self.parent)
         position = next((p.position for p in done.values()), None)
-        self.snapshot_state = {"state": "loading", "tables": {}, "position": position}
+        resumed = sum(p.rows for p in done.values())  # loaded by an earlier, interrupted run
+        state = self.snapshot_state = {"state": "loading", "tables": {n: p.rows for n, p in done.items()},
+                                       "position": position, "resumed_rows": resumed, "chunks": 0}
         for t in self.ctx.schema.tables:
             p = done.get(t.name) or Progress(t.name, position or 0, None, 0, False)
             while not p.done:
@@ -222,13 +225,16 @@ class ChildLinks:
                     await conn.execute("SET LOCAL syncd.applying = 'on'")
                     await lock(conn)
                     await merge_chunk(conn, self.ctx, self.parent, t.name, chunk.rows)
+                    await audit.record_snapshot(conn, self.parent, "received", audit.snapshot_batch_id(
+                        t.name, p.after_id, chunk.next_after_id), t.name, chunk.rows)
                     fault_point("mid_snapshot_chunk")  # rows merged, progress not yet committed
                     fault_point("after_copy")
                     p = Progress(t.name, position, chunk.next_after_id or p.after_id, p.rows + len(chunk.rows),
                                  chunk.done)
                     await save_progress(conn, self.parent, p)
-                self.snapshot_state["tables"][t.name] = p.rows
-                self.snapshot_state["position"] = position
+                state["tables"][t.name] = p.rows
+                state["position"] = position
+                state["chunks"] += 1
             log.info("snapshot_table_done", link=self.pull_health.name, table=t.name, rows=p.rows)
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SET LOCAL syncd.applying = 'on'")
@@ -246,7 +252,8 @@ class ChildLinks:
                 [c.id for c in self.cfg.children], RESYNC_ALWAYS)
             await conn.execute("NOTIFY syncd_log")  # the node re-reads its tree (committees came by snapshot)
         self.pull_cursor = position or 0
-        self.snapshot_state = {"state": "done", "position": position, "at_us": now_us()}
+        self.snapshot_state = {"state": "done", "position": position, "at_us": now_us(), "resumed_rows": resumed,
+                               "chunks": state["chunks"]}
 
     async def _needs_snapshot(self) -> bool:
         async with self.pool.acquire() as conn:

@@ -41,11 +41,17 @@ State = Literal["initializing", "running", "pending", "crashing", "failed"]
 
 log = structlog.get_logger("syncd.retry")
 
+#: how bad each link state is, for "the worse of two loops" (``stalled`` is a child link's)
+SEVERITY = {"running": 0, "initializing": 1, "pending": 2, "stalled": 3, "crashing": 4, "failed": 5}
+
 #: asyncpg errors that a new attempt (new transaction or connection) can get past.
 _PG_RETRY: tuple[type[BaseException], ...] = (
     asyncpg.SerializationError, asyncpg.DeadlockDetectedError, asyncpg.ConnectionDoesNotExistError,
     asyncpg.CannotConnectNowError, asyncpg.InterfaceError, asyncpg.TooManyConnectionsError,
     asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
+    # the pool's own bookkeeping when a connection is lost under a release (asyncpg 0.32 races
+    # its connection_lost cleanup with Pool.release): a new connection gets past it
+    asyncpg.InternalClientError,
 )
 
 
@@ -109,7 +115,7 @@ def describe(exc: BaseException) -> dict[str, str | None]:
     or row values (HC-15): for database errors only the class, SQLSTATE and message."""
     if isinstance(exc, SyncdError):
         return {"code": exc.code, "reason": exc.reason, "hint": exc.hint}
-    if isinstance(exc, asyncpg.PostgresError) or isinstance(exc, asyncpg.InterfaceError):
+    if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)):
         state = getattr(exc, "sqlstate", None)
         msg = str(getattr(exc, "message", None) or exc).splitlines()[0][:300] if str(exc) else ""
         return {"code": "DATABASE", "reason": f"{type(exc).__name__} {state or ''}: {msg}".strip(),

@@ -20,6 +20,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from syncd.retry import SEVERITY, describe as describe_error
 from syncd.store.health import capture_health
 
 if TYPE_CHECKING:
@@ -60,15 +61,21 @@ class Metrics:
         self.log_position = Gauge("syncd_log_position", "head of this node's change log", registry=r)
         self.capture_healthy = Gauge("syncd_capture_healthy", "1 when capture triggers are all in place",
                                      registry=r)
+        self.database_up = Gauge("syncd_database_up", "1 when this node's PostgreSQL answers", registry=r)
         self.subtree_nodes = Gauge("syncd_subtree_nodes", "expected nodes of the subtree by state", ["state"],
                                    registry=r)
 
     def refresh(self, status: dict[str, Any]) -> None:
-        """Set the gauges from a ``/status`` model (called on every scrape)."""
+        """Set the gauges from a ``/status`` model (called on every scrape).  While the
+        database is down, gauges read from it keep their last value."""
+        self.database_up.set(1 if status["database"]["state"] == "up" else 0)
         for ln in status["links"]:
-            self.lag.labels(ln["peer"], ln["direction"]).set(ln["lag_changes"] or 0)
+            if ln["lag_changes"] is not None:
+                self.lag.labels(ln["peer"], ln["direction"]).set(ln["lag_changes"])
             self.link_up.labels(ln["peer"], ln["direction"]).set(1 if ln["state"] == "running" else 0)
             self.link_errors.labels(ln["peer"], ln["direction"]).set(ln["consecutive_errors"] or 0)
+        if status["database"]["state"] != "up":
+            return
         self.conflicts.set(status["conflicts_open"])
         self.quarantined.set(status["quarantined"])
         self.parked.set(status["parked"])
@@ -131,14 +138,83 @@ async def subtree_view(node: "Node", conn: asyncpg.Connection, me_summary: dict[
     return out
 
 
+def database_view(node: "Node", error: BaseException | None = None) -> dict[str, Any]:
+    """This node's own PostgreSQL as the daemon sees it: ``up``, or ``down`` with the error.
+
+    ``error`` is the failure met while building this status; otherwise the sequencer's
+    health says whether its last tick reached the database (DESIGN §9).
+    """
+    health = getattr(getattr(node, "sequencer", None), "health", None)
+    if error is None and health is not None and health.state in ("crashing", "failed"):
+        return {"state": "down", "since": iso(health.since), "consecutive_errors": health.consecutive_errors,
+                "last_error": {k: (health.last_error or {}).get(k) for k in ("code", "reason", "hint")}}
+    if error is not None:
+        return {"state": "down", "since": iso(health.since) if health is not None else None,
+                "consecutive_errors": health.consecutive_errors if health is not None else 1,
+                "last_error": describe_error(error)}
+    last = (health.last_error if health is not None else None) or None
+    return {"state": "up", "since": iso(health.since) if health is not None else None, "consecutive_errors": 0,
+            "last_error": {k: last.get(k) for k in ("code", "reason", "hint")} if last else None}
+
+
+def parent_link_view(ln: Any, lag_changes: int | None, lag_seconds: float | None) -> dict[str, Any]:
+    """The parent link's ``/status`` entry from its loops (``ChildLinks``) and its lag."""
+    worst = max((ln.push_health, ln.pull_health), key=lambda h: SEVERITY[h.state])
+    err = worst.last_error
+    history = sorted([*ln.push_health.history, *ln.pull_health.history], key=lambda e: e.at)[-20:]
+    return {"peer": ln.parent, "direction": "parent", "state": worst.state, "since": iso(worst.since),
+            "cursor": ln.pull_cursor, "push_cursor": ln.push_cursor, "lag_changes": lag_changes,
+            "lag_seconds": lag_seconds,
+            "consecutive_errors": ln.push_health.consecutive_errors + ln.pull_health.consecutive_errors,
+            "last_error": {k: err.get(k) for k in ("code", "reason", "hint")} if err else None,
+            "clock_offset_ms": ln.clock_offset_ms, "snapshot": ln.snapshot_state,
+            "history": [{"at": iso(e.at), "event": e.state, "detail": e.code} for e in history]}
+
+
+def child_link_view(service: Any, child: str, lag_changes: int | None, lag_seconds: float | None) -> dict[str, Any]:
+    """A child link's ``/status`` entry from what the parent service saw of the child."""
+    stalled_after = service.cfg.tuning.pull_wait_s * 2 + 10
+    seen = service.last_seen.get(child)
+    state = "initializing" if seen is None else "running" if time.time() - seen < stalled_after else "stalled"
+    return {"peer": child, "direction": "child", "state": state, "since": iso(seen),
+            "cursor": service.pull_after.get(child), "lag_changes": lag_changes, "lag_seconds": lag_seconds,
+            "consecutive_errors": 0, "last_error": None, "clock_offset_ms": None, "history": []}
+
+
+def links_from_memory(node: "Node") -> list[dict[str, Any]]:
+    """The links as the loops know them, without the database (lags ``null``): what
+    ``/status`` shows while this node's PostgreSQL is down."""
+    out = [parent_link_view(node.links, None, None)] if node.links is not None else []
+    if node.service is not None:
+        out += [child_link_view(node.service, c.id, None, None) for c in node.cfg.children]
+    return out
+
+
+_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
 async def build_status(node: "Node") -> dict[str, Any]:
+    """The ``/status`` model.  When this node's own database cannot be reached it is still
+    built, from what the daemon holds in memory: ``database.state`` is ``down``, counts
+    and lags are ``null`` and this node's summary is ``degraded``."""
     assert node.pool is not None
-    async with node.pool.acquire() as conn:
-        counts = await _counts(conn)
-        problems = await capture_health(conn, node.schema, heartbeat=False)
-        links = await node.link_status(conn)
-        me = own_summary(node, counts, links)
-        subtree = await subtree_view(node, conn, me, links)
+    try:
+        async with node.pool.acquire() as conn:
+            counts: dict[str, Any] = await _counts(conn)
+            problems = await capture_health(conn, node.schema, heartbeat=False)
+            links = await node.link_status(conn)
+            me = own_summary(node, counts, links)
+            subtree = await subtree_view(node, conn, me, links)
+        database = database_view(node)
+    except _DB_ERRORS as e:
+        database = database_view(node, e)
+        counts = dict.fromkeys(("conflicts_open", "parked", "quarantined", "backlog", "head", "epoch"))
+        problems = []
+        links = links_from_memory(node)
+        me = {**own_summary(node, counts, links), "state": "degraded", "database": "down"}
+        subtree = [{**me, "received_at": me["reported_at"]}]
+    if database["state"] == "down" and me.get("state") == "healthy":
+        me["state"] = subtree[0]["state"] = "degraded"
     from syncd.cli import syncd_version
 
     topo = node.topo_ref.topo
@@ -147,10 +223,11 @@ async def build_status(node: "Node") -> dict[str, Any]:
                  "version": syncd_version(), "uptime_s": round(time.time() - node.started_at, 1),
                  "log_position": counts["head"], "epoch": counts["epoch"], "capture_backlog": counts["backlog"],
                  "started_at": iso(node.started_at)},
+        "database": database,
         "links": links,
         "conflicts_open": counts["conflicts_open"], "parked": counts["parked"], "quarantined": counts["quarantined"],
-        "capture": {"healthy": not problems, "problems": [p.as_dict() for p in problems],
-                    "backlog": counts["backlog"]},
+        "capture": {"healthy": not problems if database["state"] == "up" else None,
+                    "problems": [p.as_dict() for p in problems], "backlog": counts["backlog"]},
         "subtree": subtree,
     }
 
@@ -177,8 +254,12 @@ def add_routes(app: web.Application, node: "Node") -> None:
 
     async def readyz(request: web.Request) -> web.Response:
         assert node.pool is not None
-        async with node.pool.acquire() as conn:
-            links = await node.link_status(conn)
+        try:
+            async with node.pool.acquire() as conn:
+                links = await node.link_status(conn)
+        except _DB_ERRORS as e:
+            return web.json_response({"ready": False, "reason": "database unreachable: "
+                                      + str(describe_error(e)["reason"])}, status=503)
         bad = [f"{ln['peer']} {ln['state']}" for ln in links if ln["state"] != "running"]
         if bad:
             return web.json_response({"ready": False, "reason": "links not running: " + ", ".join(bad)}, status=503)

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
+import aiohttp
 import asyncpg
 
 from syncd.config import Config, parse_config
@@ -55,12 +57,20 @@ class Tree:
     nodes: dict[str, Node] = field(default_factory=dict)
     conns: dict[str, asyncpg.Connection] = field(default_factory=dict)
     tuning: dict[str, Any] = field(default_factory=dict)
+    #: protocol versions a node speaks when it should play an older (or newer) build
+    versions: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def topology(self) -> Topology:
         return Topology.from_rows([(c, n, lv, p) for c, (n, lv, p) in self.tree.items()])
 
     async def setup(self) -> "Tree":
+        await self.prepare()
+        await self.start_all()
+        return self
+
+    async def prepare(self) -> "Tree":
+        """Every node's database (initialised) and the committees at the root; no daemon yet."""
         for code in self.tree:
             if code not in self.dsns:  # a test may bring its own (e.g. populated) database
                 self.dsns[code] = await self.cluster.new_node_db(code)
@@ -69,14 +79,19 @@ class Tree:
         await self.conns[root].executemany(
             "INSERT INTO committees (org_code, code, name, level, parent_code) VALUES ($1, $2, $3, $4, $5)",
             [(root, c, n, lv, p) for c, (n, lv, p) in self.tree.items()])
-        for code in self.topology:
-            await self.start(code)
         return self
+
+    async def start_all(self, only: set[str] | None = None) -> None:
+        """Start the nodes (or ``only`` those) top-down: a child's first hello finds its parent up."""
+        for code in self.topology:
+            if only is None or code in only:
+                await self.start(code)
 
     async def start(self, code: str) -> Node:
         parent = self.tree[code][2]
         url = f"http://127.0.0.1:{self.nodes[parent].port}" if parent else None
-        node = await Node(node_config(code, self.tree, url, **self.tuning), self.dsns[code]).start()
+        extra = {"versions": self.versions[code]} if code in self.versions else {}
+        node = await Node(node_config(code, self.tree, url, **self.tuning), self.dsns[code], **extra).start()
         self.nodes[code] = node
         return node
 
@@ -125,9 +140,42 @@ class Tree:
     def db(self, code: str) -> asyncpg.Connection:
         return self.conns[code]
 
+    async def status(self, code: str) -> dict[str, Any]:
+        """The node's ``GET /status`` (200 asserted)."""
+        port = self.nodes[code].port
+        assert port is not None
+        return await node_status(port)
+
+
+async def node_status(port: int) -> dict[str, Any]:
+    """``GET /status`` of the daemon on this loopback port (200 asserted)."""
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"http://127.0.0.1:{port}/status", timeout=aiohttp.ClientTimeout(total=10)) as r:
+            assert r.status == 200, await r.text()
+            return await r.json()  # type: ignore[no-any-return]
+
+
+@contextlib.asynccontextmanager
+async def running(t: "Tree") -> AsyncIterator["Tree"]:
+    """Set the tree up, hand it out, close it whatever happened (for fixtures)."""
+    try:
+        await t.setup()
+        yield t
+    finally:
+        await t.close()
+
+
+class Pending(str):
+    """A check's "not yet", with the reason :func:`eventually` shows if it never comes true
+    (falsy, unlike a plain non-empty string)."""
+
+    def __bool__(self) -> bool:
+        return False
+
 
 async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 45.0, interval: float = 0.1) -> Any:
-    """Poll ``check`` until it returns a truthy value; fail with the last value after ``timeout``."""
+    """Poll ``check`` until it returns a truthy value; fail with the last value after ``timeout``.
+    A check says why it is not there yet by returning a :class:`Pending`."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:

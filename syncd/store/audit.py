@@ -73,6 +73,36 @@ async def record(conn: asyncpg.Connection, peer: str, direction: AuditDirection,
         json.dumps(personal_columns(changes, schema))))
 
 
+def snapshot_batch_id(table: str, after_id: uuid.UUID | None, next_after_id: uuid.UUID | None) -> str:
+    """How a snapshot chunk is named in the audit, the same string at both ends:
+    ``snapshot <table> (<after id or start>, <next id or end>]``."""
+    return f"snapshot {table} ({after_id or 'start'}, {next_after_id or 'end'}]"
+
+
+async def record_snapshot(conn: asyncpg.Connection, peer: str, direction: AuditDirection, batch_id: str,
+                          table: str, rows: Sequence[object], schema: Schema = SCHEMA) -> int | None:
+    """The audit row of one snapshot chunk (rows are ``SnapshotRow`` objects: their column names
+    decide the personal columns); None for an empty chunk."""
+    if direction not in ("sent", "received"):
+        raise ValueError(f"audit direction must be 'sent' or 'received', not {direction!r}")
+    if not rows:
+        return None
+    personal: set[str] = set()
+    if table in schema:
+        t = schema[table]
+        for name in {n for r in rows for n in getattr(r, "cols", {})}:
+            try:
+                if t.column(name).personal:
+                    personal.add(f"{table}.{name}")
+            except KeyError:  # an opaque column from a newer peer (HC-13)
+                continue
+    return int(await conn.fetchval(
+        "INSERT INTO syncd.audit (peer, direction, batch_id, tables, changes, personal_columns) "
+        "VALUES ($1, $2, $3, $4::jsonb, $5, $6::jsonb) RETURNING id",
+        peer, direction, batch_id, json.dumps({table: len(rows)}, ensure_ascii=False), len(rows),
+        json.dumps(sorted(personal))))
+
+
 @dataclass(frozen=True)
 class AuditRow:
     id: int

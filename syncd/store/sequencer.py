@@ -25,6 +25,7 @@ from syncd.config import Secret
 from syncd.retry import LoopHealth
 from syncd.proto.change import Change
 from syncd.schema.declarations import SCHEMA, Schema
+from syncd.store.listen import Listener
 from syncd.store.log import append_log, change_from_record
 from syncd.store.versioning import Versioner, claim_captures
 
@@ -140,15 +141,12 @@ class Sequencer:
         is counted in :attr:`health` and retried with backoff; the LISTEN connection
         is re-established when it was lost.
         """
-        listener: asyncpg.Connection | None = None
+        listener = Listener(pool, "syncd_capture", self.wake)
         try:
             while not stop.is_set():
                 delay = self.interval_s
                 try:
-                    if listener is None or listener.is_closed():
-                        listener = await _release_quietly(pool, listener)
-                        listener = await pool.acquire()
-                        await listener.add_listener("syncd_capture", self.wake)
+                    await listener.ensure()  # no LISTEN yet (database down): the timer still ticks
                     async with pool.acquire() as conn:
                         await self.drain(conn)
                     self.health.ok()
@@ -156,27 +154,13 @@ class Sequencer:
                     raise
                 except Exception as e:  # noqa: BLE001 - the loop never dies; the error is in status
                     delay = self.health.error(e)
-                    if listener is not None and listener.is_closed():
-                        listener = await _release_quietly(pool, listener)
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), delay)
                 except asyncio.TimeoutError:
                     pass
         finally:
-            if listener is not None and not listener.is_closed():
-                await listener.remove_listener("syncd_capture", self.wake)
-            await _release_quietly(pool, listener)
-
-
-async def _release_quietly(pool: asyncpg.Pool, conn: asyncpg.Connection | None) -> None:
-    """Give a (possibly broken) connection back to the pool; returns None."""
-    if conn is not None:
-        try:
-            await pool.release(conn)
-        except Exception:  # noqa: BLE001 - a dead connection is simply dropped
-            conn.terminate()
-    return None
+            await listener.close()
 
 
 def log_row_as_json(change: Change, received_from: str | None = None) -> str:

@@ -33,6 +33,7 @@ from syncd.transport.base import TransportError
     (asyncpg.ConnectionDoesNotExistError("gone"), "retry"),
     (asyncpg.CannotConnectNowError("starting up"), "retry"),
     (asyncpg.InterfaceError("connection is closed"), "retry"),
+    (asyncpg.InternalClientError("PoolConnectionHolder.release() called on a free connection holder"), "retry"),
     (asyncpg.UniqueViolationError("duplicate key"), "final"),
     (KeyError("bug"), "final"),
     (SyncdError("FUTURE_CODE", "from a newer peer", retryable=True), "retry"),

@@ -9,7 +9,8 @@ node's log (nothing applied twice), and the logs stop growing once converged.
 A named point dies *deterministically* where random kills rarely land (between the
 merge and the cursor commit, after commit before the reply): ``SYNCD_FAULT`` arms
 :func:`syncd.faults.fault_point` in the daemon, which exits 137 there.
-``mid_snapshot_chunk`` is not covered: snapshots are not built yet.
+``mid_snapshot_chunk`` kills a new county while it loads its snapshot; that a killed
+snapshot resumes rather than restarts is ``test_snapshot_resume.py``.
 """
 from __future__ import annotations
 

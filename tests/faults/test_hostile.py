@@ -34,7 +34,7 @@ from syncd.proto.signing import Key, sign_request
 from syncd.schema.declarations import SCHEMA
 from tests.faults.proxy import TcpProxy
 from tests.pg import Cluster
-from tests.tree import Tree, eventually, node_config, secret
+from tests.tree import Tree, eventually, node_config, running, secret
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -53,35 +53,16 @@ class Tree3(Tree):
     """The tree without a daemon for 430104 (the attacker holds its key)."""
 
     async def setup(self) -> "Tree3":
-        for code in self.tree:
-            self.dsns[code] = await self.cluster.new_node_db(code)
-            self.conns[code] = await __import__("asyncpg").connect(self.dsns[code])
-        await self.conns["430000"].executemany(
-            "INSERT INTO committees (org_code, code, name, level, parent_code) VALUES ($1, $2, $3, $4, $5)",
-            [("430000", c, n, lv, p) for c, (n, lv, p) in self.tree.items()])
-        for code in ("430000", "430100", "430102"):
-            await self.start(code)
+        await self.prepare()
+        await self.start_all({"430000", "430100", "430102"})
         return self
-
-    async def close(self) -> None:
-        for code in ("430102", "430100", "430000"):
-            if code in self.nodes:
-                await self.stop(code)
-        for c in self.conns.values():
-            await c.close()
-        for dsn in self.dsns.values():
-            await self.cluster.drop(dsn)
 
 
 @pytest.fixture(scope="module")
 async def tree(cluster: Cluster) -> AsyncIterator[Tree3]:
     """One live tree for the whole module (each test checks only what it changed)."""
-    t = Tree3(cluster, TREE, tuning={"pull_wait_s": 1.0})
-    try:
-        await t.setup()
+    async with running(Tree3(cluster, TREE, tuning={"pull_wait_s": 1.0})) as t:
         yield t
-    finally:
-        await t.close()
 
 
 class Answer:
@@ -385,14 +366,9 @@ async def test_hc24_push_outside_subtree_quarantined_forbidden_scope_valid_rows_
     assert await db.fetchval("SELECT code FROM syncd.quarantine WHERE row_id = $1", foreign.id) == "FORBIDDEN_SCOPE"
     assert await db.fetchval("SELECT count(*) FROM members WHERE id = $1", foreign.id) == 0
     assert await db.fetchval("SELECT name FROM members WHERE id = $1", own.id) == "岳麓委员"
-    status = await _status(tree, CITY)
+    status = await tree.status(CITY)
     assert status["quarantined"] >= 1
 
-
-async def _status(tree: Tree3, code: str) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as s:
-        async with s.get(f"http://127.0.0.1:{tree.nodes[code].port}/status") as r:
-            return await r.json()  # type: ignore[no-any-return]
 
 
 async def test_hc23_skewed_clock_refused_at_hello(tree: Tree3) -> None:

@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any, AsyncIterator
 
-import aiohttp
 import pytest
 
 from syncd.node import Node
 from tests.faults.daemons import duplicates, wait_until
 from tests.faults.proxy import TcpProxy
 from tests.pg import Cluster
-from tests.tree import Tree, eventually, node_config
+from tests.tree import Tree, eventually, node_config, running
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -52,18 +51,9 @@ class ProxiedTree(Tree):
 
 @pytest.fixture
 async def tree(cluster: Cluster) -> AsyncIterator[ProxiedTree]:
-    t = ProxiedTree(cluster, TREE, tuning={"pull_wait_s": 1.0, "retry_cap_s": 1.0})
-    try:
-        await t.setup()
+    async with running(ProxiedTree(cluster, TREE, tuning={"pull_wait_s": 1.0, "retry_cap_s": 1.0})) as t:
         yield t
-    finally:
-        await t.close()
 
-
-async def _status(t: Tree, code: str) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as s:
-        async with s.get(f"http://127.0.0.1:{t.nodes[code].port}/status") as r:
-            return await r.json()  # type: ignore[no-any-return]
 
 
 async def _rows(t: Tree, code: str, table: str, home: str) -> dict[Any, Any]:
@@ -85,7 +75,7 @@ async def test_partitioned_city_converges_with_each_conflict_once(tree: ProxiedT
     tree.proxy.cut()
 
     async def link_down() -> bool:
-        up = next(ln for ln in (await _status(tree, "430100"))["links"] if ln["direction"] == "parent")
+        up = next(ln for ln in (await tree.status("430100"))["links"] if ln["direction"] == "parent")
         return up["state"] in ("crashing", "failed") and up["last_error"] is not None
     await eventually(link_down, 15)
 
@@ -130,5 +120,5 @@ async def test_partitioned_city_converges_with_each_conflict_once(tree: ProxiedT
     assert await cs.fetchval("SELECT count(*) FROM syncd.conflicts WHERE row_id = $1", aid) <= 1
     for code in TREE:
         assert not await duplicates(tree.db(code)), code
-    up = next(ln for ln in (await _status(tree, "430100"))["links"] if ln["direction"] == "parent")
+    up = next(ln for ln in (await tree.status("430100"))["links"] if ln["direction"] == "parent")
     assert up["state"] == "running"

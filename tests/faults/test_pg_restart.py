@@ -3,16 +3,21 @@
 The session cluster is shared by every test, so this test runs its own
 :class:`EmbeddedPostgres`.  One cluster holds the databases of the province (parent
 side) and the county (child side), so one restart hits both ends of every link and
-the city in the middle.  While it is down the link loops show the failure; after
-``start()`` they recover by themselves, the sequencer moves writes made meanwhile,
-and the tree converges.
+the city in the middle.  While it is down every node still answers ``/status``
+(``database.state`` ``down``, links ``crashing``) and ``/readyz`` says 503; after
+``start()`` the loops recover by themselves, the LISTEN connections are made again,
+the sequencer moves writes made meanwhile, and the tree converges.
+
+What made it fail before: asyncpg detaches a pooled connection's proxy when the
+server goes away, and then even ``is_closed()`` raises ``InterfaceError`` — which
+killed the sequencer's loop (see ``syncd/store/listen.py``).
 """
 from __future__ import annotations
 
 import asyncio
 import tempfile
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 import aiohttp
 import pytest
@@ -45,19 +50,7 @@ async def own() -> AsyncIterator[Cluster]:
         await asyncio.to_thread(c.pg.destroy)
 
 
-async def _status(t: Tree, code: str) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as s:
-        async with s.get(f"http://127.0.0.1:{t.nodes[code].port}/status") as r:
-            assert r.status == 200
-            return await r.json()  # type: ignore[no-any-return]
 
-
-@pytest.mark.xfail(strict=False, reason=(  # not strict: which asyncpg error a task meets is racy
-
-    "BUG: Sequencer.run dies when PostgreSQL restarts: an asyncpg.InterfaceError (closed connection) escapes "
-    "its `except (PostgresError, OSError)` and the `finally: listener.remove_listener()` on the dead LISTEN "
-    "connection raises InterfaceError; relays stop logging, nothing converges. Node._listener has the same "
-    "problem (no re-LISTEN, and Node.stop() raises)."))
 async def test_postgres_restart_under_running_nodes_reported_recovered_converged(own: Cluster) -> None:
     import asyncpg
 
@@ -83,6 +76,21 @@ async def test_postgres_restart_under_running_nodes_reported_recovered_converged
         async def reported() -> bool:
             return failing("430100") and failing("430102")
         await wait_until(reported, 20)
+
+        async def database_down() -> bool | str:  # every node, the root too, still answers /status
+            states = {c: (await t.status(c))["database"]["state"] for c in CHAIN}
+            return set(states.values()) == {"down"} or str(states)
+        await wait_until(database_down, 20)
+        down = await t.status("430102")
+        assert down["database"]["last_error"]["code"] in ("DATABASE", "UNREACHABLE"), down["database"]
+        assert down["subtree"][0]["state"] == "degraded" and down["node"]["log_position"] is None, down
+        up_link = next(ln for ln in down["links"] if ln["direction"] == "parent")
+        assert up_link["state"] in ("crashing", "failed") and up_link["lag_changes"] is None, up_link
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"http://127.0.0.1:{t.nodes['430000'].port}/readyz") as r:
+                assert r.status == 503 and "database unreachable" in (await r.json())["reason"]
+            async with s.get(f"http://127.0.0.1:{t.nodes['430100'].port}/metrics") as r:
+                assert r.status == 200 and "syncd_database_up 0.0" in await r.text()
         errors = {c: (t.nodes[c].links.push_health.last_error or t.nodes[c].links.pull_health.last_error or {})
                   .get("code") for c in ("430100", "430102")}
         await asyncio.sleep(2.0)  # down for a while: every loop retries against a dead database
@@ -110,33 +118,16 @@ async def test_postgres_restart_under_running_nodes_reported_recovered_converged
         await wait_until(converged, 45, 0.3)
 
         async def running() -> bool | str:
-            links = (await _status(t, "430102"))["links"]
+            links = (await t.status("430102"))["links"]
             up = next(ln for ln in links if ln["direction"] == "parent")
             return up["state"] == "running" or str(up["state"])
         await wait_until(running, 20)
-        up = next(ln for ln in (await _status(t, "430102"))["links"] if ln["direction"] == "parent")
+        after = await t.status("430102")
+        assert after["database"]["state"] == "up" and after["node"]["log_position"], after["database"]
+        up = next(ln for ln in after["links"] if ln["direction"] == "parent")
         assert any(e["event"] in ("crashing", "failed") for e in up["history"]), up["history"]
         assert set(errors.values()) <= {"DATABASE", "UNREACHABLE", "UNAVAILABLE", "INTERNAL"}, errors
         for c in CHAIN:
             assert not await duplicates(t.db(c)), c
     finally:
-        await _close(t)
-
-
-async def _close(t: Tree) -> None:
-    """``Tree.close`` that survives a node whose ``stop()`` fails after the restart (see the xfail)."""
-    for code in list(t.nodes)[::-1]:
-        node = t.nodes.pop(code)
-        try:
-            await node.stop()
-        except Exception:  # noqa: BLE001
-            for task in node.tasks:
-                task.cancel()
-            await asyncio.gather(*node.tasks, return_exceptions=True)
-            if node.runner is not None:
-                await node.runner.cleanup()
-            if node.pool is not None:
-                node.pool.terminate()
-    for c in t.conns.values():
-        if not c.is_closed():
-            await c.close()
+        await t.close()

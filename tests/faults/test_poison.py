@@ -7,15 +7,14 @@ counts it, and after the constraint is dropped :func:`release_quarantined` appli
 """
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
-import aiohttp
 import pytest
 
 from syncd.store.quarantine import release_quarantined
 from tests.faults.daemons import duplicates
 from tests.pg import Cluster
-from tests.tree import Tree, eventually
+from tests.tree import Tree, eventually, running
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,18 +27,9 @@ CHAIN = {
 
 @pytest.fixture
 async def tree(cluster: Cluster) -> AsyncIterator[Tree]:
-    t = Tree(cluster, CHAIN, tuning={"pull_wait_s": 1.0, "retry_cap_s": 0.5})
-    try:
-        await t.setup()
+    async with running(Tree(cluster, CHAIN, tuning={"pull_wait_s": 1.0, "retry_cap_s": 0.5})) as t:
         yield t
-    finally:
-        await t.close()
 
-
-async def _status(t: Tree, code: str) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as s:
-        async with s.get(f"http://127.0.0.1:{t.nodes[code].port}/status") as r:
-            return await r.json()  # type: ignore[no-any-return]
 
 
 async def _has(t: Tree, code: str, row: object) -> bool:
@@ -58,7 +48,7 @@ async def test_hc11_poison_row_quarantined_link_flows_relayed_and_released_after
     assert not await _has(tree, "430100", bad)
     q = await city.fetchrow("SELECT id, code, reason FROM syncd.quarantine WHERE row_id = $1", bad)
     assert q["code"] == "POISON" and "vendor_no_title" in q["reason"] and "禁用职务" not in q["reason"]
-    status = await _status(tree, "430100")
+    status = await tree.status("430100")
     assert status["quarantined"] == 1
     assert {ln["peer"]: ln["state"] for ln in status["links"]}["430102"] == "running"
 
@@ -67,7 +57,7 @@ async def test_hc11_poison_row_quarantined_link_flows_relayed_and_released_after
     assert res.outcome == "applied"
     assert await city.fetchval("SELECT title FROM members WHERE id = $1", bad) == "禁用职务"
     assert await city.fetchval("SELECT released_at IS NOT NULL FROM syncd.quarantine WHERE id = $1", q["id"])
-    assert (await _status(tree, "430100"))["quarantined"] == 0
+    assert (await tree.status("430100"))["quarantined"] == 0
     # releasing re-applies here only: nothing is logged twice anywhere
     more = await county.fetchval("INSERT INTO members (org_code, name) VALUES ('430102', '释放后') RETURNING id")
     await eventually(lambda: _has(tree, "430000", more))
