@@ -8,7 +8,8 @@ never enter the audit, so the table can be shown to anyone who may see the link.
 
 Call it in the same transaction as the apply (received) or right after the peer
 acknowledged the batch (sent); an empty batch (a summary-only push, an empty pull)
-writes nothing.
+writes nothing.  Snapshot chunks are audited the same way by :func:`record_rows`,
+named ``snapshot <table> (<after id>, <next id>]`` at both ends.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Literal, Sequence
 import asyncpg
 
 from syncd.proto.change import Change
+from syncd.proto.messages import SnapshotRow
 from syncd.schema.declarations import SCHEMA, Schema
 
 AuditDirection = Literal["sent", "received"]
@@ -54,16 +56,36 @@ async def record(conn: asyncpg.Connection, peer: str, direction: AuditDirection,
 
     Raises ``ValueError`` for a direction other than ``sent``/``received``.
     """
+    return await _insert(conn, peer, direction, batch_id, batch_tables(changes), len(changes),
+                         personal_columns(changes, schema))
+
+
+def snapshot_batch(table: str, after_id: uuid.UUID | None, next_after_id: uuid.UUID | None) -> str:
+    """The name of a snapshot chunk in the audit, the same string at both ends."""
+    return f"snapshot {table} ({after_id or 'start'}, {next_after_id or 'end'}]"
+
+
+async def record_rows(conn: asyncpg.Connection, peer: str, direction: AuditDirection, batch_id: str,
+                      table: str, rows: Sequence[SnapshotRow], schema: Schema = SCHEMA) -> int | None:
+    """The audit row of snapshot rows of ``table`` that crossed a link (a snapshot chunk,
+    or the rows verify read to name differences); None when there were none."""
+    names = {name for r in rows for name in r.cols}
+    t = schema[table] if table in schema else None
+    personal = sorted(f"{table}.{n}" for n in names if t is not None and n in t.shipped_set and t.column(n).personal)
+    return await _insert(conn, peer, direction, batch_id, {table: len(rows)}, len(rows), personal)
+
+
+async def _insert(conn: asyncpg.Connection, peer: str, direction: AuditDirection, batch_id: uuid.UUID | str | None,
+                  tables: dict[str, int], count: int, personal: list[str]) -> int | None:
     if direction not in ("sent", "received"):
         raise ValueError(f"audit direction must be 'sent' or 'received', not {direction!r}")
-    if not changes:
+    if not count:
         return None
     return int(await conn.fetchval(
         "INSERT INTO syncd.audit (peer, direction, batch_id, tables, changes, personal_columns) "
         "VALUES ($1, $2, $3, $4::jsonb, $5, $6::jsonb) RETURNING id",
         peer, direction, str(batch_id) if batch_id is not None else None,
-        json.dumps(batch_tables(changes), ensure_ascii=False), len(changes),
-        json.dumps(personal_columns(changes, schema))))
+        json.dumps(tables, ensure_ascii=False), count, json.dumps(personal)))
 
 
 @dataclass(frozen=True)
