@@ -458,7 +458,8 @@ async def _live_problems(url: str, token: str | None, subtree: bool) -> list[str
         if ln["state"] != "running":
             e = ln["last_error"] or {}
             out.append(f"link {ln['peer']} ({ln['direction']}) {ln['state']}"
-                       + (f": {e.get('code')}: {e.get('reason')} — hint: {e.get('hint')}" if e else ""))
+                       + (f": {ln['reason']}" if ln.get("reason") else
+                          f": {e.get('code')}: {e.get('reason')} — hint: {e.get('hint')}" if e else ""))
     if not ready.get("ready", False) and not any(x.startswith("link ") for x in out):
         out.append(f"not ready: {ready.get('reason', '')}")
     if subtree:
