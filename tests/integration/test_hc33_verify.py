@@ -121,6 +121,10 @@ async def test_hc33_verify_cli_names_a_row_changed_at_the_child(tree: Tree, tmp_
     rc, _, err = await syncd("verify", "--config", fr_toml, "--table", "no_such_table")
     assert rc == 2
     one_line_error(err, "no_such_table")
+    await tree.stop("430100")  # the parent is down: one line, not a traceback
+    rc, _, err = await syncd("verify", "--config", fr_toml, "--table", "members")
+    assert rc == 1
+    one_line_error(err, "verify with parent 430100 failed: UNREACHABLE")
 
 
 async def test_hc33_verify_agrees_while_writes_run(tree: Tree) -> None:
