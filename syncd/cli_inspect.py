@@ -12,17 +12,20 @@ import functools
 import json
 import uuid
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from syncd.errors import SyncdError
 from syncd.schema.declarations import SCHEMA
-from syncd.store.history import RowHistory, row_history, us_to_iso
-from syncd.verify_run import NOTE, Verifier, VerifyOptions, VerifyReport
+
+if TYPE_CHECKING:  # the modules doing the work load only when their command runs
+    from syncd.store.history import RowHistory
+    from syncd.verify_run import VerifyReport
 
 
 async def cmd_verify(args: argparse.Namespace, cli: ModuleType) -> int:
     """Exit 0 when this node and its parent hold the same shared rows, 1 with the list when not."""
+    from syncd.errors import SyncdError
     from syncd.node import http_parent_link, load_topology
+    from syncd.verify_run import Verifier, VerifyOptions
 
     tables = tuple(args.table or ())
     unknown = [t for t in tables if t not in SCHEMA]
@@ -50,7 +53,9 @@ async def cmd_verify(args: argparse.Namespace, cli: ModuleType) -> int:
     return cli.EXIT_OK if not report.differences else cli.EXIT_FAIL
 
 
-def _print_verify(r: VerifyReport) -> None:
+def _print_verify(r: "VerifyReport") -> None:
+    from syncd.verify_run import NOTE
+
     here = sum(t.rows_here for t in r.tables)
     there = sum(t.rows_parent for t in r.tables)
     p = r.positions
@@ -73,6 +78,7 @@ def _print_verify(r: VerifyReport) -> None:
 
 async def cmd_history(args: argparse.Namespace, cli: ModuleType) -> int:
     """Every change of one row this node knows, and which version won."""
+    from syncd.store.history import row_history
     if args.table not in SCHEMA:
         raise cli.CliError(f"not a replicated table: {args.table}",
                        "tables: " + " ".join(t.name for t in SCHEMA.tables), cli.EXIT_USAGE)
@@ -100,12 +106,16 @@ def _short(v: Any, n: int = 40) -> str:
 
 
 def _ver(v: list[Any] | None) -> str:
+    from syncd.store.history import us_to_iso
+
     if not v:
         return "-"
     return f"[cl {v[0]}, round {v[1]}, stage {v[2]}, {us_to_iso(int(v[3]))}, {v[4]}]"
 
 
-def _print_history(h: RowHistory) -> None:
+def _print_history(h: "RowHistory") -> None:
+    from syncd.store.history import us_to_iso
+
     print(f"{h.table} {h.row_id} as known at node {h.node}")
     cur = h.current
     if cur is None:
