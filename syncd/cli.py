@@ -224,7 +224,7 @@ async def _db_status(cfg: Config, conn: asyncpg.Connection) -> dict[str, Any]:
              since: Any) -> dict[str, Any]:
         return {"peer": peer, "direction": direction, "state": "unknown", "since": iso(since), "cursor": cursor,
                 "lag_changes": lag, "lag_seconds": lag_s, "consecutive_errors": None, "last_error": None,
-                "clock_offset_ms": None, "history": []}
+                "clock_offset_ms": None, "history": [], "reason": None}
 
     if cfg.parent is not None:
         push = cursors.get((cfg.parent.id, "push"))
@@ -463,7 +463,8 @@ async def _live_problems(url: str, token: str | None, subtree: bool) -> list[str
         if ln["state"] != "running":
             e = ln["last_error"] or {}
             out.append(f"link {ln['peer']} ({ln['direction']}) {ln['state']}"
-                       + (f": {e.get('code')}: {e.get('reason')} — hint: {e.get('hint')}" if e else ""))
+                       + (f": {ln['reason']}" if ln.get("reason") else
+                          f": {e.get('code')}: {e.get('reason')} — hint: {e.get('hint')}" if e else ""))
     if not ready.get("ready", False) and not any(x.startswith("link ") for x in out):
         out.append(f"not ready: {ready.get('reason', '')}")
     if subtree:
@@ -536,6 +537,9 @@ def _add_ops_parsers(sub: Any) -> None:
     s.add_argument("--max-lag-s", type=float, default=120.0,
                    help="with --config: unacknowledged changes or child silence older than this is a problem")
     s.set_defaults(func=cmd_check)
+
+    from syncd.cli_inspect import add_parsers  # verify, history (HC-33)
+    add_parsers(sub, sys.modules[__name__])
 
 
 async def cmd_version(args: argparse.Namespace) -> int:

@@ -73,6 +73,7 @@ class Tuning:
     clock_hard_ms: int = 300_000
     retry_cap_s: float = 60.0
     failed_probe_s: float = 300.0
+    stall_after_s: float = 60.0  # a cursor stuck this long while its peer has more: link `stalled`
     snapshot_slots: int = 4
     signature_window_s: int = 300
 

@@ -32,6 +32,7 @@ from syncd.routing import next_hops, project
 from syncd.schema.declarations import SCHEMA, Schema
 from syncd.store.apply import ApplyContext, apply_batch, current_topology
 from syncd.store.log import change_from_record
+from syncd.stall import CursorWatch, apply_stall, child_link_stall, parent_link_stall
 from syncd.status import Metrics, add_routes
 from syncd.store.sequencer import Sequencer
 from syncd.topology import Topology, TopologyError
@@ -98,6 +99,7 @@ class ParentService:
     pull_after: dict[str, int] = field(default_factory=dict)  # child -> cursor it last pulled from
     snapshots: dict[str, float] = field(default_factory=dict)  # child -> last snapshot request (monotonic)
     versions: tuple[int, ...] = SUPPORTED_VERSIONS  # protocol versions spoken (SPEC R3.1)
+    pull_watch: dict[str, CursorWatch] = field(default_factory=dict)  # child -> its pull cursor (syncd.stall)
 
     @property
     def columns(self) -> dict[str, frozenset[str]]:
@@ -195,10 +197,11 @@ class ParentService:
         for c in self.cfg.children:
             after = self.pull_after.get(c.id)
             row = await conn.fetchrow(
-                "SELECT count(*) AS n, min(l.logged_at) AS oldest FROM syncd.outbox o JOIN syncd.log l "
-                "ON l.pos = o.pos WHERE o.peer = $1 AND o.pos > $2", c.id, after or 0)
-            out.append(child_link_view(self, c.id, int(row["n"]), round(
-                time.time() - row["oldest"].timestamp(), 3) if row["oldest"] else 0.0))
+                "SELECT count(*) AS n, min(l.logged_at) AS oldest, max(o.pos) AS head FROM syncd.outbox o "
+                "JOIN syncd.log l ON l.pos = o.pos WHERE o.peer = $1 AND o.pos > $2", c.id, after or 0)
+            lag_s = round(time.time() - row["oldest"].timestamp(), 3) if row["oldest"] else 0.0
+            out.append(apply_stall(child_link_view(self, c.id, int(row["n"]), lag_s), child_link_stall(
+                self.pull_watch.get(c.id), c.id, int(row["n"]), row["head"], lag_s, self.cfg.tuning.stall_after_s)))
         return out
 
     async def _read_outbox(self, conn: asyncpg.Connection, child: str, after: int,
@@ -219,6 +222,7 @@ class ParentService:
         self._child(child)
         self._touch(child)
         self.pull_after[child] = msg.after
+        self.pull_watch.setdefault(child, CursorWatch()).observe(msg.after)
         async with self.pool.acquire() as conn:
             truncated = await conn.fetchval(
                 "SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = 'truncated'", child) or 0
@@ -290,15 +294,34 @@ class ParentService:
                 "SELECT head FROM syncd.node")
             rows, nxt = await read_chunk(conn, self.schema, self.ctx.topo, self.cfg.node.id, child,
                                          msg.table, msg.after_id, limit)
-            await audit.record_snapshot(conn, child, "sent", audit.snapshot_batch_id(msg.table, msg.after_id, nxt),
-                                        msg.table, rows)
+            await audit.record_rows(conn, child, "sent", audit.snapshot_batch(msg.table, msg.after_id, nxt),
+                                    msg.table, rows)
         done = nxt is None
         if done and msg.table == self.schema.tables[-1].name:
             self.snapshots.pop(child, None)  # the last table: free the slot
         return SnapshotChunk(msg.table, position, tuple(rows), nxt, done)
 
     async def on_verify(self, child: str, msg: VerifyRequest) -> VerifyReply:
-        raise SyncdError("UNAVAILABLE", "verify is not served by this version of syncd")
+        """Range checksums of what this link shares, at the child's outbox head (HC-33)."""
+        from syncd.store.verify import serve_verify
+
+        self._child(child)
+        self._touch(child)
+        return await serve_verify(self.pool, self.schema, self.ctx.topo, self.cfg.node.id, child, msg,
+                                  self.cfg.node.id_hash_key)
+
+
+def http_parent_link(cfg: Config, version: int = PROTOCOL_VERSION) -> Any:
+    """The signed HTTP link to ``cfg``'s parent (the daemon's loops and ``syncd verify`` use it)."""
+    from syncd.proto.signing import Keyring
+    from syncd.transport.http import HttpParentLink
+
+    assert cfg.parent is not None
+    ring = Keyring()
+    for s in cfg.parent.secrets:  # a link's keys are filed under its child on both sides
+        ring.add(cfg.node.id, wire_key_id(cfg.node.id, s.key_id), s.secret)
+    return HttpParentLink(cfg.parent.url, cfg.node.id, ring, tls_verify=cfg.parent.tls_verify,
+                          window_s=cfg.tuning.signature_window_s, version=version)
 
 
 def make_fanout(cfg: Config, topo_ref: "TopologyRef", ctx_ref: Any) -> Any:
@@ -453,16 +476,7 @@ class Node:
             self.ctx.topo = topo
 
     def _http_link(self) -> Any:
-        from syncd.proto.signing import Keyring
-        from syncd.transport.http import HttpParentLink
-
-        assert self.cfg.parent is not None
-        ring = Keyring()
-        for s in self.cfg.parent.secrets:  # a link's keys are filed under its child on both sides
-            ring.add(self.cfg.node.id, wire_key_id(self.cfg.node.id, s.key_id), s.secret)
-        return HttpParentLink(self.cfg.parent.url, self.cfg.node.id, ring, tls_verify=self.cfg.parent.tls_verify,
-                              window_s=self.cfg.tuning.signature_window_s,
-                              version=min(max(self.versions), PROTOCOL_VERSION))  # hello: one layout (R3.2)
+        return http_parent_link(self.cfg, version=min(max(self.versions), PROTOCOL_VERSION))  # hello: R3.2
 
     async def _serve(self) -> None:
         from aiohttp import web
@@ -491,7 +505,7 @@ class Node:
 
     async def link_status(self, conn: asyncpg.Connection) -> list[dict[str, Any]]:
         """Every link of this node as ``/status`` shows it: the parent first, then each child."""
-        from syncd.status import parent_link_view
+        from syncd.status import SEVERITY, parent_link_view
 
         out: list[dict[str, Any]] = []
         if self.links is not None:
@@ -499,8 +513,11 @@ class Node:
             row = await conn.fetchrow(
                 "SELECT count(*) AS n, min(logged_at) AS oldest FROM syncd.log WHERE pos > $1 "
                 "AND received_from IS DISTINCT FROM $2", ln.push_cursor, ln.parent)
-            out.append(parent_link_view(ln, int(row["n"]), round(
-                time.time() - row["oldest"].timestamp(), 3) if row["oldest"] else 0.0))
+            lag_s = round(time.time() - row["oldest"].timestamp(), 3) if row["oldest"] else 0.0
+            worst = max((ln.push_health, ln.pull_health), key=lambda h: SEVERITY[h.state])
+            err = worst.last_error or ln.push_health.last_error or ln.pull_health.last_error
+            out.append(apply_stall(parent_link_view(ln, int(row["n"]), lag_s),
+                                   parent_link_stall(ln, int(row["n"]), lag_s, self.cfg.tuning.stall_after_s, err)))
         if self.service is not None:
             out += await self.service.link_status(conn)
         return out

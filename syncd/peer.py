@@ -26,6 +26,7 @@ from syncd.faults import fault_point
 from syncd.proto.change import Change
 from syncd.proto.messages import PROTOCOL_VERSION, SUPPORTED_VERSIONS, Hello, PullRequest, Push, SnapshotRequest
 from syncd.retry import LoopHealth
+from syncd.stall import CursorWatch
 from syncd.routing import project
 from syncd.store import audit
 from syncd.store.apply import ApplyContext, apply_batch, current_topology, retry_parked
@@ -76,6 +77,8 @@ class ChildLinks:
     summary_every_s: float = 5.0
     snapshot_state: dict | None = None  # bootstrap progress, shown in status
     versions: tuple[int, ...] = SUPPORTED_VERSIONS  # protocol versions offered at hello (SPEC R3.1)
+    push_watch: CursorWatch = field(default_factory=CursorWatch)  # stalled links (syncd.stall)
+    pull_watch: CursorWatch = field(default_factory=CursorWatch)
     _summary_sent: float = 0.0
 
     def __post_init__(self) -> None:
@@ -146,6 +149,7 @@ class ChildLinks:
                 async with self.pool.acquire() as conn:
                     await audit.record(conn, self.parent, "sent", str(batch_id), out)
         self.push_cursor = to_pos
+        self.push_watch.observe(to_pos)
         fault_point("before_push_cursor_save")
         async with self.pool.acquire() as conn:
             await conn.execute(
@@ -160,6 +164,7 @@ class ChildLinks:
             try:
                 if hello_needed:
                     self.push_cursor = await self.hello()
+                    self.push_watch.observe(self.push_cursor)
                     hello_needed = False
                 self.wake_push.clear()  # before reading: a NOTIFY during the push is not lost
                 more = await self._push_once()
@@ -191,6 +196,7 @@ class ChildLinks:
         wait_ms = int(self.cfg.tuning.pull_wait_s * 1000)
         reply = await self.link.pull(PullRequest(after=self.pull_cursor, epoch=0,
                                                  limit=self.cfg.tuning.batch_max_changes, wait_ms=wait_ms))
+        self.pull_watch.observe(self.pull_cursor, reply.head)
         if reply.last_pos <= self.pull_cursor:
             await self._retry_parked_if_any()
         if reply.last_pos > self.pull_cursor:
@@ -202,6 +208,7 @@ class ChildLinks:
                                        f"pull ({self.pull_cursor}, {reply.last_pos}]", reply.changes)
             fault_point("after_pull_apply")
             self.pull_cursor = res.cursor
+            self.pull_watch.observe(self.pull_cursor, reply.head)
 
     async def bootstrap(self) -> None:
         """Load (or resume) a snapshot of everything this node is entitled to, then pull from p₀."""
@@ -225,8 +232,9 @@ class ChildLinks:
                     await conn.execute("SET LOCAL syncd.applying = 'on'")
                     await lock(conn)
                     await merge_chunk(conn, self.ctx, self.parent, t.name, chunk.rows)
-                    await audit.record_snapshot(conn, self.parent, "received", audit.snapshot_batch_id(
-                        t.name, p.after_id, chunk.next_after_id), t.name, chunk.rows)
+                    await audit.record_rows(conn, self.parent, "received",
+                                            audit.snapshot_batch(t.name, p.after_id, chunk.next_after_id),
+                                            t.name, chunk.rows)
                     fault_point("mid_snapshot_chunk")  # rows merged, progress not yet committed
                     fault_point("after_copy")
                     p = Progress(t.name, position, chunk.next_after_id or p.after_id, p.rows + len(chunk.rows),

@@ -178,7 +178,8 @@ def child_link_view(service: Any, child: str, lag_changes: int | None, lag_secon
     state = "initializing" if seen is None else "running" if time.time() - seen < stalled_after else "stalled"
     return {"peer": child, "direction": "child", "state": state, "since": iso(seen),
             "cursor": service.pull_after.get(child), "lag_changes": lag_changes, "lag_seconds": lag_seconds,
-            "consecutive_errors": 0, "last_error": None, "clock_offset_ms": None, "history": []}
+            "consecutive_errors": 0, "last_error": None, "clock_offset_ms": None, "history": [],
+            "reason": f"not heard from for {time.time() - seen:.0f} s" if state == "stalled" and seen else None}
 
 
 def links_from_memory(node: "Node") -> list[dict[str, Any]]:

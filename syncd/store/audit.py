@@ -8,7 +8,8 @@ never enter the audit, so the table can be shown to anyone who may see the link.
 
 Call it in the same transaction as the apply (received) or right after the peer
 acknowledged the batch (sent); an empty batch (a summary-only push, an empty pull)
-writes nothing.
+writes nothing.  Snapshot chunks are audited the same way by :func:`record_rows`,
+named ``snapshot <table> (<after id>, <next id>]`` at both ends.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Literal, Sequence
 import asyncpg
 
 from syncd.proto.change import Change
+from syncd.proto.messages import SnapshotRow
 from syncd.schema.declarations import SCHEMA, Schema
 
 AuditDirection = Literal["sent", "received"]
@@ -61,72 +63,33 @@ async def record(conn: asyncpg.Connection, peer: str, direction: AuditDirection,
 
     Raises ``ValueError`` for a direction other than ``sent``/``received``.
     """
+    return await _insert(conn, peer, direction, batch_id, batch_tables(changes), len(changes),
+                         personal_columns(changes, schema))
+
+
+def snapshot_batch(table: str, after_id: uuid.UUID | None, next_after_id: uuid.UUID | None) -> str:
+    """The name of a snapshot chunk in the audit, the same string at both ends."""
+    return f"snapshot {table} ({after_id or 'start'}, {next_after_id or 'end'}]"
+
+
+async def record_rows(conn: asyncpg.Connection, peer: str, direction: AuditDirection, batch_id: str,
+                      table: str, rows: Sequence[SnapshotRow], schema: Schema = SCHEMA) -> int | None:
+    """The audit row of snapshot rows of ``table`` that crossed a link (a snapshot chunk,
+    or the rows verify read to name differences); None when there were none."""
+    names = {name for r in rows for name in r.cols}
+    t = schema[table] if table in schema else None
+    personal = sorted(f"{table}.{n}" for n in names if t is not None and n in t.shipped_set and t.column(n).personal)
+    return await _insert(conn, peer, direction, batch_id, {table: len(rows)}, len(rows), personal)
+
+
+async def _insert(conn: asyncpg.Connection, peer: str, direction: AuditDirection, batch_id: uuid.UUID | str | None,
+                  tables: dict[str, int], count: int, personal: list[str]) -> int | None:
     if direction not in ("sent", "received"):
         raise ValueError(f"audit direction must be 'sent' or 'received', not {direction!r}")
-    if not changes:
+    if not count:
         return None
     return int(await conn.fetchval(
         "INSERT INTO syncd.audit (peer, direction, batch_id, tables, changes, personal_columns) "
         "VALUES ($1, $2, $3, $4::jsonb, $5, $6::jsonb) RETURNING id",
         peer, direction, str(batch_id) if batch_id is not None else None,
-        json.dumps(batch_tables(changes), ensure_ascii=False), len(changes),
-        json.dumps(personal_columns(changes, schema))))
-
-
-def snapshot_batch_id(table: str, after_id: uuid.UUID | None, next_after_id: uuid.UUID | None) -> str:
-    """How a snapshot chunk is named in the audit, the same string at both ends:
-    ``snapshot <table> (<after id or start>, <next id or end>]``."""
-    return f"snapshot {table} ({after_id or 'start'}, {next_after_id or 'end'}]"
-
-
-async def record_snapshot(conn: asyncpg.Connection, peer: str, direction: AuditDirection, batch_id: str,
-                          table: str, rows: Sequence[object], schema: Schema = SCHEMA) -> int | None:
-    """The audit row of one snapshot chunk (rows are ``SnapshotRow`` objects: their column names
-    decide the personal columns); None for an empty chunk."""
-    if direction not in ("sent", "received"):
-        raise ValueError(f"audit direction must be 'sent' or 'received', not {direction!r}")
-    if not rows:
-        return None
-    personal: set[str] = set()
-    if table in schema:
-        t = schema[table]
-        for name in {n for r in rows for n in getattr(r, "cols", {})}:
-            try:
-                if t.column(name).personal:
-                    personal.add(f"{table}.{name}")
-            except KeyError:  # an opaque column from a newer peer (HC-13)
-                continue
-    return int(await conn.fetchval(
-        "INSERT INTO syncd.audit (peer, direction, batch_id, tables, changes, personal_columns) "
-        "VALUES ($1, $2, $3, $4::jsonb, $5, $6::jsonb) RETURNING id",
-        peer, direction, batch_id, json.dumps({table: len(rows)}, ensure_ascii=False), len(rows),
-        json.dumps(sorted(personal))))
-
-
-@dataclass(frozen=True)
-class AuditRow:
-    id: int
-    peer: str
-    direction: str
-    at: str
-    batch_id: str | None
-    tables: dict[str, int]
-    changes: int
-    personal_columns: list[str]
-
-    def as_dict(self) -> dict[str, object]:
-        return {"id": self.id, "peer": self.peer, "direction": self.direction, "at": self.at,
-                "batch_id": self.batch_id, "tables": self.tables, "changes": self.changes,
-                "personal_columns": self.personal_columns}
-
-
-async def list_audit(conn: asyncpg.Connection, peer: str | None = None, limit: int = 100) -> list[AuditRow]:
-    """The latest ``limit`` audit rows (of ``peer`` if given), newest first."""
-    recs = await conn.fetch(
-        "SELECT * FROM syncd.audit WHERE $1::text IS NULL OR peer = $1 ORDER BY id DESC LIMIT $2", peer, limit)
-
-    def _j(v: object) -> object:
-        return json.loads(v) if isinstance(v, str) else v
-
-    return [AuditRow(r["id"], r["peer"], r["direction"], r["at"].isoformat(), r["batch_id"],
-                     _j(r["tables"]), r["changes"], _j(r["personal_columns"])) for r in recs]  # type: ignore[arg-type]
+        json.dumps(tables, ensure_ascii=False), count, json.dumps(personal)))
