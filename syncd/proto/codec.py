@@ -270,7 +270,41 @@ def _summary(v: Any, p: str) -> dict[str, Any]:
     return m
 
 
+_ROW_KEYS = frozenset(("i", "o", "cl", "h", "c"))
+
+
+def _snapshot_row_fast(v: Any) -> SnapshotRow | None:
+    """The snapshot row in ``v`` if every check passes, else None (the checked reader then
+    names the problem); the twin of :func:`_change_fast`."""
+    if type(v) is not dict or v.keys() != _ROW_KEYS:
+        return None
+    rid, org, cl, homes, raw = v["i"], v["o"], v["cl"], v["h"], v["c"]
+    if not (type(rid) is bytes and len(rid) == 16 and _is_node(org) and _is_u64(cl)
+            and type(homes) is dict and len(homes) <= MAX_HOMES and type(raw) is dict and len(raw) <= MAX_COLUMNS):
+        return None
+    for k, code in homes.items():
+        if not (_is_ident(k) and _is_node(code)):
+            return None
+    cols: dict[str, tuple[Any, Version]] = {}
+    for k, cell in raw.items():
+        if not (_is_ident(k) and type(cell) is list and len(cell) == 2):
+            return None
+        ver = _fast_version(cell[1])
+        if ver is None:
+            return None
+        ok, value = _fast_value(cell[0])
+        if not ok:
+            return None
+        cols[k] = (value, ver)
+    return SnapshotRow(uuid.UUID(bytes=rid), org, cl, dict(homes), cols)
+
+
 def _snapshot_row(v: Any, p: str) -> SnapshotRow:
+    fast = _snapshot_row_fast(v)
+    return fast if fast is not None else _snapshot_row_checked(v, p)
+
+
+def _snapshot_row_checked(v: Any, p: str) -> SnapshotRow:
     m = f.fields(v, p, ("i", "o", "cl", "h", "c"))
 
     def col(x: Any, q: str) -> tuple[Any, Version]:

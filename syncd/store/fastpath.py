@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Sequence
 import asyncpg
 
 from syncd.proto.change import OP_INSERT, OP_UPDATE, Change
+from syncd.proto.messages import SnapshotRow
 from syncd.schema.declarations import Table
 
 if TYPE_CHECKING:
@@ -161,3 +162,42 @@ async def apply_fast(conn: asyncpg.Connection, ctx: "ApplyContext", changes: Seq
             done.update((t.name, i) for i in await _forward(conn, t, group))
     result.applied += len(done)
     return [c for c in changes if (c.table, c.id) not in done]
+
+
+# -- snapshot rows ------------------------------------------------------------------------
+# A bootstrap is almost all rows this node has never held: they are inserted set-based with
+# their per-column versions as the snapshot carries them (merge_states of nothing and a row
+# is the row).  Tombstones and rows held here go through merge_states row by row.
+
+_SNAP_STAGE = """
+CREATE TEMP TABLE IF NOT EXISTS syncd_snap_stage (
+    id uuid NOT NULL, org_code text NOT NULL, cl integer NOT NULL, homes jsonb NOT NULL, cols jsonb NOT NULL
+) ON COMMIT DELETE ROWS
+"""
+_SNAP_VALUES = ("jsonb_populate_record(NULL::{table}, coalesce((SELECT jsonb_object_agg(e.k, e.v->0) "
+                "FROM jsonb_each(s.cols) AS e(k, v)), '{{}}'::jsonb) || jsonb_build_object('id', s.id, 'org_code', s.org_code))")
+_SNAP_VERSIONS = ("INSERT INTO syncd.rowver (tbl, id, org_code, cl, homes, v) SELECT $1, s.id, s.org_code, s.cl, s.homes, "
+                  "coalesce((SELECT jsonb_object_agg(e.k, (e.v->1) || 'null'::jsonb) FROM jsonb_each(s.cols) AS e(k, v)), "
+                  "'{}'::jsonb) FROM syncd_snap_stage s")
+
+
+async def insert_snapshot_rows(conn: asyncpg.Connection, t: Table, rows: Sequence[SnapshotRow]) -> bool:
+    """Insert live snapshot rows this node holds nothing of, with their versions; False
+    (nothing written) when the write fails and the rows must take the row-by-row path."""
+    await conn.execute(_SNAP_STAGE)
+    await conn.execute("TRUNCATE syncd_snap_stage")
+    await conn.copy_records_to_table("syncd_snap_stage", columns=("id", "org_code", "cl", "homes", "cols"), records=[
+        (r.id, r.org_code, r.cl, json.dumps(r.homes),
+         json.dumps({k: [val, list(ver)] for k, (val, ver) in r.cols.items()}, ensure_ascii=False)) for r in rows])
+    table = f'public."{t.name}"'
+    names = sorted({n for r in rows for n in r.cols if n in t.shipped_set} - {"id", "org_code"})
+    cols = ["org_code", *names, *([] if t.natural_key else ["id"])]
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                f"INSERT INTO {table} ({', '.join(map(_q, cols))}) SELECT {', '.join('x.' + _q(n) for n in cols)} "
+                f"FROM syncd_snap_stage s, {_SNAP_VALUES.format(table=table)} AS x")
+            await conn.execute(_SNAP_VERSIONS, t.name)
+    except asyncpg.PostgresError:
+        return False
+    return True

@@ -27,7 +27,8 @@ from syncd.proto.change import OP_DELETE, OP_INSERT, Change, Version
 from syncd.proto.messages import SnapshotRow
 from syncd.routing import column_reach, reach
 from syncd.schema.declarations import Schema
-from syncd.store.apply import ApplyContext, ApplyResult, _Row, _state, lock_and_load, park, write_rows
+from syncd.store.apply import ApplyContext, ApplyResult, _Row, _state, lock_and_load, lock_targets, park, write_rows
+from syncd.store.fastpath import insert_snapshot_rows
 from syncd.topology import Topology, TopologyError
 
 
@@ -88,7 +89,14 @@ async def merge_chunk(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ta
         return result
     t = ctx.schema[table]
     targets = [(table, r.id) for r in rows]
-    values, rowver = await lock_and_load(conn, ctx, targets)
+    existing, held = await lock_targets(conn, ctx, targets)
+    new = [r for r in rows if r.cl % 2 == 1 and (table, r.id) not in existing and (table, r.id) not in held]
+    if ctx.fast_path and new and await insert_snapshot_rows(conn, t, new):  # the common case, set-based
+        result.applied += len(new)
+        done = {r.id for r in new}
+        rows = [r for r in rows if r.id not in done]
+        targets = [(table, r.id) for r in rows]
+    values, rowver = await lock_and_load(conn, ctx, targets, locked=True)
     merged: list[_Row] = []
     for r in rows:
         key = (table, r.id)

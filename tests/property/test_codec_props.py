@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Iterator
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -137,6 +138,34 @@ def _mutate(obj: object, data: st.DataObject) -> object:
     return at(obj, path)
 
 
+def _put(node: object, path: tuple, value: object) -> object:
+    """``node`` with the place at ``path`` set to ``value`` (a map entry removed for REMOVE)."""
+    k, *more = path
+    if isinstance(node, dict):
+        out = dict(node)
+        if more:
+            out[k] = _put(node[k], tuple(more), value)
+        elif value is REMOVE:
+            del out[k]
+        else:
+            out[k] = value
+        return out
+    assert isinstance(node, list)
+    new = _put(node[k], tuple(more), value) if more else (None if value is REMOVE else value)
+    return [*node[:k], new, *node[k + 1:]]
+
+
+REMOVE = object()
+
+
+def _every_edit(raw: object) -> Iterator[object]:
+    """``raw`` with each place replaced by each edge value, and removed."""
+    edges = _EDGES.wrapped_strategy.elements if hasattr(_EDGES, "wrapped_strategy") else _EDGES.elements
+    for path in _paths(raw)[1:]:
+        for value in [*edges, REMOVE]:
+            yield _put(raw, path, value)
+
+
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(changes, st.data())
 def test_fast_change_reader_agrees_with_the_checked_one(c: Change, data: st.DataObject) -> None:
@@ -175,21 +204,31 @@ def test_fast_change_reader_agrees_at_every_place_with_every_edge_value() -> Non
                42)
     raw = codec.unpack(codec.encode(Push(uuid.uuid4(), 1, 0, 1, (c,))))["ch"][0]
     _agree(raw)
-    edges = _EDGES.wrapped_strategy.elements if hasattr(_EDGES, "wrapped_strategy") else _EDGES.elements
-    for path in _paths(raw)[1:]:
-        for value in [*edges, "__remove__"]:
-            def put(node: object, rest: tuple) -> object:
-                key, *more = rest
-                if isinstance(node, dict):
-                    out = dict(node)
-                    if more:
-                        out[key] = put(node[key], tuple(more))
-                    elif value == "__remove__":
-                        del out[key]
-                    else:
-                        out[key] = value
-                    return out
-                assert isinstance(node, list)
-                new = put(node[key], tuple(more)) if more else (None if value == "__remove__" else value)
-                return [*node[:key], new, *node[key + 1:]]
-            _agree(put(raw, path))
+    for edited in _every_edit(raw):
+        _agree(edited)
+
+
+def test_fast_snapshot_row_reader_agrees_at_every_place_with_every_edge_value() -> None:
+    """The snapshot-row twin of the test above."""
+    row = SnapshotRow(uuid.uuid4(), "430102", 3, {"home": "430102", "organiser": "430000"},
+                      {"name": ("王芳", Version(3, 0, 0, 10**15, "430100")),
+                       "status": ("已答复", Version(3, 2, 5, 10**15 + 1, "430000")),
+                       "extra": ({"a": [1, 2.5]}, Version(3, 0, -1, 7, "430102"))})
+    chunk = SnapshotChunk("members", 1, (row,), None, True)
+    raw = codec.unpack(codec.encode(chunk))
+    key = next(k for k, v in raw.items() if isinstance(v, list) and v)
+    raw = raw[key][0]
+
+    def agree(x: object) -> None:
+        fast = codec._snapshot_row_fast(x)
+        try:
+            checked = codec._snapshot_row_checked(x, "rows[0]")
+        except DecodeError:
+            assert fast is None, x
+            return
+        assert fast is None or fast == checked, x
+
+    agree(raw)
+    assert codec._snapshot_row_fast(raw) is not None
+    for edited in _every_edit(raw):
+        agree(edited)
