@@ -186,9 +186,28 @@ def _is_u64(v: Any) -> bool:
     return type(v) is int and 0 <= v <= _I64
 
 
+_SEEN_VERSIONS: dict[tuple[Any, ...], Version] = {}  # a chunk's columns share a handful of versions
+
+
 def _fast_version(v: Any) -> Version | None:
     if type(v) is not list or len(v) != 5:
         return None
+    try:
+        key = (*map(type, v), *v)  # types too: True == 1, but a bool is not a valid cl
+        hit = _SEEN_VERSIONS.get(key)
+    except TypeError:  # an unhashable element: not a version anyway
+        return None
+    if hit is not None:
+        return hit
+    ver = _valid_version(v)
+    if ver is not None:
+        if len(_SEEN_VERSIONS) > 65_536:
+            _SEEN_VERSIONS.clear()
+        _SEEN_VERSIONS[key] = ver
+    return ver
+
+
+def _valid_version(v: list[Any]) -> Version | None:
     cl, rnd, stage, ts, origin = v
     if (_is_u64(cl) and _is_u64(rnd) and type(stage) is int and -1 <= stage <= _I64 and _is_u64(ts)
             and _is_node(origin)):
@@ -371,7 +390,7 @@ def change_map(c: Change, with_pos: bool = True) -> dict[str, Any]:
 
 def _row_out(r: SnapshotRow) -> dict[str, Any]:
     return {"i": r.id.bytes, "o": r.org_code, "cl": r.cl, "h": _canon(r.homes),
-            "c": {k: [_canon(val), ver.as_list()] for k, (val, ver) in sorted(r.cols.items())}}
+            "c": {k: [val if type(val) in _SCALARS else _canon(val), list(ver)] for k, (val, ver) in sorted(r.cols.items())}}
 
 
 def _tables_out(t: Mapping[str, TableDecl]) -> dict[str, Any]:

@@ -33,19 +33,37 @@ from syncd.topology import Topology, TopologyError
 
 
 def _project(table: Any, row: SnapshotRow, behind: frozenset[str], topo: Topology) -> SnapshotRow | None:
+    """The row as it may cross to ``behind`` (None: not at all); the column choice depends
+    on the table, homes, org_code and column names only, so it is memoised per tree."""
+    key = ("snapshot_project", table.name, tuple(row.homes.items()), row.org_code, tuple(row.cols), behind)
+    keep = topo.memo.get(key, _MISSING)
+    if keep is _MISSING:
+        if len(topo.memo) > 100_000:
+            topo.memo.clear()
+        keep = topo.memo[key] = _columns_crossing(table, row, behind, topo)
+    if keep is None:
+        return None
+    if len(keep) == len(row.cols):  # type: ignore[arg-type]
+        return row
+    return SnapshotRow(row.id, row.org_code, row.cl, row.homes, {n: row.cols[n] for n in keep})  # type: ignore[union-attr]
+
+
+_MISSING = object()
+
+
+def _columns_crossing(table: Any, row: SnapshotRow, behind: frozenset[str], topo: Topology) -> tuple[str, ...] | None:
     try:
         reached = reach(table, row.homes, topo) & behind
     except TopologyError:
         return None
     if not reached:
         return None
-    cols = {}
-    for name, cell in row.cols.items():
-        rule = table.column(name).reach
-        allowed = column_reach(rule, row.org_code, topo)
+    out = []
+    for name in row.cols:
+        allowed = column_reach(table.column(name).reach, row.org_code, topo)
         if allowed is None or allowed & reached:
-            cols[name] = cell
-    return SnapshotRow(row.id, row.org_code, row.cl, row.homes, cols)
+            out.append(name)
+    return tuple(out)
 
 
 async def read_chunk(conn: asyncpg.Connection, schema: Schema, topo: Topology, me: str, child: str,
@@ -67,7 +85,7 @@ async def read_chunk(conn: asyncpg.Connection, schema: Schema, topo: Topology, m
     for r in recs:
         values = json.loads(r["j"]) if r["j"] else {}
         versions = json.loads(r["v"])
-        cols = {c: (values.get(c), Version.from_list(v[:5])) for c, v in versions.items() if c in shipped}
+        cols = {c: (values.get(c), Version._make(v[:5])) for c, v in versions.items() if c in shipped}
         row = _project(t, SnapshotRow(r["id"], r["org_code"], r["cl"], json.loads(r["homes"]), cols), behind, topo)
         if row is not None:
             out.append(row)
