@@ -95,6 +95,8 @@ def parent_link_stall(links: Any, waiting: int, oldest_s: float, after_s: float,
                    f"{waiting} change(s) here wait for {links.parent}, the oldest for {oldest_s:.0f} s",
                    last_error, now)
     pw = links.pull_watch
+    if (links.snapshot_state or {}).get("state") == "loading":  # a resync moves no pull cursor: not a stall
+        return pushed
     pulled = stall(pw, pw.behind_for(now), after_s, "pull cursor",
                    f"{links.parent}'s head for this node is {pw.target}", last_error, now)
     return pushed or pulled

@@ -41,3 +41,19 @@ def test_stalled_replaces_running_and_crashing_but_never_failed() -> None:
     assert apply_stall({"state": "failed", "since": None}, found) == {"state": "failed", "since": None,
                                                                        "reason": None}
     assert apply_stall({"state": "running"}, None) == {"state": "running", "reason": None}
+
+
+def test_a_parent_link_is_not_stalled_by_a_resync_in_progress() -> None:
+    from types import SimpleNamespace
+
+    from syncd.stall import parent_link_stall
+
+    pull = CursorWatch()
+    pull.observe(10, target=500, now=0.0)  # the last pull reply said the parent is far ahead …
+    links = SimpleNamespace(parent="430100", push_watch=CursorWatch(), pull_watch=pull,
+                            snapshot_state={"state": "loading"})  # … and then MUST_RESYNC: loading a snapshot
+    pull.moved_at = pull.behind_since = -1000.0
+    assert parent_link_stall(links, 0, 0.0, 60, None) is None
+    links.snapshot_state = {"state": "done"}
+    found = parent_link_stall(links, 0, 0.0, 60, None)
+    assert found is not None and "430100's head for this node is 500" in found.reason
