@@ -355,7 +355,7 @@ def make_fanout(cfg: Config, topo_ref: "TopologyRef", ctx_ref: Any) -> Any:
 
 #: Young-generation threshold while a node runs.  A batch makes tens of thousands of
 #: short-lived objects; at CPython's default (700) the collector runs every few hundred
-#: rows and walks the batch each time, which cost up to 4× in decide() (bench/README.md).
+#: rows and walks the batch each time, which cost up to 4× in decide() (README, Benchmarks).
 GC_GEN0_THRESHOLD = 50_000
 
 
