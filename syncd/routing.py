@@ -316,14 +316,9 @@ def check_origin(
     return list(hit[1])  # type: ignore[index]
 
 
-def _check_origin(
-    change: Change,
-    table: Table | str | None,
-    sender: str,
-    me: str,
-    topo: Topology,
-    direction: Direction,
-) -> list[Refusal]:
+def _check_origin(change: Change, table: Table | str | None, sender: str, me: str, topo: Topology,
+                  direction: Direction) -> list[Refusal]:
+    """:func:`check_origin` without the memo."""
     try:
         t = _table(table if table is not None else change.table)
     except KeyError:

@@ -158,28 +158,26 @@ _NODE = f.NODE_RE.match
 _I64 = f.INT64_MAX
 
 
-_GOOD_NODES: set[str] = set()  # strings already matched: a batch repeats a handful of codes
-_GOOD_IDENTS: set[str] = set()  # and of table/column/route names
+def _remembering(match: Callable[[str], Any], max_len: int) -> Callable[[Any], bool]:
+    """A test for strings ``match`` accepts, remembering those it passed (a batch repeats a
+    handful of node codes and names)."""
+    good: set[str] = set()
+
+    def test(v: Any) -> bool:
+        if type(v) is not str:
+            return False
+        if v in good:
+            return True
+        if len(v) <= max_len and match(v) is not None:
+            if len(good) < 4096:
+                good.add(v)
+            return True
+        return False
+    return test
 
 
-def _is_node(v: Any) -> bool:
-    if type(v) is str and v in _GOOD_NODES:
-        return True
-    if type(v) is str and len(v) <= 32 and _NODE(v) is not None:
-        if len(_GOOD_NODES) < 4096:
-            _GOOD_NODES.add(v)
-        return True
-    return False
-
-
-def _is_ident(v: Any) -> bool:
-    if type(v) is str and v in _GOOD_IDENTS:
-        return True
-    if type(v) is str and len(v) <= 63 and _IDENT(v) is not None:
-        if len(_GOOD_IDENTS) < 4096:
-            _GOOD_IDENTS.add(v)
-        return True
-    return False
+_is_node = _remembering(_NODE, 32)
+_is_ident = _remembering(_IDENT, 63)
 
 
 def _is_u64(v: Any) -> bool:
