@@ -148,9 +148,10 @@ class Tree:
 
 
 async def node_status(port: int) -> dict[str, Any]:
-    """``GET /status`` of the daemon on this loopback port (200 asserted)."""
+    """``GET /status`` of the daemon on this loopback port (200 asserted).  Generous timeout:
+    137 daemons in one event loop can keep a province's answer waiting for seconds."""
     async with aiohttp.ClientSession() as s:
-        async with s.get(f"http://127.0.0.1:{port}/status", timeout=aiohttp.ClientTimeout(total=10)) as r:
+        async with s.get(f"http://127.0.0.1:{port}/status", timeout=aiohttp.ClientTimeout(total=60)) as r:
             assert r.status == 200, await r.text()
             return await r.json()  # type: ignore[no-any-return]
 

@@ -105,6 +105,7 @@ async def test_hc35_kill_at_named_point_converges_without_duplicates(
     await _final_checks(t)
 
 
+@pytest.mark.timeout(360)
 async def test_hc35_random_sigkills_while_both_ends_write(dtree: DaemonTree) -> None:
     """≥ 20 SIGKILLs of random daemons at random moments while province and county keep writing."""
     t = dtree
@@ -129,7 +130,7 @@ async def test_hc35_random_sigkills_while_both_ends_write(dtree: DaemonTree) -> 
             await conn.close()
 
     writers = [asyncio.create_task(writer(PROVINCE)), asyncio.create_task(writer(COUNTY))]
-    kills, deadline = 0, time.monotonic() + 90
+    kills, deadline = 0, time.monotonic() + 200  # 22 kills take ~60 s idle, 90+ s on a loaded machine
     try:
         while kills < 22 and time.monotonic() < deadline:
             await asyncio.sleep(rng.uniform(0.2, 1.0))

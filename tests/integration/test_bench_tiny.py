@@ -23,7 +23,8 @@ def test_bench_tiny_writes_every_scenario_with_numbers(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (path,) = list((tmp_path / "out").glob("*-tiny.json"))
     doc = json.loads(path.read_text(encoding="utf-8"))
-    assert set(doc["scenarios"]) == {"ceilings", "capture", "catchup", "latency", "bootstrap", "memory", "scale"}
+    assert set(doc["scenarios"]) == {"ceilings", "capture", "catchup", "latency", "bootstrap", "memory", "scale",
+                                     "tree137"}
     for name, info in doc["scenarios"].items():
         expected = "not built" if name == "bootstrap" else "ok"
         assert info["status"] == expected, (name, info)
@@ -33,6 +34,6 @@ def test_bench_tiny_writes_every_scenario_with_numbers(tmp_path: Path) -> None:
     for row in doc["results"]:
         assert isinstance(row["value"], (int, float)) and math.isfinite(row["value"]), row
         by_scenario[row["scenario"]] = by_scenario.get(row["scenario"], 0) + 1
-    assert set(by_scenario) == {"ceilings", "capture", "catchup", "latency", "memory", "scale"}
+    assert set(by_scenario) == {"ceilings", "capture", "catchup", "latency", "memory", "scale", "tree137"}
     assert doc["profile_catchup"]["top_tottime"]
     assert "not built" in proc.stdout and "verdict" in proc.stdout

@@ -193,6 +193,9 @@ async def test_delete_update_reinsert_and_zero_change_resync(tree: Tree) -> None
 
 
 async def test_child_down_catches_up_and_conflict_recorded(tree: Tree) -> None:
+    # start-up resyncs over first: a county that resyncs after its restart would get the province's
+    # edit by snapshot, which merges without recording a conflict (HC-17)
+    await tree.settled()
     prov, fr = tree.db("430000"), tree.db("430102")
     act = await prov.fetchval("INSERT INTO activities (org_code, kind, title, starts_at) "
                               "VALUES ('430000', '视察', '联合视察', now()) RETURNING id")
@@ -302,7 +305,7 @@ async def test_hc20_populated_county_joins_and_city_converges(cluster: Cluster) 
             return counts == [2000, 30_000, 2000, 30_000] or Pending(
                 f"members, attendance at city, province: {counts}")
         try:
-            await eventually(converged, 120, 0.5)
+            await eventually(converged, 240, 0.5)  # a shared 2-core machine under load needs the margin
         except AssertionError as e:
             raise AssertionError(f"{e}\n{await t.diagnose()}") from None
         digest = {
