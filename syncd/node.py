@@ -19,8 +19,11 @@ import structlog
 from syncd.config import Config
 from syncd.errors import SyncdError, must_resync
 from syncd.proto.validate import push_problems, schema_columns
-from syncd.peer import RESYNC_ALWAYS
 from syncd.store import audit
+from syncd.store import links as linkstate
+from syncd.store.resync import UPWARD
+from syncd.retry import LoopHealth
+from syncd.store.retention import RESYNC_ALWAYS, retention_loop
 from syncd.faults import fault_point
 from syncd.merge import clock_check
 from syncd.proto.change import Change
@@ -97,6 +100,7 @@ class ParentService:
     last_seen: dict[str, float] = field(default_factory=dict)  # child -> wall time of last good request
     pull_after: dict[str, int] = field(default_factory=dict)  # child -> cursor it last pulled from
     snapshots: dict[str, float] = field(default_factory=dict)  # child -> last snapshot request (monotonic)
+    served: dict[str, int] = field(default_factory=dict)  # child -> served position as last stored
 
     @property
     def columns(self) -> dict[str, frozenset[str]]:
@@ -127,12 +131,54 @@ class ParentService:
         self.instances[child] = (msg.instance, time.monotonic())
         self.last_seen[child] = time.time()
         async with self.pool.acquire() as conn:
-            pos = await conn.fetchval(
-                "SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = 'applied'", child) or 0
-            epoch = await conn.fetchval("SELECT epoch FROM syncd.node")
+            async with conn.transaction():
+                st = await linkstate.load(conn, child, for_update=True, default_epoch=linkstate.FIRST_EPOCH)
+                reasons, rewound = await self._hello_reasons(conn, child, msg, st)
+                if reasons:
+                    epoch = await linkstate.new_epoch(conn, child, msg.epoch, msg.incarnation, "; ".join(reasons))
+                    if rewound:  # this node was restored under its children (HC-7)
+                        await conn.execute("UPDATE syncd.node SET epoch = epoch + 1")
+                elif st.peer_incarnation is None:  # first contact: remember who the child is
+                    await conn.execute("UPDATE syncd.links SET peer_incarnation = $2 WHERE peer = $1",
+                                       child, msg.incarnation)
+                pos = await conn.fetchval(
+                    "SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = 'applied'", child) or 0
+        if reasons:
+            self.served.pop(child, None)
+            raise must_resync(epoch, f"new epoch {epoch} for {child}: " + "; ".join(reasons))
+        if msg.epoch not in (0, st.epoch):
+            raise must_resync(st.epoch, f"{child} speaks epoch {msg.epoch}, the link is in epoch {st.epoch}")
         return HelloReply(version=max(common), node=self.cfg.node.id, incarnation=self.incarnation,
-                          epoch=epoch, clock=now_us(), push_cursor=pos, push_hash=None,
+                          epoch=st.epoch, clock=now_us(), push_cursor=pos, push_hash=st.hash_at(pos),
                           tables=table_decls(self.schema))
+
+    async def _hello_reasons(self, conn: asyncpg.Connection, child: str, msg: Hello,
+                             st: linkstate.LinkState) -> tuple[list[str], bool]:
+        """Why the link's cursors cannot be trusted any more (SPEC R8.3); and whether this
+        node is the one that was rewound."""
+        reasons: list[str] = []
+        rewound = False
+        if st.peer_incarnation is not None:
+            if msg.incarnation != st.peer_incarnation:
+                reasons.append(f"{child} has a new incarnation (re-initialised)")
+            elif msg.epoch == 0:
+                reasons.append(f"{child} holds no link epoch (restored or rewound)")
+        if msg.epoch > st.epoch:
+            reasons.append(f"{child} knows epoch {msg.epoch}, this node only {st.epoch} (this node was restored)")
+            rewound = True
+        node = await conn.fetchrow("SELECT head, log_first FROM syncd.node")
+        if msg.pull_cursor > node["head"]:
+            reasons.append(f"{child}'s pull cursor {msg.pull_cursor} is beyond this node's log head {node['head']} "
+                           "(this node was restored)")
+            rewound = True
+        elif msg.pull_hash is not None and msg.pull_cursor >= node["log_first"]:
+            behind = self.ctx.topo.behind(self.cfg.node.id, child)
+            if await linkstate.hash_of_own_change(conn, msg.pull_cursor, behind, self.ctx.topo,
+                                                  not_from=child) != msg.pull_hash:
+                reasons.append(f"the change at {child}'s pull cursor {msg.pull_cursor} is not the one it received "
+                               "(this node was restored)")
+                rewound = True
+        return reasons, rewound
 
     def _touch(self, child: str) -> None:
         self.last_seen[child] = time.time()
@@ -150,6 +196,8 @@ class ParentService:
         if problems:
             raise problems[0].error()
         async with self.pool.acquire() as conn:
+            if msg.epoch:
+                await self._push_epoch_rules(conn, child, msg)
             if msg.summary:
                 await self._store_summaries(conn, child, msg.summary)
             res = await apply_batch(conn, self.ctx, child, "applied", "from_child", list(msg.changes),
@@ -157,8 +205,42 @@ class ParentService:
             fault_point("after_commit_before_response")
             if not res.duplicate:
                 await audit.record(conn, child, "received", str(msg.batch_id), msg.changes)
+                if msg.changes and msg.changes[-1].pos == res.cursor:  # for the next hello (HC-7)
+                    await linkstate.save_hash(conn, child, msg.changes[-1])
         return PushReply(acked_pos=res.cursor, applied=res.applied,
                          quarantined=tuple(Quarantined(pos, code) for pos, code in res.quarantined))
+
+    async def _push_epoch_rules(self, conn: asyncpg.Connection, child: str, msg: Push) -> None:
+        """SPEC R8.5: a push of another epoch, one claiming positions this node does not hold,
+        or one from a child behind retention is answered MUST_RESYNC."""
+        st = await linkstate.load(conn, child, default_epoch=linkstate.FIRST_EPOCH)
+        if msg.epoch != st.epoch:
+            raise must_resync(st.epoch, f"push in epoch {msg.epoch}, the link is in epoch {st.epoch}")
+        cursor = await conn.fetchval("SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = 'applied'", child) or 0
+        why = None
+        if msg.from_pos > cursor:
+            why = (f"{child} pushes from {msg.from_pos} but {self.cfg.node.id} holds its log only to {cursor}: "
+                   "an upward snapshot replaces what is missing")
+        elif await self._behind_retention(conn, child, await conn.fetchval(
+                "SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = 'served'", child)):
+            why = f"{child} has not pulled changes that {self.cfg.node.id}'s retention removed"
+        if why is None:
+            return
+        async with conn.transaction():
+            epoch = await linkstate.new_epoch(conn, child, 0, None, why)
+            await conn.execute("UPDATE syncd.cursors SET pos = greatest(pos, $2) WHERE peer = $1 AND kind = 'applied'",
+                               child, msg.from_pos)
+        self.served.pop(child, None)
+        raise must_resync(epoch, why)
+
+    @staticmethod
+    async def _behind_retention(conn: asyncpg.Connection, child: str, position: int | None) -> bool:
+        """The child's position is below entries retention removed before it pulled them."""
+        if position is None:
+            return False
+        truncated = await conn.fetchval(
+            "SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = 'truncated'", child) or 0
+        return position < truncated < RESYNC_ALWAYS
 
     async def _store_summaries(self, conn: asyncpg.Connection, child: str, summaries: Any) -> None:
         """Keep the compact status of nodes in the child's subtree; drop any other (HC-30)."""
@@ -200,8 +282,9 @@ class ParentService:
                 "ON l.pos = o.pos WHERE o.peer = $1 AND o.pos > $2", c.id, after or 0)
             state = ("initializing" if seen is None else
                      "running" if time.time() - seen < stalled_after else "stalled")
+            epoch = await conn.fetchval("SELECT epoch FROM syncd.links WHERE peer = $1", c.id)
             out.append({"peer": c.id, "direction": "child", "state": state, "since": iso(seen),
-                        "cursor": after, "lag_changes": int(row["n"]),
+                        "cursor": after, "epoch": epoch, "lag_changes": int(row["n"]),
                         "lag_seconds": round(time.time() - row["oldest"].timestamp(), 3) if row["oldest"] else 0.0,
                         "consecutive_errors": 0, "last_error": None, "clock_offset_ms": None, "history": []})
         return out
@@ -212,26 +295,47 @@ class ParentService:
             "SELECT l.* FROM syncd.outbox o JOIN syncd.log l ON l.pos = o.pos "
             "WHERE o.peer = $1 AND o.pos > $2 ORDER BY o.pos LIMIT $3", child, after, limit + 1)
         changes = [change_from_record(r) for r in recs]
-        if len(changes) > limit:  # cut only at an origin-transaction boundary
+        if len(changes) > limit:  # cut only at an origin-transaction boundary, never inside a row's run
+            from syncd.peer import same_group
+
             nxt = changes.pop()
             cut = len(changes)
-            while cut > 0 and (changes[cut - 1].origin, changes[cut - 1].txn) == (nxt.origin, nxt.txn):
+            while cut > 0 and same_group(changes[cut - 1], nxt):
+                nxt = changes[cut - 1]
                 cut -= 1
             changes = changes[:cut] or changes
         return changes
 
+    async def _pull_retained(self, conn: asyncpg.Connection, child: str, msg: PullRequest, epoch: int) -> None:
+        """SPEC R8.6: entries the child needs are gone — retention removed them (a new epoch:
+        full resync), or this node resynchronised from its parent (a pull-side resync)."""
+        truncated = await conn.fetchval(
+            "SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = 'truncated'", child) or 0
+        if msg.after >= truncated:
+            return
+        if truncated >= RESYNC_ALWAYS:
+            raise must_resync(epoch, f"{self.cfg.node.id} resynchronised from its parent")
+        why = f"{child}'s cursor {msg.after} is below {self.cfg.node.id}'s retained log ({truncated} was removed)"
+        if msg.epoch:
+            async with conn.transaction():
+                epoch = await linkstate.new_epoch(conn, child, 0, None, why)
+            self.served.pop(child, None)
+        raise must_resync(epoch, why)
+
     async def on_pull(self, child: str, msg: PullRequest) -> PullReply:
         self._child(child)
         self._touch(child)
-        self.pull_after[child] = msg.after
         async with self.pool.acquire() as conn:
-            truncated = await conn.fetchval(
-                "SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = 'truncated'", child) or 0
-            if msg.after < truncated:  # entries it needs are gone (retention, or this node resynced)
-                epoch = await conn.fetchval("SELECT epoch FROM syncd.node")
-                why = (f"{self.cfg.node.id} resynchronised from its parent" if truncated >= RESYNC_ALWAYS
-                       else f"{child}'s cursor {msg.after} is below {self.cfg.node.id}'s retained outbox ({truncated})")
-                raise must_resync(epoch, why)
+            epoch = (await linkstate.load(conn, child, default_epoch=linkstate.FIRST_EPOCH)).epoch
+            if msg.epoch not in (0, epoch):
+                raise must_resync(epoch, f"pull in epoch {msg.epoch}, the link is in epoch {epoch}")
+            await self._pull_retained(conn, child, msg, epoch)
+            if self.served.get(child) != msg.after:  # what retention keeps for the child (HC-21)
+                await conn.execute(
+                    "INSERT INTO syncd.cursors (peer, kind, pos) VALUES ($1, 'served', $2) ON CONFLICT (peer, kind) "
+                    "DO UPDATE SET pos = excluded.pos, updated_at = now()", child, msg.after)
+                self.served[child] = msg.after
+        self.pull_after[child] = msg.after
         limit = min(msg.limit or self.cfg.tuning.batch_max_changes, self.cfg.tuning.batch_max_changes)
         deadline = time.monotonic() + msg.wait_ms / 1000
         while True:
@@ -239,7 +343,8 @@ class ParentService:
             async with self.pool.acquire() as conn:
                 changes = await self._read_outbox(conn, child, msg.after, limit)
                 head = await conn.fetchval("SELECT coalesce(max(pos), 0) FROM syncd.outbox WHERE peer = $1", child)
-                epoch = await conn.fetchval("SELECT epoch FROM syncd.node")
+                # retention may have removed entries between the check above and this read
+                await self._pull_retained(conn, child, msg, epoch)
             if changes or time.monotonic() >= deadline:
                 break
             await self.wait_log(seq, deadline - time.monotonic())
@@ -293,6 +398,11 @@ class ParentService:
                 await conn.execute("DELETE FROM syncd.cursors WHERE peer = $1 AND kind = 'truncated'", child)
             position = msg.position if msg.position is not None else await conn.fetchval(
                 "SELECT head FROM syncd.node")
+            if msg.position is None:  # retention keeps the log from p0 on for the child's first pull
+                await conn.execute(
+                    "INSERT INTO syncd.cursors (peer, kind, pos) VALUES ($1, 'served', $2) ON CONFLICT (peer, kind) "
+                    "DO UPDATE SET pos = excluded.pos, updated_at = now()", child, position)
+                self.served[child] = position
             rows, nxt = await read_chunk(conn, self.schema, self.ctx.topo, self.cfg.node.id, child,
                                          msg.table, msg.after_id, limit)
         done = nxt is None
@@ -322,6 +432,9 @@ def make_fanout(cfg: Config, topo_ref: "TopologyRef", ctx_ref: Any) -> Any:
                 ctx_ref().topo = topo
         out = []
         for change, received_from in items:
+            if received_from == UPWARD:  # an upward snapshot goes to the parent only
+                out.append([])
+                continue
             try:
                 hops = next_hops(change.table, change.homes, cfg.node.id, topo, received_from)
             except TopologyError:
@@ -349,6 +462,12 @@ def make_sequencer(cfg: Config, topo_ref: TopologyRef, ctx_ref: Any = lambda: No
 __all__ = ["ParentService", "load_topology", "make_sequencer", "TopologyRef", "now_us", "PROTOCOL_VERSION"]
 
 
+def _resync_view(e: dict[str, Any]) -> dict[str, Any]:
+    from syncd.status import iso
+
+    return {**e, "at": iso(e["at"])}
+
+
 class Node:
     """A running node: pool, sequencer, parent service + HTTP server, child links.
 
@@ -371,6 +490,8 @@ class Node:
         self._reloading = False
         self.metrics = Metrics()
         self._reload_task: asyncio.Task[None] | None = None
+        t = cfg.tuning
+        self.retention_health = LoopHealth(f"{cfg.node.id} retention", t.retry_cap_s, t.failed_probe_s)
 
     async def start(self) -> "Node":
         from syncd.peer import ChildLinks
@@ -388,6 +509,8 @@ class Node:
         self.sequencer = make_sequencer(self.cfg, self.topo_ref, lambda: self.ctx)
         self.tasks.append(asyncio.create_task(self._listen_loop()))
         self.tasks.append(asyncio.create_task(self.sequencer.run(self.pool, self.stop_event)))
+        self.tasks.append(asyncio.create_task(retention_loop(self.pool, self.cfg, self.stop_event,
+                                                            self.retention_health)))
         self.service = ParentService(self.cfg, self.pool, self.ctx, self.incarnation, self.schema)
         await self._serve()
         if self.cfg.parent is not None:
@@ -502,7 +625,8 @@ class Node:
                 "lag_seconds": round(time.time() - row["oldest"].timestamp(), 3) if row["oldest"] else 0.0,
                 "consecutive_errors": ln.push_health.consecutive_errors + ln.pull_health.consecutive_errors,
                 "last_error": {k: err.get(k) for k in ("code", "reason", "hint")} if err else None,
-                "clock_offset_ms": ln.clock_offset_ms, "snapshot": ln.snapshot_state,
+                "clock_offset_ms": ln.clock_offset_ms, "snapshot": ln.snapshot_state, "epoch": ln.epoch,
+                "last_resync": _resync_view(ln.resyncs[-1]) if ln.resyncs else None,
                 "history": [{"at": iso(e.at), "event": e.state, "detail": e.code} for e in history]})
         if self.service is not None:
             out += await self.service.link_status(conn)
