@@ -112,10 +112,23 @@ async def horizon(conn: asyncpg.Connection, cfg: Config, now: datetime | None = 
     return Horizon(through, first, head, by_peers, by_age, by_count)
 
 
+#: positions removed per transaction, so a long backlog is cut in short transactions
+SLICE = 50_000
+
+
 async def truncate(conn: asyncpg.Connection, cfg: Config, h: Horizon) -> int:
-    """Remove log and outbox entries at or below ``h.through``; return how many log entries went."""
-    if not h.removes:
-        return 0
+    """Remove log and outbox entries at or below ``h.through``, a slice per transaction;
+    return how many log entries went."""
+    removed = 0
+    lo = h.log_first
+    while lo <= h.through:
+        hi = min(lo + SLICE - 1, h.through)
+        removed += await _truncate_through(conn, Horizon(hi, lo, h.head, h.by_peers, h.by_age, h.by_count))
+        lo = hi + 1
+    return removed
+
+
+async def _truncate_through(conn: asyncpg.Connection, h: Horizon) -> int:
     async with conn.transaction():
         served = {r["peer"]: int(r["pos"]) for r in await conn.fetch(
             "SELECT peer, pos FROM syncd.cursors WHERE kind = 'served'")}
