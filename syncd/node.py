@@ -17,13 +17,14 @@ import asyncpg
 import structlog
 
 from syncd.config import Config
-from syncd.errors import SyncdError, must_resync
+from syncd.errors import SyncdError
 from syncd.proto.validate import push_problems, schema_columns
 from syncd.store import audit
+from syncd.store import epochs
 from syncd.store import links as linkstate
 from syncd.store.resync import UPWARD
 from syncd.retry import LoopHealth
-from syncd.store.retention import RESYNC_ALWAYS, retention_loop
+from syncd.store.retention import retention_loop
 from syncd.faults import fault_point
 from syncd.merge import clock_check
 from syncd.proto.change import Change
@@ -131,54 +132,14 @@ class ParentService:
         self.instances[child] = (msg.instance, time.monotonic())
         self.last_seen[child] = time.time()
         async with self.pool.acquire() as conn:
-            async with conn.transaction():
-                st = await linkstate.load(conn, child, for_update=True, default_epoch=linkstate.FIRST_EPOCH)
-                reasons, rewound = await self._hello_reasons(conn, child, msg, st)
-                if reasons:
-                    epoch = await linkstate.new_epoch(conn, child, msg.epoch, msg.incarnation, "; ".join(reasons))
-                    if rewound:  # this node was restored under its children (HC-7)
-                        await conn.execute("UPDATE syncd.node SET epoch = epoch + 1")
-                elif st.peer_incarnation is None:  # first contact: remember who the child is
-                    await conn.execute("UPDATE syncd.links SET peer_incarnation = $2 WHERE peer = $1",
-                                       child, msg.incarnation)
-                pos = await conn.fetchval(
-                    "SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = 'applied'", child) or 0
-        if reasons:
-            self.served.pop(child, None)
-            raise must_resync(epoch, f"new epoch {epoch} for {child}: " + "; ".join(reasons))
-        if msg.epoch not in (0, st.epoch):
-            raise must_resync(st.epoch, f"{child} speaks epoch {msg.epoch}, the link is in epoch {st.epoch}")
+            try:
+                st, pos = await epochs.on_hello(conn, self.cfg.node.id, self.ctx.topo, child, msg)
+            except SyncdError:
+                self.served.pop(child, None)
+                raise
         return HelloReply(version=max(common), node=self.cfg.node.id, incarnation=self.incarnation,
                           epoch=st.epoch, clock=now_us(), push_cursor=pos, push_hash=st.hash_at(pos),
                           tables=table_decls(self.schema))
-
-    async def _hello_reasons(self, conn: asyncpg.Connection, child: str, msg: Hello,
-                             st: linkstate.LinkState) -> tuple[list[str], bool]:
-        """Why the link's cursors cannot be trusted any more (SPEC R8.3); and whether this
-        node is the one that was rewound."""
-        reasons: list[str] = []
-        rewound = False
-        if st.peer_incarnation is not None:
-            if msg.incarnation != st.peer_incarnation:
-                reasons.append(f"{child} has a new incarnation (re-initialised)")
-            elif msg.epoch == 0:
-                reasons.append(f"{child} holds no link epoch (restored or rewound)")
-        if msg.epoch > st.epoch:
-            reasons.append(f"{child} knows epoch {msg.epoch}, this node only {st.epoch} (this node was restored)")
-            rewound = True
-        node = await conn.fetchrow("SELECT head, log_first FROM syncd.node")
-        if msg.pull_cursor > node["head"]:
-            reasons.append(f"{child}'s pull cursor {msg.pull_cursor} is beyond this node's log head {node['head']} "
-                           "(this node was restored)")
-            rewound = True
-        elif msg.pull_hash is not None and msg.pull_cursor >= node["log_first"]:
-            behind = self.ctx.topo.behind(self.cfg.node.id, child)
-            if await linkstate.hash_of_own_change(conn, msg.pull_cursor, behind, self.ctx.topo,
-                                                  not_from=child) != msg.pull_hash:
-                reasons.append(f"the change at {child}'s pull cursor {msg.pull_cursor} is not the one it received "
-                               "(this node was restored)")
-                rewound = True
-        return reasons, rewound
 
     def _touch(self, child: str) -> None:
         self.last_seen[child] = time.time()
@@ -197,7 +158,11 @@ class ParentService:
             raise problems[0].error()
         async with self.pool.acquire() as conn:
             if msg.epoch:
-                await self._push_epoch_rules(conn, child, msg)
+                try:
+                    await epochs.on_push(conn, self.cfg.node.id, child, msg)
+                except SyncdError:
+                    self.served.pop(child, None)
+                    raise
             if msg.summary:
                 await self._store_summaries(conn, child, msg.summary)
             res = await apply_batch(conn, self.ctx, child, "applied", "from_child", list(msg.changes),
@@ -209,38 +174,6 @@ class ParentService:
                     await linkstate.save_hash(conn, child, msg.changes[-1])
         return PushReply(acked_pos=res.cursor, applied=res.applied,
                          quarantined=tuple(Quarantined(pos, code) for pos, code in res.quarantined))
-
-    async def _push_epoch_rules(self, conn: asyncpg.Connection, child: str, msg: Push) -> None:
-        """SPEC R8.5: a push of another epoch, one claiming positions this node does not hold,
-        or one from a child behind retention is answered MUST_RESYNC."""
-        st = await linkstate.load(conn, child, default_epoch=linkstate.FIRST_EPOCH)
-        if msg.epoch != st.epoch:
-            raise must_resync(st.epoch, f"push in epoch {msg.epoch}, the link is in epoch {st.epoch}")
-        cursor = await conn.fetchval("SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = 'applied'", child) or 0
-        why = None
-        if msg.from_pos > cursor:
-            why = (f"{child} pushes from {msg.from_pos} but {self.cfg.node.id} holds its log only to {cursor}: "
-                   "an upward snapshot replaces what is missing")
-        elif await self._behind_retention(conn, child, await conn.fetchval(
-                "SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = 'served'", child)):
-            why = f"{child} has not pulled changes that {self.cfg.node.id}'s retention removed"
-        if why is None:
-            return
-        async with conn.transaction():
-            epoch = await linkstate.new_epoch(conn, child, 0, None, why)
-            await conn.execute("UPDATE syncd.cursors SET pos = greatest(pos, $2) WHERE peer = $1 AND kind = 'applied'",
-                               child, msg.from_pos)
-        self.served.pop(child, None)
-        raise must_resync(epoch, why)
-
-    @staticmethod
-    async def _behind_retention(conn: asyncpg.Connection, child: str, position: int | None) -> bool:
-        """The child's position is below entries retention removed before it pulled them."""
-        if position is None:
-            return False
-        truncated = await conn.fetchval(
-            "SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = 'truncated'", child) or 0
-        return position < truncated < RESYNC_ALWAYS
 
     async def _store_summaries(self, conn: asyncpg.Connection, child: str, summaries: Any) -> None:
         """Keep the compact status of nodes in the child's subtree; drop any other (HC-30)."""
@@ -306,30 +239,15 @@ class ParentService:
             changes = changes[:cut] or changes
         return changes
 
-    async def _pull_retained(self, conn: asyncpg.Connection, child: str, msg: PullRequest, epoch: int) -> None:
-        """SPEC R8.6: entries the child needs are gone — retention removed them (a new epoch:
-        full resync), or this node resynchronised from its parent (a pull-side resync)."""
-        truncated = await conn.fetchval(
-            "SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = 'truncated'", child) or 0
-        if msg.after >= truncated:
-            return
-        if truncated >= RESYNC_ALWAYS:
-            raise must_resync(epoch, f"{self.cfg.node.id} resynchronised from its parent")
-        why = f"{child}'s cursor {msg.after} is below {self.cfg.node.id}'s retained log ({truncated} was removed)"
-        if msg.epoch:
-            async with conn.transaction():
-                epoch = await linkstate.new_epoch(conn, child, 0, None, why)
-            self.served.pop(child, None)
-        raise must_resync(epoch, why)
-
     async def on_pull(self, child: str, msg: PullRequest) -> PullReply:
         self._child(child)
         self._touch(child)
         async with self.pool.acquire() as conn:
-            epoch = (await linkstate.load(conn, child, default_epoch=linkstate.FIRST_EPOCH)).epoch
-            if msg.epoch not in (0, epoch):
-                raise must_resync(epoch, f"pull in epoch {msg.epoch}, the link is in epoch {epoch}")
-            await self._pull_retained(conn, child, msg, epoch)
+            try:
+                epoch = await epochs.on_pull(conn, self.cfg.node.id, child, msg)
+            except SyncdError:
+                self.served.pop(child, None)
+                raise
             if self.served.get(child) != msg.after:  # what retention keeps for the child (HC-21)
                 await conn.execute(
                     "INSERT INTO syncd.cursors (peer, kind, pos) VALUES ($1, 'served', $2) ON CONFLICT (peer, kind) "
@@ -344,7 +262,7 @@ class ParentService:
                 changes = await self._read_outbox(conn, child, msg.after, limit)
                 head = await conn.fetchval("SELECT coalesce(max(pos), 0) FROM syncd.outbox WHERE peer = $1", child)
                 # retention may have removed entries between the check above and this read
-                await self._pull_retained(conn, child, msg, epoch)
+                await epochs.pull_retained(conn, self.cfg.node.id, child, msg, epoch)
             if changes or time.monotonic() >= deadline:
                 break
             await self.wait_log(seq, deadline - time.monotonic())
