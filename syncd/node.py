@@ -135,11 +135,17 @@ class ParentService:
             try:
                 st, pos = await epochs.on_hello(conn, self.cfg.node.id, self.ctx.topo, child, msg)
             except SyncdError:
-                self.served.pop(child, None)
+                self._resyncing(child)
                 raise
         return HelloReply(version=max(common), node=self.cfg.node.id, incarnation=self.incarnation,
                           epoch=st.epoch, clock=now_us(), push_cursor=pos, push_hash=st.hash_at(pos),
                           tables=table_decls(self.schema))
+
+    def _resyncing(self, child: str) -> None:
+        """A MUST_RESYNC went to ``child``: its served position is no longer stored, and a
+        long poll of its other channel must wake to see the new epoch."""
+        self.served.pop(child, None)
+        self.log_moved()
 
     def _touch(self, child: str) -> None:
         self.last_seen[child] = time.time()
@@ -161,7 +167,7 @@ class ParentService:
                 try:
                     await epochs.on_push(conn, self.cfg.node.id, child, msg)
                 except SyncdError:
-                    self.served.pop(child, None)
+                    self._resyncing(child)
                     raise
             if msg.summary:
                 await self._store_summaries(conn, child, msg.summary)
@@ -246,7 +252,7 @@ class ParentService:
             try:
                 epoch = await epochs.on_pull(conn, self.cfg.node.id, child, msg)
             except SyncdError:
-                self.served.pop(child, None)
+                self._resyncing(child)
                 raise
             if self.served.get(child) != msg.after:  # what retention keeps for the child (HC-21)
                 await conn.execute(
@@ -261,8 +267,13 @@ class ParentService:
             async with self.pool.acquire() as conn:
                 changes = await self._read_outbox(conn, child, msg.after, limit)
                 head = await conn.fetchval("SELECT coalesce(max(pos), 0) FROM syncd.outbox WHERE peer = $1", child)
-                # retention may have removed entries between the check above and this read
-                await epochs.pull_retained(conn, self.cfg.node.id, child, msg, epoch)
+                # retention may have removed entries between the check above and this read, or
+                # the link's epoch moved while the poll waited (woken by log_moved)
+                try:
+                    await epochs.on_pull(conn, self.cfg.node.id, child, msg)
+                except SyncdError:
+                    self.served.pop(child, None)
+                    raise
             if changes or time.monotonic() >= deadline:
                 break
             await self.wait_log(seq, deadline - time.monotonic())

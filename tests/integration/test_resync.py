@@ -16,8 +16,9 @@ import asyncpg
 import pytest
 
 from syncd.config import Secret
+from syncd.errors import SyncdError
 from syncd.node import wire_key_id
-from syncd.proto.messages import SnapshotRequest
+from syncd.proto.messages import Push, SnapshotRequest
 from syncd.proto.signing import Keyring
 from syncd.schema.declarations import SCHEMA
 from syncd.store.retention import RESYNC_ALWAYS
@@ -149,14 +150,27 @@ async def test_hc21_offline_county_does_not_pin_the_log_and_resyncs_by_merging(s
     # the delete's tombstone is collected upstream: only the resync can tell 岳麓区 the row is gone
     await wait(t, lambda: _no_rowver(t, doomed, ["430000", "430100"]), 30)
 
+    # its push is answered MUST_RESYNC with a new epoch (asked here first, signed as 岳麓区: which
+    # of the daemon's two channels reaches 长沙市 first is up to the network)
+    epoch = await n(t, "430104", "SELECT epoch FROM syncd.links WHERE peer = '430100'")
+    cursor = await n(t, "430100", "SELECT pos FROM syncd.cursors WHERE peer = '430104' AND kind = 'applied'")
+    link = child_link(t, "430104", "430100")
+    try:
+        with pytest.raises(SyncdError) as refused:
+            await link.push(Push(uuid.uuid4(), epoch, cursor, cursor, ()))
+    finally:
+        await link.close()
+    assert refused.value.code == "MUST_RESYNC" and refused.value.epoch == epoch + 1
+    assert "retention" in refused.value.reason
+
     await t.start("430104")
     links = t.nodes["430104"].links
 
     async def resynced() -> bool:
         return (links.snapshot_state or {}).get("state") == "done" and not links.upward_pending \
-            and any(r["channel"].startswith("push") for r in links.resyncs)
+            and links.epoch == epoch + 1
     await wait(t, resynced)
-    assert any(r["epoch"] and r["epoch"] > 1 for r in links.resyncs), links.resyncs
+    assert links.resyncs and all(r["epoch"] == epoch + 1 for r in links.resyncs), links.resyncs
 
     # merged, never replaced: personal data at home, unpushed writes reach upstream
     async def converged() -> bool:
@@ -275,6 +289,10 @@ async def test_hc7_county_restored_from_a_dump_is_detected_and_its_rows_return_h
         return (await n(t, "430102", "SELECT epoch FROM syncd.node") > node_epoch
                 and await n(t, "430100", "SELECT epoch FROM syncd.links WHERE peer = '430102'") > city_epoch)
     await wait(t, detected)
+    parent_link = (await _status(t, "430102"))["links"][0]
+    assert parent_link["epoch"] > city_epoch and parent_link["last_resync"]["epoch"] == parent_link["epoch"]
+    child_link_st = next(ln for ln in (await _status(t, "430100"))["links"] if ln["peer"] == "430102")
+    assert child_link_st["epoch"] == parent_link["epoch"]
 
     async def converged() -> bool:
         home = all([await at(t, "members", m, ["430102"]) for m in after])
@@ -392,8 +410,6 @@ def child_link(t: Tree, child: str, parent: str) -> HttpParentLink:
 
 
 async def test_hc22_excess_snapshot_requests_get_503_and_later_complete(cluster: Cluster) -> None:
-    from syncd.errors import SyncdError
-
     t = Tree(cluster, SMALL_TREE, tuning={"snapshot_slots": 1})
     try:
         await t.setup()
