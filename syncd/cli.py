@@ -245,7 +245,7 @@ async def _db_status(cfg: Config, conn: asyncpg.Connection) -> dict[str, Any]:
     return {"source": "database",
             "node": {"id": cfg.node.id, "name": cfg.node.name, "level": topo.level(cfg.node.id),
                      "version": syncd_version(), "uptime_s": None, "log_position": counts["head"],
-                     "epoch": counts["epoch"], "capture_backlog": counts["backlog"], "started_at": None},
+                     "log_first": counts["log_first"], "epoch": counts["epoch"], "capture_backlog": counts["backlog"], "started_at": None},
             "links": links, "conflicts_open": counts["conflicts_open"], "parked": counts["parked"],
             "quarantined": counts["quarantined"],
             "capture": {"healthy": not problems, "problems": [p.as_dict() for p in problems],
@@ -292,7 +292,7 @@ def _ago(ts: str | None) -> str | None:
 def _print_status(st: dict[str, Any], source: str) -> None:
     n = st["node"]
     cap = st["capture"]
-    print(f"{n['name']} {n['id']} ({n['level']})  syncd {n['version']}  log {n['log_position']}  "
+    print(f"{n['name']} {n['id']} ({n['level']})  syncd {n['version']}  log {n.get('log_first', 1)}…{n['log_position']}  "
           f"epoch {n['epoch']}  capture {'healthy' if cap['healthy'] else 'UNHEALTHY'} (backlog {cap['backlog']})")
     print(f"source: {source}")
     db = st.get("database") or {}

@@ -68,7 +68,9 @@ class Tuning:
     pull_wait_s: float = 25.0
     sequencer_interval_ms: int = 200
     sequencer_batch: int = 5000
-    max_retention_s: int = 30 * 86400
+    max_retention: str = "30d"  # a duration: log entries and tombstones are kept at most this long (HC-21)
+    max_retention_entries: int = 0  # also keep at most this many log entries (0: no count bound)
+    retention_interval_s: float = 60.0  # how often the retention loop truncates the log
     clock_soft_ms: int = 5_000
     clock_hard_ms: int = 300_000
     retry_cap_s: float = 60.0
@@ -76,6 +78,25 @@ class Tuning:
     stall_after_s: float = 60.0  # a cursor stuck this long while its peer has more: link `stalled`
     snapshot_slots: int = 4
     signature_window_s: int = 300
+
+    @property
+    def max_retention_s(self) -> float:
+        """``max_retention`` in seconds (validated by the loader)."""
+        return parse_duration(self.max_retention)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as ``"30d"``, ``"12h"``, ``"90m"``, ``"45s"``, ``"2w"``;
+    ``ValueError`` (``INVALID_DURATION``) for anything else or a zero duration."""
+    m = _DURATION.match(text) if isinstance(text, str) else None
+    if m is None or float(m.group(1)) <= 0:
+        raise ValueError(f"INVALID_DURATION: {text!r} is not a duration such as \"30d\", \"12h\", "
+                         "\"90m\" or \"45s\" (a positive number and one of s, m, h, d, w)")
+    return float(m.group(1)) * _UNIT_S[m.group(2)]
 
 
 @dataclass(frozen=True)
@@ -261,6 +282,11 @@ def parse_config(data: Mapping[str, Any], source: str = "<memory>", base: Path |
         log_level=lr.get("level", str, "info"),
         source=source,
     )
+    if isinstance(cfg.tuning.max_retention, str):
+        try:
+            parse_duration(cfg.tuning.max_retention)
+        except ValueError as e:
+            problems.append(("tuning.max_retention", cfg.tuning.max_retention, str(e)))
     if cfg.parent and cfg.parent.id == node.id:
         problems.append(("parent.id", cfg.parent.id, "a node cannot be its own parent"))
     if problems:

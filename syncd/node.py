@@ -18,10 +18,14 @@ import asyncpg
 import structlog
 
 from syncd.config import Config
-from syncd.errors import SyncdError, must_resync
+from syncd.errors import SyncdError
 from syncd.proto.validate import push_problems, schema_columns
-from syncd.peer import RESYNC_ALWAYS
 from syncd.store import audit
+from syncd.store import epochs
+from syncd.store import links as linkstate
+from syncd.store.resync import UPWARD
+from syncd.retry import LoopHealth
+from syncd.store.retention import retention_loop
 from syncd.faults import fault_point
 from syncd.merge import clock_check
 from syncd.proto.change import Change
@@ -100,6 +104,7 @@ class ParentService:
     snapshots: dict[str, float] = field(default_factory=dict)  # child -> last snapshot request (monotonic)
     versions: tuple[int, ...] = SUPPORTED_VERSIONS  # protocol versions spoken (SPEC R3.1)
     pull_watch: dict[str, CursorWatch] = field(default_factory=dict)  # child -> its pull cursor (syncd.stall)
+    served: dict[str, int] = field(default_factory=dict)  # child -> served position as last stored
 
     @property
     def columns(self) -> dict[str, frozenset[str]]:
@@ -130,12 +135,20 @@ class ParentService:
         self.instances[child] = (msg.instance, time.monotonic())
         self.last_seen[child] = time.time()
         async with self.pool.acquire() as conn:
-            pos = await conn.fetchval(
-                "SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = 'applied'", child) or 0
-            epoch = await conn.fetchval("SELECT epoch FROM syncd.node")
+            try:
+                st, pos = await epochs.on_hello(conn, self.cfg.node.id, self.ctx.topo, child, msg)
+            except SyncdError:
+                self._resyncing(child)
+                raise
         return HelloReply(version=max(common), node=self.cfg.node.id, incarnation=self.incarnation,
-                          epoch=epoch, clock=now_us(), push_cursor=pos, push_hash=None,
+                          epoch=st.epoch, clock=now_us(), push_cursor=pos, push_hash=st.hash_at(pos),
                           tables=table_decls(self.schema))
+
+    def _resyncing(self, child: str) -> None:
+        """A MUST_RESYNC went to ``child``: its served position is no longer stored, and a
+        long poll of its other channel must wake to see the new epoch."""
+        self.served.pop(child, None)
+        self.log_moved()
 
     def _touch(self, child: str) -> None:
         self.last_seen[child] = time.time()
@@ -153,6 +166,12 @@ class ParentService:
         if problems:
             raise problems[0].error()
         async with self.pool.acquire() as conn:
+            if msg.epoch:
+                try:
+                    await epochs.on_push(conn, self.cfg.node.id, child, msg)
+                except SyncdError:
+                    self._resyncing(child)
+                    raise
             if msg.summary:
                 await self._store_summaries(conn, child, msg.summary)
             res = await apply_batch(conn, self.ctx, child, "applied", "from_child", list(msg.changes),
@@ -160,6 +179,8 @@ class ParentService:
             fault_point("after_commit_before_response")
             if not res.duplicate:
                 await audit.record(conn, child, "received", str(msg.batch_id), msg.changes)
+                if msg.changes and msg.changes[-1].pos == res.cursor:  # for the next hello (HC-7)
+                    await linkstate.save_hash(conn, child, msg.changes[-1])
         return PushReply(acked_pos=res.cursor, applied=res.applied,
                          quarantined=tuple(Quarantined(pos, code) for pos, code in res.quarantined))
 
@@ -200,7 +221,9 @@ class ParentService:
                 "SELECT count(*) AS n, min(l.logged_at) AS oldest, max(o.pos) AS head FROM syncd.outbox o "
                 "JOIN syncd.log l ON l.pos = o.pos WHERE o.peer = $1 AND o.pos > $2", c.id, after or 0)
             lag_s = round(time.time() - row["oldest"].timestamp(), 3) if row["oldest"] else 0.0
-            out.append(apply_stall(child_link_view(self, c.id, int(row["n"]), lag_s), child_link_stall(
+            view = child_link_view(self, c.id, int(row["n"]), lag_s)
+            view["epoch"] = await conn.fetchval("SELECT epoch FROM syncd.links WHERE peer = $1", c.id)
+            out.append(apply_stall(view, child_link_stall(
                 self.pull_watch.get(c.id), c.id, int(row["n"]), row["head"], lag_s, self.cfg.tuning.stall_after_s)))
         return out
 
@@ -210,10 +233,13 @@ class ParentService:
             "SELECT l.* FROM syncd.outbox o JOIN syncd.log l ON l.pos = o.pos "
             "WHERE o.peer = $1 AND o.pos > $2 ORDER BY o.pos LIMIT $3", child, after, limit + 1)
         changes = [change_from_record(r) for r in recs]
-        if len(changes) > limit:  # cut only at an origin-transaction boundary
+        if len(changes) > limit:  # cut only at an origin-transaction boundary, never inside a row's run
+            from syncd.peer import same_group
+
             nxt = changes.pop()
             cut = len(changes)
-            while cut > 0 and (changes[cut - 1].origin, changes[cut - 1].txn) == (nxt.origin, nxt.txn):
+            while cut > 0 and same_group(changes[cut - 1], nxt):
+                nxt = changes[cut - 1]
                 cut -= 1
             changes = changes[:cut] or changes
         return changes
@@ -221,16 +247,19 @@ class ParentService:
     async def on_pull(self, child: str, msg: PullRequest) -> PullReply:
         self._child(child)
         self._touch(child)
+        async with self.pool.acquire() as conn:
+            try:
+                epoch = await epochs.on_pull(conn, self.cfg.node.id, child, msg)
+            except SyncdError:
+                self._resyncing(child)
+                raise
+            if self.served.get(child) != msg.after:  # what retention keeps for the child (HC-21)
+                await conn.execute(
+                    "INSERT INTO syncd.cursors (peer, kind, pos) VALUES ($1, 'served', $2) ON CONFLICT (peer, kind) "
+                    "DO UPDATE SET pos = excluded.pos, updated_at = now()", child, msg.after)
+                self.served[child] = msg.after
         self.pull_after[child] = msg.after
         self.pull_watch.setdefault(child, CursorWatch()).observe(msg.after)
-        async with self.pool.acquire() as conn:
-            truncated = await conn.fetchval(
-                "SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = 'truncated'", child) or 0
-            if msg.after < truncated:  # entries it needs are gone (retention, or this node resynced)
-                epoch = await conn.fetchval("SELECT epoch FROM syncd.node")
-                why = (f"{self.cfg.node.id} resynchronised from its parent" if truncated >= RESYNC_ALWAYS
-                       else f"{child}'s cursor {msg.after} is below {self.cfg.node.id}'s retained outbox ({truncated})")
-                raise must_resync(epoch, why)
         limit = min(msg.limit or self.cfg.tuning.batch_max_changes, self.cfg.tuning.batch_max_changes)
         deadline = time.monotonic() + msg.wait_ms / 1000
         while True:
@@ -238,7 +267,13 @@ class ParentService:
             async with self.pool.acquire() as conn:
                 changes = await self._read_outbox(conn, child, msg.after, limit)
                 head = await conn.fetchval("SELECT coalesce(max(pos), 0) FROM syncd.outbox WHERE peer = $1", child)
-                epoch = await conn.fetchval("SELECT epoch FROM syncd.node")
+                # retention may have removed entries between the check above and this read, or
+                # the link's epoch moved while the poll waited (woken by log_moved)
+                try:
+                    await epochs.on_pull(conn, self.cfg.node.id, child, msg)
+                except SyncdError:
+                    self.served.pop(child, None)
+                    raise
             if changes or time.monotonic() >= deadline:
                 break
             await self.wait_log(seq, deadline - time.monotonic())
@@ -292,6 +327,11 @@ class ParentService:
                 await conn.execute("DELETE FROM syncd.cursors WHERE peer = $1 AND kind = 'truncated'", child)
             position = msg.position if msg.position is not None else await conn.fetchval(
                 "SELECT head FROM syncd.node")
+            if msg.position is None:  # retention keeps the log from p0 on for the child's first pull
+                await conn.execute(
+                    "INSERT INTO syncd.cursors (peer, kind, pos) VALUES ($1, 'served', $2) ON CONFLICT (peer, kind) "
+                    "DO UPDATE SET pos = excluded.pos, updated_at = now()", child, position)
+                self.served[child] = position
             rows, nxt = await read_chunk(conn, self.schema, self.ctx.topo, self.cfg.node.id, child,
                                          msg.table, msg.after_id, limit)
             await audit.record_rows(conn, child, "sent", audit.snapshot_batch(msg.table, msg.after_id, nxt),
@@ -342,6 +382,9 @@ def make_fanout(cfg: Config, topo_ref: "TopologyRef", ctx_ref: Any) -> Any:
                 ctx_ref().topo = topo
         out = []
         for change, received_from in items:
+            if received_from == UPWARD:  # an upward snapshot goes to the parent only
+                out.append([])
+                continue
             try:
                 hops = next_hops(change.table, change.homes, cfg.node.id, topo, received_from)
             except TopologyError:
@@ -384,6 +427,12 @@ def make_sequencer(cfg: Config, topo_ref: TopologyRef, ctx_ref: Any = lambda: No
 __all__ = ["ParentService", "load_topology", "make_sequencer", "TopologyRef", "now_us", "PROTOCOL_VERSION"]
 
 
+def _resync_view(e: dict[str, Any]) -> dict[str, Any]:
+    from syncd.status import iso
+
+    return {**e, "at": iso(e["at"])}
+
+
 class Node:
     """A running node: pool, sequencer, parent service + HTTP server, child links.
 
@@ -408,6 +457,8 @@ class Node:
         self._reloading = False
         self.metrics = Metrics()
         self._reload_task: asyncio.Task[None] | None = None
+        t = cfg.tuning
+        self.retention_health = LoopHealth(f"{cfg.node.id} retention", t.retry_cap_s, t.failed_probe_s)
 
     async def start(self) -> "Node":
         from syncd.peer import ChildLinks
@@ -426,6 +477,8 @@ class Node:
         self.sequencer = make_sequencer(self.cfg, self.topo_ref, lambda: self.ctx)
         self.tasks.append(asyncio.create_task(self._listen_loop()))
         self.tasks.append(asyncio.create_task(self.sequencer.run(self.pool, self.stop_event)))
+        self.tasks.append(asyncio.create_task(retention_loop(self.pool, self.cfg, self.stop_event,
+                                                             self.retention_health)))
         self.service = ParentService(self.cfg, self.pool, self.ctx, self.incarnation, self.schema,
                                      versions=self.versions)
         await self._serve()
@@ -516,8 +569,10 @@ class Node:
             lag_s = round(time.time() - row["oldest"].timestamp(), 3) if row["oldest"] else 0.0
             worst = max((ln.push_health, ln.pull_health), key=lambda h: SEVERITY[h.state])
             err = worst.last_error or ln.push_health.last_error or ln.pull_health.last_error
-            out.append(apply_stall(parent_link_view(ln, int(row["n"]), lag_s),
-                                   parent_link_stall(ln, int(row["n"]), lag_s, self.cfg.tuning.stall_after_s, err)))
+            view = parent_link_view(ln, int(row["n"]), lag_s)
+            view.update(epoch=ln.epoch, last_resync=_resync_view(ln.resyncs[-1]) if ln.resyncs else None)
+            out.append(apply_stall(view, parent_link_stall(ln, int(row["n"]), lag_s, self.cfg.tuning.stall_after_s,
+                                                           err)))
         if self.service is not None:
             out += await self.service.link_status(conn)
         return out

@@ -14,7 +14,9 @@ pull cursor; applied with the cursor advanced in the same transaction.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Sequence
 
@@ -22,22 +24,35 @@ import asyncpg
 import structlog
 
 from syncd.config import Config
+from syncd.errors import SyncdError
 from syncd.faults import fault_point
 from syncd.proto.change import Change
-from syncd.proto.messages import PROTOCOL_VERSION, SUPPORTED_VERSIONS, Hello, PullRequest, Push, SnapshotRequest
+from syncd.proto.messages import (PROTOCOL_VERSION, SUPPORTED_VERSIONS, Hello, HelloReply, PullRequest, Push,
+                                  SnapshotRequest)
 from syncd.retry import LoopHealth
 from syncd.stall import CursorWatch
 from syncd.routing import project
 from syncd.store import audit
+from syncd.store import links as linkstate
 from syncd.store.apply import ApplyContext, apply_batch, current_topology, retry_parked
 from syncd.store.log import change_from_record
+from syncd.store.resync import UPWARD_TXN_BASE, adopt_epoch, purge_stale_copies, queue_upward_snapshot
+from syncd.store.retention import RESYNC_ALWAYS
 from syncd.transport.base import ParentLink
 
 log = structlog.get_logger("syncd.peer")
 
-#: a 'truncated' mark at this position makes a child resync whatever its cursor, until it
-#: starts a snapshot (which removes the mark)
-RESYNC_ALWAYS = 2**62
+
+def same_group(a: Any, b: Any) -> bool:
+    """Two consecutive log entries (changes or log records) a batch must not separate: one
+    origin transaction, or the changes of one row in an upward snapshot (they share a
+    transaction number)."""
+    (ao, at), (bo, bt) = _txn_of(a), _txn_of(b)
+    return (ao, at) == (bo, bt) or (at == bt and at >= UPWARD_TXN_BASE)
+
+
+def _txn_of(e: Any) -> tuple[str, int]:
+    return (e.origin, e.txn) if isinstance(e, Change) else (e["origin"], e["txn"])
 
 
 def cut_batch(entries: Sequence[Any], max_changes: int) -> list[Any]:
@@ -46,15 +61,12 @@ def cut_batch(entries: Sequence[Any], max_changes: int) -> list[Any]:
     ``entries`` are changes or log records: anything with ``origin`` and ``txn`` items."""
     if len(entries) <= max_changes:
         return list(entries)
-
-    def txn(e: Any) -> tuple[str, int]:
-        return (e.origin, e.txn) if isinstance(e, Change) else (e["origin"], e["txn"])
     cut = max_changes
-    while cut > 0 and txn(entries[cut - 1]) == txn(entries[cut]):
+    while cut > 0 and same_group(entries[cut - 1], entries[cut]):
         cut -= 1
     if cut == 0:  # a single transaction larger than the cap travels in one batch
         cut = max_changes
-        while cut < len(entries) and txn(entries[cut]) == txn(entries[0]):
+        while cut < len(entries) and same_group(entries[cut - 1], entries[cut]):
             cut += 1
     return list(entries[:cut])
 
@@ -71,20 +83,26 @@ class ChildLinks:
     instance: uuid.UUID
     summary: Callable[[], Awaitable[list[dict]]] | None = None
     wake_push: asyncio.Event = field(default_factory=asyncio.Event)
-    push_cursor: int = 0
+    push_cursor: int = 0  # own log scanned for the parent: acknowledged, or nothing in it for the parent
+    push_acked: int = 0  # the parent's cursor for this node, as it last said (a push's from_pos)
     pull_cursor: int = 0
+    epoch: int = 0  # the link epoch adopted from the parent (SPEC §8)
+    upward_pending: bool = False  # a resync's upward snapshot is due: push nothing until it is queued
     clock_offset_ms: int | None = None
     summary_every_s: float = 5.0
     snapshot_state: dict | None = None  # bootstrap progress, shown in status
     versions: tuple[int, ...] = SUPPORTED_VERSIONS  # protocol versions offered at hello (SPEC R3.1)
     push_watch: CursorWatch = field(default_factory=CursorWatch)  # stalled links (syncd.stall)
     pull_watch: CursorWatch = field(default_factory=CursorWatch)
+    resyncs: deque = field(default_factory=lambda: deque(maxlen=20))  # MUST_RESYNC answers, shown in status
     _summary_sent: float = 0.0
 
     def __post_init__(self) -> None:
         t = self.cfg.tuning
         self.push_health = LoopHealth(f"{self.cfg.node.id}->{self.parent} push", t.retry_cap_s, t.failed_probe_s)
         self.pull_health = LoopHealth(f"{self.cfg.node.id}<-{self.parent} pull", t.retry_cap_s, t.failed_probe_s)
+        self._hello_lock = asyncio.Lock()
+        self._push_epoch = self._pull_epoch = -1  # the epoch each loop's cursors belong to
 
     async def _summary(self) -> tuple[dict, ...]:
         """Compact subtree status, at most every ``summary_every_s`` (HC-30)."""
@@ -99,57 +117,149 @@ class ChildLinks:
         assert self.cfg.parent is not None
         return self.cfg.parent.id
 
-    async def hello(self) -> int:
-        """Say hello; return the parent's push cursor for us."""
+    def _resync_event(self, channel: str, err: SyncdError) -> None:
+        self.resyncs.append({"at": time.time(), "channel": channel, "epoch": err.epoch, "reason": err.reason})
+        log.warning("must_resync", link=self.cfg.node.id + "->" + self.parent, channel=channel, epoch=err.epoch,
+                    reason=err.reason)
+
+    async def hello(self, channel: str = "push") -> HelloReply:
+        """Say hello (SPEC §3, §8): adopt the parent's link epoch — starting a resync when it
+        is a new one, or when this node finds it was rewound (HC-7) — and return the reply."""
+        async with self._hello_lock:  # the two loops never race through an epoch change
+            forced: int | None = None  # the epoch a MUST_RESYNC named
+            rewound = False
+            for _ in range(4):
+                reply = await self._hello_once(0 if rewound and forced is None else forced, channel)
+                if isinstance(reply, SyncdError):
+                    forced = reply.epoch or 0
+                    continue
+                async with self.pool.acquire() as conn:
+                    st = await linkstate.load(conn, self.parent)
+                    parent_new = st.peer_incarnation not in (None, reply.incarnation)
+                    if reply.epoch != st.epoch or parent_new or rewound:
+                        # first contact (or an upgrade): just take the epoch; anything else resyncs
+                        full = rewound or forced is not None or parent_new or st.epoch != 0
+                        await adopt_epoch(conn, self.parent, reply.epoch, reply.incarnation, reply.push_cursor,
+                                          full=full, rewound=rewound, force=rewound)
+                    elif not rewound and await self._rewound(conn, reply):
+                        rewound = True  # hello again without an epoch: the parent starts a new one
+                        log.warning("rewind_detected", node=self.cfg.node.id, parent=self.parent,
+                                    push_cursor=reply.push_cursor)
+                        continue
+                    st = await linkstate.load(conn, self.parent)
+                self.epoch, self.upward_pending = st.epoch, st.upward
+                return reply
+            raise SyncdError("INTERNAL", f"hello to {self.parent}: the link epoch did not settle")
+
+    async def _hello_once(self, epoch: int | None, channel: str) -> HelloReply | SyncdError:
         from syncd.node import now_us, table_decls
 
         async with self.pool.acquire() as conn:
             pull = await conn.fetchval(
                 "SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = 'pull'", self.parent) or 0
-            epoch = await conn.fetchval("SELECT epoch FROM syncd.node")
+            st = await linkstate.load(conn, self.parent)
+        if epoch:  # hello again after MUST_RESYNC: this node resyncs, its old cursor is moot (SPEC R8.3)
+            pull = 0
         sent = now_us()
-        reply = await self.link.hello(Hello(
-            versions=self.versions, node=self.cfg.node.id, instance=self.instance,
-            incarnation=self.incarnation, epoch=epoch, clock=sent, pull_cursor=pull, pull_hash=None,
-            tables=table_decls(self.ctx.schema)))
+        try:
+            reply = await self.link.hello(Hello(
+                versions=self.versions, node=self.cfg.node.id, instance=self.instance,
+                incarnation=self.incarnation, epoch=st.epoch if epoch is None else epoch, clock=sent,
+                pull_cursor=pull, pull_hash=st.hash_at(pull), tables=table_decls(self.ctx.schema)))
+        except SyncdError as err:
+            if err.code != "MUST_RESYNC":
+                raise
+            self._resync_event(f"{channel} hello", err)
+            return err
         if reply.clock is not None:
             self.clock_offset_ms = (reply.clock - (sent + now_us()) // 2) // 1000
-        return reply.push_cursor
+        return reply
+
+    async def _rewound(self, conn: asyncpg.Connection, reply: HelloReply) -> bool:
+        """This node's log no longer holds what the parent acknowledged (SPEC R8.4): a restore
+        or VM snapshot rewound it.  Unverifiable (no hash, entry truncated) counts as not."""
+        pc = reply.push_cursor
+        if pc == 0:
+            return False
+        node = await conn.fetchrow("SELECT head, log_first FROM syncd.node")
+        if pc > node["head"]:
+            return True
+        if reply.push_hash is None or pc < node["log_first"]:
+            return False
+        behind = self.ctx.topo.behind(self.cfg.node.id, self.parent)
+        return await linkstate.hash_of_own_change(conn, pc, behind, self.ctx.topo,
+                                                  not_from=self.parent) != reply.push_hash
+
+    async def _start_push(self) -> None:
+        """After hello: where pushing starts (SPEC R7.1, R8.5)."""
+        reply = await self.hello("push")
+        self._push_epoch = self.epoch
+        self.push_acked = reply.push_cursor
+        async with self.pool.acquire() as conn:
+            scanned = await conn.fetchval(
+                "SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = 'push'", self.parent) or 0
+            st = await linkstate.load(conn, self.parent)
+        # the parent lost pushes it had acknowledged (it was restored): send them again;
+        # else skip what was scanned already and held nothing for the parent
+        self.push_cursor = reply.push_cursor if reply.push_cursor < st.acked_max else max(reply.push_cursor, scanned)
+
+    async def _heartbeat(self) -> None:
+        summary = await self._summary()
+        if summary:
+            await self.link.push(Push(batch_id=uuid.uuid4(), epoch=self._push_epoch, from_pos=self.push_acked,
+                                      to_pos=self.push_acked, changes=(), summary=summary))
 
     async def _push_once(self) -> bool:
         """Send one batch; True if there may be more to send right away."""
+        async with self._hello_lock:  # no epoch change while a batch is in flight
+            if self.epoch != self._push_epoch:
+                raise SyncdError("HELLO_REQUIRED", f"link epoch moved to {self.epoch}")
+            return await self._push_batch()
+
+    async def _push_batch(self) -> bool:
+        if self.upward_pending:  # a resync is loading: its upward snapshot goes first
+            await self._heartbeat()
+            return False
         limit = self.cfg.tuning.batch_max_changes
         async with self.pool.acquire() as conn:
             # the cut is found on (pos, origin, txn) alone; only what goes up is decoded
             heads = await conn.fetch("SELECT pos, origin, txn FROM syncd.log WHERE pos > $1 ORDER BY pos LIMIT $2",
                                      self.push_cursor, limit * 2)
+            first = await conn.fetchval("SELECT log_first FROM syncd.node")
             cut = cut_batch(heads, limit)
             recs = [] if not cut else await conn.fetch(
                 "SELECT * FROM syncd.log WHERE pos > $1 AND pos <= $2 AND received_from IS DISTINCT FROM $3 "
                 "ORDER BY pos", self.push_cursor, cut[-1]["pos"], self.parent)
+        if self.push_cursor < first - 1:
+            # retention removed entries not yet pushed (the parent was away longer than max_retention,
+            # or lost what it had): say so; the parent answers MUST_RESYNC (SPEC R8.5)
+            await self.link.push(Push(batch_id=uuid.uuid4(), epoch=self._push_epoch, from_pos=first - 1,
+                                      to_pos=first - 1, changes=()))
+            raise SyncdError("INTERNAL", f"{self.parent} accepted a push from {first - 1} beyond its cursor")
         if not heads:
-            summary = await self._summary()
-            if summary:
-                await self.link.push(Push(batch_id=uuid.uuid4(), epoch=0, from_pos=self.push_cursor,
-                                          to_pos=self.push_cursor, changes=(), summary=summary))
+            await self._heartbeat()
             return False
         entries = [change_from_record(r) for r in recs]
         async with self.pool.acquire() as conn:
             topo = self.ctx.topo = await current_topology(conn, self.ctx.topo, entries)
         behind = topo.behind(self.cfg.node.id, self.parent)
         out = [p for c in entries for p in [project(c, behind, topo)] if p is not None]
-        to_pos = cut[-1]["pos"]
         summary = await self._summary()
         if out or summary:
             batch_id = uuid.uuid4()
-            reply = await self.link.push(Push(batch_id=batch_id, epoch=0, from_pos=self.push_cursor,
-                                              to_pos=to_pos, changes=tuple(out), summary=summary))
-            to_pos = max(reply.acked_pos, self.push_cursor) if out else to_pos
+            # the parent's cursor lands on a change it received, so hello can check its hash (HC-7)
+            to_pos = out[-1].pos if out else self.push_acked
+            reply = await self.link.push(Push(batch_id=batch_id, epoch=self._push_epoch,
+                                              from_pos=self.push_acked, to_pos=to_pos, changes=tuple(out),
+                                              summary=summary))
             if out:
+                self.push_acked = max(reply.acked_pos, self.push_acked)
                 async with self.pool.acquire() as conn:
                     await audit.record(conn, self.parent, "sent", str(batch_id), out)
-        self.push_cursor = to_pos
-        self.push_watch.observe(to_pos)
+                    await conn.execute("UPDATE syncd.links SET acked_max = greatest(acked_max, $2) WHERE peer = $1",
+                                       self.parent, self.push_acked)
+        self.push_cursor = cut[-1]["pos"]
+        self.push_watch.observe(self.push_cursor)
         fault_point("before_push_cursor_save")
         async with self.pool.acquire() as conn:
             await conn.execute(
@@ -163,7 +273,7 @@ class ChildLinks:
         while not stop.is_set():
             try:
                 if hello_needed:
-                    self.push_cursor = await self.hello()
+                    await self._start_push()
                     self.push_watch.observe(self.push_cursor)
                     hello_needed = False
                 self.wake_push.clear()  # before reading: a NOTIFY during the push is not lost
@@ -175,6 +285,11 @@ class ChildLinks:
                 raise
             except Exception as e:  # noqa: BLE001 — the loop never dies; retry.py classifies
                 hello_needed = True
+                if getattr(e, "code", None) == "MUST_RESYNC":  # push-side resync (HC-21): hello adopts it
+                    self._resync_event("push", e)  # type: ignore[arg-type]
+                    continue
+                if _epoch_moved(e):
+                    continue
                 await _wait_any(stop, None, self.push_health.error(e))
 
     async def _retry_parked_if_any(self) -> None:
@@ -193,19 +308,25 @@ class ChildLinks:
     async def _pull_once(self) -> None:
         from syncd.node import now_us
 
+        if self.epoch != self._pull_epoch:  # the push loop adopted a new epoch: resync first
+            raise SyncdError("HELLO_REQUIRED", f"link epoch moved to {self.epoch}")
         wait_ms = int(self.cfg.tuning.pull_wait_s * 1000)
-        reply = await self.link.pull(PullRequest(after=self.pull_cursor, epoch=0,
+        reply = await self.link.pull(PullRequest(after=self.pull_cursor, epoch=self._pull_epoch,
                                                  limit=self.cfg.tuning.batch_max_changes, wait_ms=wait_ms))
         self.pull_watch.observe(self.pull_cursor, reply.head)
         if reply.last_pos <= self.pull_cursor:
             await self._retry_parked_if_any()
         if reply.last_pos > self.pull_cursor:
-            async with self.pool.acquire() as conn:
+            async with self._hello_lock, self.pool.acquire() as conn:
+                if self.epoch != self._pull_epoch:  # the link resyncs: this reply is of the old epoch
+                    raise SyncdError("HELLO_REQUIRED", f"link epoch moved to {self.epoch}")
                 res = await apply_batch(conn, self.ctx, self.parent, "pull", "from_parent",
                                         list(reply.changes), reply.last_pos, now_us())
                 if not res.duplicate:
                     await audit.record(conn, self.parent, "received",
                                        f"pull ({self.pull_cursor}, {reply.last_pos}]", reply.changes)
+                    if reply.changes and reply.changes[-1].pos == res.cursor:  # for the next hello (HC-7)
+                        await linkstate.save_hash(conn, self.parent, reply.changes[-1])
             fault_point("after_pull_apply")
             self.pull_cursor = res.cursor
             self.pull_watch.observe(self.pull_cursor, reply.head)
@@ -219,6 +340,7 @@ class ChildLinks:
         async with self.pool.acquire() as conn:
             done = await progress(conn, self.parent)
         position = next((p.position for p in done.values()), None)
+        epoch = self.epoch
         resumed = sum(p.rows for p in done.values())  # loaded by an earlier, interrupted run
         state = self.snapshot_state = {"state": "loading", "tables": {n: p.rows for n, p in done.items()},
                                        "position": position, "resumed_rows": resumed, "chunks": 0}
@@ -227,6 +349,8 @@ class ChildLinks:
             while not p.done:
                 chunk = await self.link.snapshot(SnapshotRequest(t.name, p.after_id, self.cfg.tuning.batch_max_changes,
                                                                  position))
+                if self.epoch != epoch:  # a new epoch began meanwhile: start over (hello again)
+                    raise SyncdError("HELLO_REQUIRED", f"link epoch moved to {self.epoch} during a snapshot")
                 position = chunk.position
                 async with self.pool.acquire() as conn, conn.transaction():
                     await conn.execute("SET LOCAL syncd.applying = 'on'")
@@ -235,6 +359,9 @@ class ChildLinks:
                     await audit.record_rows(conn, self.parent, "received",
                                             audit.snapshot_batch(t.name, p.after_id, chunk.next_after_id),
                                             t.name, chunk.rows)
+                    # copies the parent no longer has were deleted there (HC-21)
+                    await purge_stale_copies(conn, self.ctx.schema, self.ctx.topo, self.cfg.node.id, t.name,
+                                             p.after_id, chunk.next_after_id, chunk.rows)
                     fault_point("mid_snapshot_chunk")  # rows merged, progress not yet committed
                     fault_point("after_copy")
                     p = Progress(t.name, position, chunk.next_after_id or p.after_id, p.rows + len(chunk.rows),
@@ -258,7 +385,14 @@ class ChildLinks:
                 "INSERT INTO syncd.cursors (peer, kind, pos) SELECT c, 'truncated', $2 FROM "
                 "unnest($1::text[]) c ON CONFLICT (peer, kind) DO UPDATE SET pos = excluded.pos, updated_at = now()",
                 [c.id for c in self.cfg.children], RESYNC_ALWAYS)
+            if (await linkstate.load(conn, self.parent, for_update=True)).upward:
+                # a resync: now that the parent's rows have merged, send this node's share up
+                await queue_upward_snapshot(conn, self.ctx.schema, self.ctx.topo, self.cfg.node.id,
+                                            self.ctx.id_hash_key)
+                await conn.execute("UPDATE syncd.links SET upward = false WHERE peer = $1", self.parent)
             await conn.execute("NOTIFY syncd_log")  # the node re-reads its tree (committees came by snapshot)
+        self.upward_pending = False
+        self.wake_push.set()
         self.pull_cursor = position or 0
         self.snapshot_state = {"state": "done", "position": position, "at_us": now_us(), "resumed_rows": resumed,
                                "chunks": state["chunks"]}
@@ -276,9 +410,11 @@ class ChildLinks:
         while not stop.is_set():
             try:
                 if hello_needed:
-                    await self.hello()
+                    await self.hello("pull")
+                    self._pull_epoch = self.epoch
                     if await self._needs_snapshot():
                         await self.bootstrap()
+                        self.pull_health.ok()
                     async with self.pool.acquire() as conn:
                         self.pull_cursor = await conn.fetchval(
                             "SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = 'pull'", self.parent) or 0
@@ -289,8 +425,12 @@ class ChildLinks:
                 raise
             except Exception as e:  # noqa: BLE001
                 hello_needed = True
-                if getattr(e, "code", None) == "MUST_RESYNC":  # below the parent's retained log (HC-21)
-                    await self._forget_pull_cursor()  # an expected event, not a link failure
+                if getattr(e, "code", None) == "MUST_RESYNC":  # an expected event, not a link failure
+                    self._resync_event("pull", e)  # type: ignore[arg-type]
+                    if e.epoch == self.epoch:  # type: ignore[attr-defined]
+                        await self._forget_pull_cursor()  # pull side only: the parent resynchronised
+                    continue  # else hello adopts the new epoch and resyncs both ways (SPEC R8.7)
+                if _epoch_moved(e):
                     continue
                 await _wait_any(stop, None, self.pull_health.error(e))
 
@@ -298,7 +438,11 @@ class ChildLinks:
         """Drop the pull cursor so the next hello resyncs by snapshot (merging, HC-22)."""
         async with self.pool.acquire() as conn:
             await conn.execute("DELETE FROM syncd.cursors WHERE peer = $1 AND kind = 'pull'", self.parent)
-        log.warning("must_resync", link=self.pull_health.name)
+
+
+def _epoch_moved(e: BaseException) -> bool:
+    """This node's own signal that the other loop adopted a new epoch: say hello again now."""
+    return isinstance(e, SyncdError) and e.code == "HELLO_REQUIRED" and "epoch moved" in e.reason
 
 
 async def _wait_any(stop: asyncio.Event, other: asyncio.Event | None, timeout: float) -> None:

@@ -94,7 +94,8 @@ async def _counts(conn: asyncpg.Connection) -> dict[str, int]:
         "(SELECT count(*) FROM syncd.parked) AS parked, "
         "(SELECT count(*) FROM syncd.quarantine WHERE released_at IS NULL) AS quarantined, "
         "(SELECT count(*) FROM syncd.capture) AS backlog, "
-        "(SELECT head FROM syncd.node) AS head, (SELECT epoch FROM syncd.node) AS epoch")
+        "(SELECT head FROM syncd.node) AS head, (SELECT epoch FROM syncd.node) AS epoch, "
+        "(SELECT log_first FROM syncd.node) AS log_first")
     return {k: int(v) for k, v in row.items()}
 
 
@@ -222,8 +223,10 @@ async def build_status(node: "Node") -> dict[str, Any]:
     return {
         "node": {"id": node.cfg.node.id, "name": node.cfg.node.name, "level": topo.level(node.cfg.node.id),
                  "version": syncd_version(), "uptime_s": round(time.time() - node.started_at, 1),
-                 "log_position": counts["head"], "epoch": counts["epoch"], "capture_backlog": counts["backlog"],
-                 "started_at": iso(node.started_at)},
+                 "log_position": counts["head"], "log_first": counts["log_first"], "epoch": counts["epoch"],
+                 "capture_backlog": counts["backlog"], "started_at": iso(node.started_at),
+                 "retention": {"state": node.retention_health.state,
+                               "last_error": node.retention_health.last_error}},
         "database": database,
         "links": links,
         "conflicts_open": counts["conflicts_open"], "parked": counts["parked"], "quarantined": counts["quarantined"],

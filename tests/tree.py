@@ -12,6 +12,7 @@ import asyncpg
 
 from syncd.config import Config, parse_config
 from syncd.node import Node
+from syncd.store.retention import RESYNC_ALWAYS
 from syncd.topology import Topology
 from tests.pg import Cluster
 
@@ -33,10 +34,10 @@ def secret(child: str) -> str:
 
 
 def node_config(code: str, tree: dict[str, tuple[str, str, str | None]], parent_url: str | None,
-                **tuning: Any) -> Config:
+                listen: str = "127.0.0.1:0", **tuning: Any) -> Config:
     name, _, parent = tree[code]
     data: dict[str, Any] = {
-        "node": {"id": code, "name": name, "listen": "127.0.0.1:0", "dsn": "unused",
+        "node": {"id": code, "name": name, "listen": listen, "dsn": "unused",
                  "id_hash_key": HASH_KEY},
         "children": [{"id": c, "secret": secret(c)} for c, (_, _, p) in tree.items() if p == code],
         "tuning": {"sequencer_interval_ms": 50, "pull_wait_s": 2.0, "retry_cap_s": 1.0,
@@ -59,6 +60,8 @@ class Tree:
     tuning: dict[str, Any] = field(default_factory=dict)
     #: protocol versions a node speaks when it should play an older (or newer) build
     versions: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)  # where each node listened: a restart listens there again
+    urls: dict[str, str] = field(default_factory=dict)
 
     @property
     def topology(self) -> Topology:
@@ -87,12 +90,20 @@ class Tree:
             if only is None or code in only:
                 await self.start(code)
 
-    async def start(self, code: str) -> Node:
+    async def start(self, code: str, port: int | None = None) -> Node:
+        """Start ``code``'s daemon; ``port``: listen there (a parent restarted where its children
+        expect it), else its old port if it ran before, else any."""
         parent = self.tree[code][2]
-        url = f"http://127.0.0.1:{self.nodes[parent].port}" if parent else None
+        url = self.urls.get(parent) if parent else None
+        if parent and url is None:
+            url = self.urls[parent] = f"http://127.0.0.1:{self.nodes[parent].port}"
+        port = port if port is not None else self.ports.get(code, 0)
         extra = {"versions": self.versions[code]} if code in self.versions else {}
-        node = await Node(node_config(code, self.tree, url, **self.tuning), self.dsns[code], **extra).start()
+        node = await Node(node_config(code, self.tree, url, f"127.0.0.1:{port}", **self.tuning),
+                          self.dsns[code], **extra).start()
         self.nodes[code] = node
+        self.ports[code] = node.port or 0
+        self.urls.setdefault(code, f"http://127.0.0.1:{node.port}")
         return node
 
     async def stop(self, code: str) -> None:
@@ -115,7 +126,10 @@ class Tree:
                 links = node.links
                 if links is not None and (links.snapshot_state or {}).get("state") != "done":
                     return False
-                if await self.conns[code].fetchval("SELECT count(*) FROM syncd.cursors WHERE kind = 'truncated'"):
+                if links is not None and links.upward_pending:
+                    return False
+                if await self.conns[code].fetchval(
+                        "SELECT count(*) FROM syncd.cursors WHERE kind = 'truncated' AND pos >= $1", RESYNC_ALWAYS):
                     return False
             return True
         await eventually(done, timeout)
