@@ -85,10 +85,12 @@ async def test_hc28_same_push_to_two_daemon_replicas_applies_once(pair: Tree) ->
             link = Node(cfg, t.dsns["430102"])._http_link()
             links.append(link)
         instance = uuid.uuid4()
-        for link in links:  # one county daemon: the same instance at both replicas
-            await link.hello(Hello(versions=SUPPORTED_VERSIONS, node="430102", instance=instance,
-                                   incarnation=uuid.uuid4(), epoch=0, clock=_now_us(), pull_cursor=0,
-                                   pull_hash=None, tables={}))
+        incarnation = await t.db("430102").fetchval("SELECT incarnation FROM syncd.node")
+        epoch = 0
+        for link in links:  # one county daemon: the same instance (and database) at both replicas
+            epoch = (await link.hello(Hello(versions=SUPPORTED_VERSIONS, node="430102", instance=instance,
+                                            incarnation=incarnation, epoch=epoch, clock=_now_us(), pull_cursor=0,
+                                            pull_hash=None, tables={}))).epoch
         push = Push(batch_id=uuid.uuid4(), epoch=0, from_pos=0, to_pos=to_pos, changes=tuple(changes))
         first = asyncio.create_task(links[0].push(push))
         await asyncio.sleep(0.2)  # A is inside its apply, holding the cursor row
