@@ -93,3 +93,32 @@ async def _insert(conn: asyncpg.Connection, peer: str, direction: AuditDirection
         "VALUES ($1, $2, $3, $4::jsonb, $5, $6::jsonb) RETURNING id",
         peer, direction, str(batch_id) if batch_id is not None else None,
         json.dumps(tables, ensure_ascii=False), count, json.dumps(personal)))
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    id: int
+    peer: str
+    direction: str
+    at: str
+    batch_id: str | None
+    tables: dict[str, int]
+    changes: int
+    personal_columns: list[str]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"id": self.id, "peer": self.peer, "direction": self.direction, "at": self.at,
+                "batch_id": self.batch_id, "tables": self.tables, "changes": self.changes,
+                "personal_columns": self.personal_columns}
+
+
+async def list_audit(conn: asyncpg.Connection, peer: str | None = None, limit: int = 100) -> list[AuditRow]:
+    """The latest ``limit`` audit rows (of ``peer`` if given), newest first."""
+    recs = await conn.fetch(
+        "SELECT * FROM syncd.audit WHERE $1::text IS NULL OR peer = $1 ORDER BY id DESC LIMIT $2", peer, limit)
+
+    def _j(v: object) -> object:
+        return json.loads(v) if isinstance(v, str) else v
+
+    return [AuditRow(r["id"], r["peer"], r["direction"], r["at"].isoformat(), r["batch_id"],
+                     _j(r["tables"]), r["changes"], _j(r["personal_columns"])) for r in recs]  # type: ignore[arg-type]
