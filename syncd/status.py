@@ -210,7 +210,7 @@ async def build_status(node: "Node") -> dict[str, Any]:
         database = database_view(node)
     except _DB_ERRORS as e:
         database = database_view(node, e)
-        counts = dict.fromkeys(("conflicts_open", "parked", "quarantined", "backlog", "head", "epoch"))
+        counts = dict.fromkeys(("conflicts_open", "parked", "quarantined", "backlog", "head", "log_first", "epoch"))
         problems = []
         links = links_from_memory(node)
         me = {**own_summary(node, counts, links), "state": "degraded", "database": "down"}
