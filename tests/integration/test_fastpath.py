@@ -124,7 +124,7 @@ def test_fast_path_decides_exactly_as_decide(cluster: Cluster) -> None:
         return rest
     apply_mod.apply_fast = counted  # type: ignore[assignment]
 
-    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(histories())
     def check(batches: list[list[Change]]) -> None:
         asyncio.run(_run(dsns, batches))
@@ -134,7 +134,7 @@ def test_fast_path_decides_exactly_as_decide(cluster: Cluster) -> None:
     finally:
         apply_mod.apply_fast = original
     # the comparison means something only if the fast path took a good share of the changes
-    assert sum(FAST_ROWS) >= 30, FAST_ROWS
+    assert sum(FAST_ROWS) >= 20, FAST_ROWS
 
 
 @st.composite
