@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import asyncpg
 
@@ -67,6 +67,13 @@ RETURNING rv.id
 """
 
 
+def _insert_columns(t: Table, carried: Iterable[str]) -> list[str]:
+    """The columns an insert of staged rows names: org_code, the shipped columns carried,
+    and id unless the table derives it from a natural key."""
+    names = sorted({n for n in carried if n in t.shipped_set} - {"id", "org_code"})
+    return ["org_code", *names, *([] if t.natural_key else ["id"])]
+
+
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -103,8 +110,7 @@ async def _stage(conn: asyncpg.Connection, kind: str, changes: Sequence[Change])
 async def _insert_new(conn: asyncpg.Connection, t: Table, group: list[Change]) -> bool:
     """Insert new rows of ``t`` and their versions; False (nothing written) if it fails."""
     table = f'public."{t.name}"'
-    names = sorted({n for c in group for n in c.cols if n in t.shipped_set} - {"id", "org_code"})
-    cols = ["org_code", *names, *([] if t.natural_key else ["id"])]
+    cols = _insert_columns(t, (n for c in group for n in c.cols))
     ids = [c.id for c in group]
     try:
         async with conn.transaction():
@@ -174,8 +180,6 @@ CREATE TEMP TABLE IF NOT EXISTS syncd_snap_stage (
     id uuid NOT NULL, org_code text NOT NULL, cl integer NOT NULL, homes jsonb NOT NULL, cols jsonb NOT NULL
 ) ON COMMIT DELETE ROWS
 """
-_SNAP_VALUES = ("jsonb_populate_record(NULL::{table}, coalesce((SELECT jsonb_object_agg(e.k, e.v->0) "
-                "FROM jsonb_each(s.cols) AS e(k, v)), '{{}}'::jsonb) || jsonb_build_object('id', s.id, 'org_code', s.org_code))")
 _SNAP_VERSIONS = ("INSERT INTO syncd.rowver (tbl, id, org_code, cl, homes, v) SELECT $1, s.id, s.org_code, s.cl, s.homes, "
                   "coalesce((SELECT jsonb_object_agg(e.k, (e.v->1) || 'null'::jsonb) FROM jsonb_each(s.cols) AS e(k, v)), "
                   "'{}'::jsonb) FROM syncd_snap_stage s")
@@ -190,13 +194,12 @@ async def insert_snapshot_rows(conn: asyncpg.Connection, t: Table, rows: Sequenc
         (r.id, r.org_code, r.cl, json.dumps(r.homes),
          json.dumps({k: [val, list(ver)] for k, (val, ver) in r.cols.items()}, ensure_ascii=False)) for r in rows])
     table = f'public."{t.name}"'
-    names = sorted({n for r in rows for n in r.cols if n in t.shipped_set} - {"id", "org_code"})
-    cols = ["org_code", *names, *([] if t.natural_key else ["id"])]
+    cols = _insert_columns(t, (n for r in rows for n in r.cols))
     try:
         async with conn.transaction():
             await conn.execute(
                 f"INSERT INTO {table} ({', '.join(map(_q, cols))}) SELECT {', '.join('x.' + _q(n) for n in cols)} "
-                f"FROM syncd_snap_stage s, {_SNAP_VALUES.format(table=table)} AS x")
+                f"FROM syncd_snap_stage s, {_VALUES.format(table=table)} AS x")
             await conn.execute(_SNAP_VERSIONS, t.name)
     except asyncpg.PostgresError:
         return False

@@ -64,11 +64,6 @@ SELECT * FROM logged ORDER BY pos
 """
 
 
-def _routing_view(r: asyncpg.Record) -> Change:
-    """A logged change as the outbox rule sees it: columns only for committees rows."""
-    return change_from_record(r)
-
-
 async def lock(conn: asyncpg.Connection) -> None:
     """Take the sequencer lock for the rest of the current transaction."""
     await conn.execute("SELECT pg_advisory_xact_lock($1)", SEQUENCER_LOCK)
@@ -97,7 +92,7 @@ class Sequencer:
             # received changes move inside PostgreSQL, already encoded; Python sees only what
             # the outbox rule needs (committees rows whole: they may extend the tree)
             moved = await conn.fetch(_MOVE_PENDING, self.batch, head, node["epoch"])
-            items: list[tuple[Change, str | None]] = [(_routing_view(r), r["received_from"]) for r in moved]
+            items: list[tuple[Change, str | None]] = [(change_from_record(r), r["received_from"]) for r in moved]
             caps = await claim_captures(conn, self.batch)
             versioner = Versioner(self.schema, me, self.id_hash_key)
             changes, hlc = await versioner.run(conn, caps, node["hlc"])
