@@ -8,6 +8,7 @@ children; the child side lives in :mod:`syncd.peer`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import time
 import uuid
@@ -19,9 +20,10 @@ import structlog
 
 from syncd.config import Config
 from syncd.errors import SyncdError
-from syncd.proto.validate import push_problems, schema_columns
+from syncd.proto.validate import check_tables, push_problems, schema_columns
 from syncd.store import audit
 from syncd.store import epochs
+from syncd.store import opaque
 from syncd.store import links as linkstate
 from syncd.store.resync import UPWARD
 from syncd.retry import LoopHealth
@@ -106,7 +108,11 @@ class ParentService:
     pull_watch: dict[str, CursorWatch] = field(default_factory=dict)  # child -> its pull cursor (syncd.stall)
     served: dict[str, int] = field(default_factory=dict)  # child -> served position as last stored
 
-    @property
+    #: child -> columns its pushes may carry: ours plus the additive columns it declared at
+    #: hello (SPEC R3.4, HC-13); absent until the child's first hello since this start
+    child_columns: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)
+
+    @functools.cached_property
     def columns(self) -> dict[str, frozenset[str]]:
         return schema_columns(self.schema)
 
@@ -127,6 +133,7 @@ class ParentService:
         if clock_check(msg.clock, now_us(), t.clock_soft_ms * 1000, t.clock_hard_ms * 1000) == "refuse" or \
                 -offset > t.clock_hard_ms * 1000:
             raise SyncdError("CLOCK_SKEW", f"{child}'s clock is {offset // 1000} ms off {self.cfg.node.id}'s")
+        columns = check_tables(table_decls(self.schema), msg.tables)  # SCHEMA_INCOMPATIBLE by name
         seen = self.instances.get(child)
         ttl = self.cfg.tuning.pull_wait_s + INSTANCE_GRACE_S  # a live daemon polls at least this often
         if seen and seen[0] != msg.instance and time.monotonic() - seen[1] < ttl:
@@ -134,6 +141,7 @@ class ParentService:
                              f"another live daemon of {child} (instance {seen[0]}) is connected")
         self.instances[child] = (msg.instance, time.monotonic())
         self.last_seen[child] = time.time()
+        self.child_columns[child] = columns
         async with self.pool.acquire() as conn:
             try:
                 st, pos = await epochs.on_hello(conn, self.cfg.node.id, self.ctx.topo, child, msg)
@@ -161,8 +169,12 @@ class ParentService:
         self._touch(child)
         # signed but invalid content is refused whole (R5.4-R5.6); a future ts only
         # quarantines its own change, in apply (HC-23)
-        problems = [p for p in push_problems(msg, self.columns, now_us(), self.cfg.tuning.clock_hard_ms * 1000)
-                    if p.code != "FUTURE_TS"]
+        allowed = self.child_columns.get(child)
+        problems = [p for p in push_problems(msg, allowed or self.columns, now_us(),
+                                             self.cfg.tuning.clock_hard_ms * 1000) if p.code != "FUTURE_TS"]
+        if problems and allowed is None and any(p.code == "UNKNOWN_COLUMN" for p in problems):
+            # this daemon restarted since the child's hello: it may be a newer build's column
+            raise SyncdError("HELLO_REQUIRED", f"{child} pushes columns not declared here; say hello again")
         if problems:
             raise problems[0].error()
         async with self.pool.acquire() as conn:
@@ -418,8 +430,9 @@ class TopologyRef:
     topo: Topology
 
 
-def make_sequencer(cfg: Config, topo_ref: TopologyRef, ctx_ref: Any = lambda: None) -> Sequencer:
-    return Sequencer(me=cfg.node.id, id_hash_key=cfg.node.id_hash_key,
+def make_sequencer(cfg: Config, topo_ref: TopologyRef, ctx_ref: Any = lambda: None,
+                   schema: Schema = SCHEMA) -> Sequencer:
+    return Sequencer(me=cfg.node.id, schema=schema, id_hash_key=cfg.node.id_hash_key,
                      batch=cfg.tuning.sequencer_batch, interval_s=cfg.tuning.sequencer_interval_ms / 1000,
                      fanout=make_fanout(cfg, topo_ref, ctx_ref) if cfg.children else None)
 
@@ -465,16 +478,21 @@ class Node:
 
         tune_gc()
         self.pool = await asyncpg.create_pool(self.dsn, min_size=2, max_size=8)
-        async with self.pool.acquire() as conn:
-            node = await conn.fetchrow("SELECT id, incarnation FROM syncd.node")
-            if node is None or node["id"] != self.cfg.node.id:
-                raise RuntimeError(f"NODE_NOT_INITIALISED: run syncd init for node {self.cfg.node.id}")
-            self.incarnation = node["incarnation"]
-            self.topo_ref = TopologyRef(await load_topology(conn, self.cfg))
+        try:
+            async with self.pool.acquire() as conn:
+                node = await conn.fetchrow("SELECT id, incarnation FROM syncd.node")
+                if node is None or node["id"] != self.cfg.node.id:
+                    raise RuntimeError(f"NODE_NOT_INITIALISED: run syncd init for node {self.cfg.node.id}")
+                self.incarnation = node["incarnation"]
+                await self._upgrade_columns(conn)
+                self.topo_ref = TopologyRef(await load_topology(conn, self.cfg))
+        except BaseException:
+            await self.pool.close()
+            raise
         t = self.cfg.tuning
         self.ctx = ApplyContext(self.schema, self.cfg.node.id, self.topo_ref.topo, self.cfg.node.id_hash_key,
                                 t.clock_soft_ms * 1000, t.clock_hard_ms * 1000)
-        self.sequencer = make_sequencer(self.cfg, self.topo_ref, lambda: self.ctx)
+        self.sequencer = make_sequencer(self.cfg, self.topo_ref, lambda: self.ctx, self.schema)
         self.tasks.append(asyncio.create_task(self._listen_loop()))
         self.tasks.append(asyncio.create_task(self.sequencer.run(self.pool, self.stop_event)))
         self.tasks.append(asyncio.create_task(retention_loop(self.pool, self.cfg, self.stop_event,
@@ -490,6 +508,17 @@ class Node:
             self.tasks.append(asyncio.create_task(self.links.pull_loop(self.stop_event)))
         log.info("node_started", node=self.cfg.node.id, port=self.port)
         return self
+
+    async def _upgrade_columns(self, conn: asyncpg.Connection) -> None:
+        """Every declared column must exist in the tables; values held opaque for columns an
+        upgrade has just added are written into them (HC-13, :mod:`syncd.store.opaque`)."""
+        missing = await opaque.missing_columns(conn, self.schema)
+        if missing:
+            raise RuntimeError(f"SCHEMA_NOT_MIGRATED: declared columns missing in the database: "
+                               f"{', '.join(missing)}; run syncd init with this release first")
+        promoted = await opaque.promote(conn, self.schema)
+        if promoted:
+            log.info("opaque_columns_promoted", node=self.cfg.node.id, rows=promoted)
 
     async def _listen_loop(self) -> None:
         """Keep a LISTEN syncd_log connection, re-established after a database restart."""

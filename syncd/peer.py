@@ -27,6 +27,7 @@ from syncd.config import Config
 from syncd.errors import SyncdError
 from syncd.faults import fault_point
 from syncd.proto.change import Change
+from syncd.proto.validate import check_tables
 from syncd.proto.messages import (PROTOCOL_VERSION, SUPPORTED_VERSIONS, Hello, HelloReply, PullRequest, Push,
                                   SnapshotRequest)
 from syncd.retry import LoopHealth
@@ -173,6 +174,7 @@ class ChildLinks:
             return err
         if reply.clock is not None:
             self.clock_offset_ms = (reply.clock - (sent + now_us()) // 2) // 1000
+        check_tables(table_decls(self.ctx.schema), reply.tables)  # SCHEMA_INCOMPATIBLE by name (R3.4)
         return reply
 
     async def _rewound(self, conn: asyncpg.Connection, reply: HelloReply) -> bool:

@@ -131,6 +131,13 @@ def _column(table: Table, name: str) -> Column | None:
         return None
 
 
+def reach_rule(table: Table, name: str) -> str:
+    """A column's reach rule; a column not declared here (a newer peer's additive column,
+    kept opaque, HC-13) travels like an ``all`` column."""
+    col = _column(table, name)
+    return col.reach if col is not None else "all"
+
+
 def columns_for(
     table: Table | str,
     change_or_cols: Change | Iterable[str],

@@ -22,6 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from syncd.retry import SEVERITY, describe as describe_error
 from syncd.store.health import capture_health
+from syncd.store import opaque
 
 if TYPE_CHECKING:
     from syncd.node import Node
@@ -207,6 +208,7 @@ async def build_status(node: "Node") -> dict[str, Any]:
             links = await node.link_status(conn)
             me = own_summary(node, counts, links)
             subtree = await subtree_view(node, conn, me, links)
+            awaiting = await opaque.held(conn)
         database = database_view(node)
     except _DB_ERRORS as e:
         database = database_view(node, e)
@@ -215,6 +217,7 @@ async def build_status(node: "Node") -> dict[str, Any]:
         links = links_from_memory(node)
         me = {**own_summary(node, counts, links), "state": "degraded", "database": "down"}
         subtree = [{**me, "received_at": me["reported_at"]}]
+        awaiting = None
     if database["state"] == "down" and me.get("state") == "healthy":
         me["state"] = subtree[0]["state"] = "degraded"
     from syncd.cli import syncd_version
@@ -233,6 +236,8 @@ async def build_status(node: "Node") -> dict[str, Any]:
         "capture": {"healthy": not problems if database["state"] == "up" else None,
                     "problems": [p.as_dict() for p in problems], "backlog": counts["backlog"]},
         "subtree": subtree,
+        # columns a newer node added that this node keeps opaque until its upgrade (HC-13)
+        "awaiting_upgrade": awaiting,
     }
 
 

@@ -12,6 +12,7 @@ import asyncpg
 
 from syncd.config import Config, parse_config
 from syncd.node import Node
+from syncd.schema.declarations import Schema
 from syncd.store.retention import RESYNC_ALWAYS
 from syncd.topology import Topology
 from tests.pg import Cluster
@@ -60,6 +61,8 @@ class Tree:
     tuning: dict[str, Any] = field(default_factory=dict)
     #: protocol versions a node speaks when it should play an older (or newer) build
     versions: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    #: table declarations a node runs with when it should play another release (HC-13)
+    schemas: dict[str, Schema] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)  # where each node listened: a restart listens there again
     urls: dict[str, str] = field(default_factory=dict)
 
@@ -98,7 +101,9 @@ class Tree:
         if parent and url is None:
             url = self.urls[parent] = f"http://127.0.0.1:{self.nodes[parent].port}"
         port = port if port is not None else self.ports.get(code, 0)
-        extra = {"versions": self.versions[code]} if code in self.versions else {}
+        extra: dict[str, Any] = {"versions": self.versions[code]} if code in self.versions else {}
+        if code in self.schemas:
+            extra["schema"] = self.schemas[code]
         node = await Node(node_config(code, self.tree, url, f"127.0.0.1:{port}", **self.tuning),
                           self.dsns[code], **extra).start()
         self.nodes[code] = node
@@ -128,8 +133,9 @@ class Tree:
                     return False
                 if links is not None and links.upward_pending:
                     return False
-                if await self.conns[code].fetchval(
-                        "SELECT count(*) FROM syncd.cursors WHERE kind = 'truncated' AND pos >= $1", RESYNC_ALWAYS):
+                if await self.conns[code].fetchval(  # (a child not started yet has not been asked)
+                        "SELECT count(*) FROM syncd.cursors WHERE kind = 'truncated' AND pos >= $1 "
+                        "AND peer = ANY($2::text[])", RESYNC_ALWAYS, list(self.nodes)):
                     return False
             return True
         await eventually(done, timeout)

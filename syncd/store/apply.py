@@ -37,6 +37,7 @@ from syncd.proto.change import Change
 from syncd.routing import Direction, check_origin
 from syncd.schema.declarations import Schema, Table
 from syncd.store.conflicts import close_seen
+from syncd.store import opaque
 from syncd.store.fastpath import apply_fast
 from syncd.store.log import add_pending, encode_cols
 from syncd.store.sequencer import lock
@@ -166,9 +167,13 @@ def _authorise(ctx: ApplyContext, peer: str, direction: Direction, changes: Sequ
 
 
 async def _load_values(conn: asyncpg.Connection, t: Table, ids: list[uuid.UUID]) -> dict[uuid.UUID, dict]:
+    """Values of the rows present here: the table's, plus those held opaque (HC-13)."""
     recs = await conn.fetch(f'SELECT id, to_jsonb(x) AS j FROM public."{t.name}" x WHERE id = ANY($1::uuid[]) '
                             "ORDER BY id FOR UPDATE", ids)
-    return {r["id"]: json.loads(r["j"]) for r in recs}
+    out = {r["id"]: json.loads(r["j"]) for r in recs}
+    for i, vals in (await opaque.load(conn, t.name, list(out))).items():
+        out[i].update(vals)
+    return out
 
 
 def _state(rv: RowVer | None, values: dict | None) -> RowState | None:
@@ -327,6 +332,7 @@ async def write_rows(conn: asyncpg.Connection, schema: Schema, peer: str, rows: 
     (returned), any other failure quarantines them (HC-11)."""
     parked: list[Change] = []
     saved: dict[Key, RowVer] = {}
+    held: dict[Key, dict | None] = {}  # opaque values to keep (HC-13)
     for group in _groups(schema, rows):
         failed = await _write_group(conn, group)
         for row in group:
@@ -339,10 +345,23 @@ async def write_rows(conn: asyncpg.Connection, schema: Schema, peer: str, rows: 
                         await quarantine(conn, peer, c, f.code, f.reason)
                         result.quarantined.append((c.pos, f.code))
                 continue
-            saved[(row.table.name, row.id)] = _rowver_of(row, rowver)
+            key = (row.table.name, row.id)
+            saved[key] = _rowver_of(row, rowver)
             result.applied += max(1, len(row.changes))
+            kept = _opaque_values(row)
+            if kept or (key in rowver and opaque.has_opaque(row.table, rowver[key].v)):
+                held[key] = kept
     await save_rowver(conn, saved)
+    await opaque.save(conn, held)
     return parked
+
+
+def _opaque_values(row: _Row) -> dict[str, Any]:
+    """The merged values of columns this node cannot store yet (a newer peer's, HC-13)."""
+    st = row.state
+    assert st is not None
+    shipped = row.table.shipped_set
+    return {c: v for c, (v, _) in st.cols.items() if c not in shipped} if st.alive else {}
 
 
 def _rowver_of(row: _Row, rowver: dict[Key, RowVer]) -> RowVer:

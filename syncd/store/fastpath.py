@@ -87,9 +87,12 @@ def _classify(changes: Sequence[Change], existing: set[Key], held: dict[Key, int
         count[key] = count.get(key, 0) + 1
     new: dict[Key, Change] = {}
     ff: dict[Key, Change] = {}
+    shipped = {t.name: t.shipped_set for t in ctx.schema.tables}
     for c in changes:
         key = (c.table, c.id)
-        if count[key] != 1 or c.table not in ctx.schema or c.cl % 2 == 0:
+        cols = shipped.get(c.table)
+        # a column this node cannot store yet is kept opaque by the row-by-row path (HC-13)
+        if count[key] != 1 or cols is None or c.cl % 2 == 0 or not cols.issuperset(c.cols):
             continue
         if c.op == OP_INSERT and key not in existing and key not in held:
             new[key] = c

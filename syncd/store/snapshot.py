@@ -25,10 +25,11 @@ import asyncpg
 from syncd.merge import RowState, merge_states
 from syncd.proto.change import OP_DELETE, OP_INSERT, Change, Version
 from syncd.proto.messages import SnapshotRow
-from syncd.routing import column_reach, reach
+from syncd.routing import column_reach, reach, reach_rule
 from syncd.schema.declarations import Schema
 from syncd.store.apply import ApplyContext, ApplyResult, _Row, _state, lock_and_load, lock_targets, park, write_rows
 from syncd.store.fastpath import insert_snapshot_rows
+from syncd.store.opaque import has_opaque
 from syncd.topology import Topology, TopologyError
 
 
@@ -60,7 +61,7 @@ def _columns_crossing(table: Any, row: SnapshotRow, behind: frozenset[str], topo
         return None
     out = []
     for name in row.cols:
-        allowed = column_reach(table.column(name).reach, row.org_code, topo)
+        allowed = column_reach(reach_rule(table, name), row.org_code, topo)
         if allowed is None or allowed & reached:
             out.append(name)
     return tuple(out)
@@ -75,8 +76,9 @@ async def read_chunk(conn: asyncpg.Connection, schema: Schema, topo: Topology, m
     """
     t = schema[table]
     recs = await conn.fetch(
-        f'SELECT r.id, r.org_code, r.cl, r.homes, r.v, to_jsonb(x) AS j FROM syncd.rowver r '
+        f'SELECT r.id, r.org_code, r.cl, r.homes, r.v, to_jsonb(x) AS j, o.vals FROM syncd.rowver r '
         f'LEFT JOIN public."{t.name}" x ON x.id = r.id '
+        "LEFT JOIN syncd.opaque o ON o.tbl = r.tbl AND o.id = r.id "
         "WHERE r.tbl = $1 AND ($2::uuid IS NULL OR r.id > $2) ORDER BY r.id LIMIT $3",
         table, after_id, limit)
     behind = topo.behind(me, child)
@@ -84,8 +86,10 @@ async def read_chunk(conn: asyncpg.Connection, schema: Schema, topo: Topology, m
     shipped = set(t.shipped_names)
     for r in recs:
         values = json.loads(r["j"]) if r["j"] else {}
+        held = json.loads(r["vals"]) if r["vals"] else {}  # columns kept opaque here (HC-13)
+        values.update(held)
         versions = json.loads(r["v"])
-        cols = {c: (values.get(c), Version._make(v[:5])) for c, v in versions.items() if c in shipped}
+        cols = {c: (values.get(c), Version._make(v[:5])) for c, v in versions.items() if c in shipped or c in held}
         row = _project(t, SnapshotRow(r["id"], r["org_code"], r["cl"], json.loads(r["homes"]), cols), behind, topo)
         if row is not None:
             out.append(row)
@@ -108,7 +112,8 @@ async def merge_chunk(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ta
     t = ctx.schema[table]
     targets = [(table, r.id) for r in rows]
     existing, held = await lock_targets(conn, ctx, targets)
-    new = [r for r in rows if r.cl % 2 == 1 and (table, r.id) not in existing and (table, r.id) not in held]
+    new = [r for r in rows if r.cl % 2 == 1 and (table, r.id) not in existing and (table, r.id) not in held
+           and not has_opaque(t, r.cols)]
     if ctx.fast_path and new and await insert_snapshot_rows(conn, t, new):  # the common case, set-based
         result.applied += len(new)
         done = {r.id for r in new}
