@@ -49,22 +49,31 @@ def _load(path: str) -> Config:
     return cfg
 
 
-async def cmd_init(args: argparse.Namespace) -> int:
+@asynccontextmanager
+async def _connected(cfg: Config) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the node's database (the embedded cluster started if it is one),
+    closed afterwards."""
     from syncd.store.db import open_database
-    from syncd.store.migrate import init_node
-    from syncd.store.sequencer import Sequencer
 
-    cfg = _load(args.config)
     db = await open_database(cfg)
     try:
         conn = await asyncpg.connect(db.dsn)
         try:
-            res = await init_node(conn, cfg.node.id)
-            logged = await Sequencer(me=cfg.node.id, id_hash_key=cfg.node.id_hash_key).drain(conn)
+            yield conn
         finally:
             await conn.close()
     finally:
         db.close()
+
+
+async def cmd_init(args: argparse.Namespace) -> int:
+    from syncd.store.migrate import init_node
+    from syncd.store.sequencer import Sequencer
+
+    cfg = _load(args.config)
+    async with _connected(cfg) as conn:
+        res = await init_node(conn, cfg.node.id)
+        logged = await Sequencer(me=cfg.node.id, id_hash_key=cfg.node.id_hash_key).drain(conn)
     state = "created" if res.created else "already initialised"
     print(f"node {res.node_id}: {state}; incarnation {res.incarnation}; "
           f"migrations applied {res.migrations_applied or 'none'}; "
@@ -73,20 +82,11 @@ async def cmd_init(args: argparse.Namespace) -> int:
 
 
 async def cmd_log(args: argparse.Namespace) -> int:
-    from syncd.store.db import open_database
     from syncd.store.log import read_log
     from syncd.store.sequencer import log_row_as_json
 
-    cfg = _load(args.config)
-    db = await open_database(cfg)
-    try:
-        conn = await asyncpg.connect(db.dsn)
-        try:
-            changes = await read_log(conn, args.after, args.limit)
-        finally:
-            await conn.close()
-    finally:
-        db.close()
+    async with _connected(_load(args.config)) as conn:
+        changes = await read_log(conn, args.after, args.limit)
     for c in changes:
         if args.json:
             print(log_row_as_json(c))
@@ -149,26 +149,17 @@ LIVE_TIMEOUT_S = 3.0
 @asynccontextmanager
 async def _node_db(args: argparse.Namespace) -> AsyncIterator[tuple[Config, asyncpg.Connection]]:
     """The node's config and a connection to its initialised database (closed afterwards)."""
-    from syncd.store.db import open_database
-
     cfg = _load(args.config)
-    db = await open_database(cfg)
-    try:
-        conn = await asyncpg.connect(db.dsn)
+    async with _connected(cfg) as conn:
         try:
-            try:
-                me = await conn.fetchval("SELECT id FROM syncd.node")
-            except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
-                me = None
-            if me != cfg.node.id:
-                raise CliError(f"the database of node {cfg.node.id} is not initialised"
-                               + (f" (it belongs to node {me})" if me else ""),
-                               f"run: syncd init --config {args.config}")
-            yield cfg, conn
-        finally:
-            await conn.close()
-    finally:
-        db.close()
+            me = await conn.fetchval("SELECT id FROM syncd.node")
+        except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+            me = None
+        if me != cfg.node.id:
+            raise CliError(f"the database of node {cfg.node.id} is not initialised"
+                           + (f" (it belongs to node {me})" if me else ""),
+                           f"run: syncd init --config {args.config}")
+        yield cfg, conn
 
 
 def _live_url(cfg: Config) -> str:

@@ -234,3 +234,12 @@ class SyncdError(Exception):
 def must_resync(epoch: int, reason: str) -> SyncdError:
     """``MUST_RESYNC`` carrying the epoch the peer must adopt (SPEC R8.3)."""
     return SyncdError("MUST_RESYNC", reason, details={"epoch": epoch})
+
+
+class OperatorRequestError(Exception):
+    """An operator's request (resolve a conflict, release a quarantined change) that cannot be
+    carried out: ``code``, the message and a ``hint`` saying what to do instead."""
+
+    def __init__(self, code: str, message: str, hint: str = ""):
+        super().__init__(f"{code}: {message}")
+        self.code, self.hint = code, hint

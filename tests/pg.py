@@ -26,6 +26,7 @@ class Cluster:
 
     def __init__(self) -> None:
         base = Path(os.environ.get("SYNCD_TEST_DIR") or tempfile.mkdtemp(prefix="syncd-test-"))
+        base = base / os.environ.get("PYTEST_XDIST_WORKER", "main")  # one cluster per test worker
         self.pg = EmbeddedPostgres(base / "cluster", settings={"fsync": "off", "synchronous_commit": "off",
                                                                "full_page_writes": "off"})
         self._template_ready = False

@@ -16,16 +16,14 @@ from typing import Any, Literal, Sequence
 
 import asyncpg
 
+from syncd.errors import OperatorRequestError
+
 from syncd.proto.change import Change, Version
 from syncd.schema.declarations import SCHEMA, Schema
 
 
-class ConflictError(Exception):
+class ConflictError(OperatorRequestError):
     """A resolve request that cannot be carried out (code and hint in the message)."""
-
-    def __init__(self, code: str, message: str, hint: str = ""):
-        super().__init__(f"{code}: {message}")
-        self.code, self.hint = code, hint
 
 
 @dataclass(frozen=True)

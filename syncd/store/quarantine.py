@@ -23,6 +23,8 @@ from typing import Any
 
 import asyncpg
 
+from syncd.errors import OperatorRequestError
+
 from syncd.merge import clock_check
 from syncd.routing import Direction, check_origin
 from syncd.store.apply import (ApplyContext, ApplyResult, _record_conflicts, change_from_json, current_topology,
@@ -36,12 +38,8 @@ from syncd.store.sequencer import lock
 POISON = "POISON"
 
 
-class QuarantineError(Exception):
+class QuarantineError(OperatorRequestError):
     """A release request that cannot be carried out: ``code``, message and an operator ``hint``."""
-
-    def __init__(self, code: str, message: str, hint: str = ""):
-        super().__init__(f"{code}: {message}")
-        self.code, self.hint = code, hint
 
 
 @dataclass(frozen=True)

@@ -243,6 +243,12 @@ async def test_hc34_ten_megabyte_string_is_named(tree: Tree3) -> None:
 
 async def test_hc34_unknown_column_is_422_named(tree: Tree3) -> None:
     before = await applied_from_evil(tree)
+    # the city judges columns against what the child declared at hello (SPEC R3.4); without a
+    # hello since its start it would answer HELLO_REQUIRED.  A second instance's hello within
+    # the grace time is refused, but then the first one's declaration stands.
+    async with aiohttp.ClientSession() as s:
+        hello = await post(s, tree.nodes[CITY].port or 0, "/v1/hello", codec.encode(hello_of()))
+    assert (hello.status, hello.code) in ((200, None), (409, "DUPLICATE_INSTANCE")), hello
     c = member(cols={"name": ColumnChange("王五"), "favourite_colour": ColumnChange("红")})
     ans = await _push(tree, push_of(c))
     assert (ans.status, ans.code) == (422, "UNKNOWN_COLUMN")

@@ -26,7 +26,7 @@ def test_bench_tiny_writes_every_scenario_with_numbers(tmp_path: Path) -> None:
     assert set(doc["scenarios"]) == {"ceilings", "capture", "catchup", "latency", "bootstrap", "memory", "scale",
                                      "tree137"}
     for name, info in doc["scenarios"].items():
-        assert info["status"] == "ok", (name, info)
+        assert info["status"] == "ok", (name, info, proc.stderr[-4000:])
     for key in ("fsync", "synchronous_commit", "shared_buffers", "wal_level", "max_wal_size", "work_mem"):
         assert doc["postgresql_settings"][key]
     by_scenario: dict[str, int] = {}
