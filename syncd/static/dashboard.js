@@ -268,7 +268,10 @@ function renderSelf(status) {
     item("日志位置", num(n.log_position)),
     item("纪元", num(n.epoch)),
     item("采集", capOk ? `正常 · 积压 ${num(cap.backlog ?? n.capture_backlog)}`
-      : `异常 ${(cap.problems || []).length} 项`, capOk ? "ok" : "bad"));
+      : `异常 ${(cap.problems || []).length} 项`, capOk ? "ok" : "bad"),
+    // columns a newer release added that this node keeps until its own upgrade (HC-13)
+    ...(status.awaiting_upgrade || []).map((a) => item("待升级列", `${a.table}.${a.column} · ${num(a.rows)} 行`,
+      "warn")));
   const local = document.getElementById("local-counts");
   const c = (label, v) => h("span", { class: `lc${v ? " nonzero" : ""}` }, label, " ", h("b", {}, num(v)));
   local.replaceChildren(h("span", { class: "label" }, "本节点"),

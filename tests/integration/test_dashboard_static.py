@@ -100,6 +100,7 @@ def hunan_status(now: datetime) -> dict[str, Any]:
         "links": links, "conflicts_open": 1, "parked": 0, "quarantined": 2,
         "capture": {"healthy": True, "problems": [], "backlog": 0},
         "subtree": subtree,
+        "awaiting_upgrade": [{"table": "members", "column": "wechat_id", "rows": 1532}],
     }
 
 
@@ -186,6 +187,7 @@ async def test_hc30_dashboard_renders_hunan_with_failed_city_and_stale_counties(
     header = dom.by_id("self").text()
     assert "湖南省" in header and "430000" in header and "省" in header and "0.1.0" in header
     assert "1,204,877" in header  # log position
+    assert "待升级列" in header and "members.wechat_id · 1,532 行" in header  # HC-13: kept opaque here
     table = dom.one("table", id="links")
     rows = table.find_all("tr", cls="link")
     assert [r.attrs["data-peer"] for r in rows] == [FAILED_CITY], "the failed link is shown, running ones fold"
