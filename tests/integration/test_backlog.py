@@ -16,10 +16,14 @@ import asyncio
 import time
 
 import asyncpg
+import pytest
 
 from syncd.store.sequencer import Sequencer
 from tests.pg import Cluster
 from tests.tree import Tree, eventually
+
+#: a safety net, not a speed goal: on a loaded 2-core machine the catch-up alone can take minutes
+pytestmark = pytest.mark.timeout(900)
 
 BACKLOG = 200_000
 TREE = {"430100": ("长沙市", "city", None), "430102": ("芙蓉区", "county", "430100")}
