@@ -89,6 +89,12 @@ async def load_topology(conn: asyncpg.Connection, cfg: Config) -> Topology:
     return Topology.from_rows(list(rows.values()))
 
 
+#: a child's pull reads its own outbox and the log entries it names, never the rest of the
+#: log (HC-37: a city's pull at the root costs what its scope holds, not the root log's size)
+OUTBOX_READ = ("SELECT l.* FROM syncd.outbox o JOIN syncd.log l ON l.pos = o.pos "
+               "WHERE o.peer = $1 AND o.pos > $2 ORDER BY o.pos LIMIT $3")
+
+
 @dataclass
 class ParentService:
     """The parent side of the protocol for one node (implements ``ParentHandler``)."""
@@ -241,9 +247,7 @@ class ParentService:
 
     async def _read_outbox(self, conn: asyncpg.Connection, child: str, after: int,
                            limit: int) -> list[Change]:
-        recs = await conn.fetch(
-            "SELECT l.* FROM syncd.outbox o JOIN syncd.log l ON l.pos = o.pos "
-            "WHERE o.peer = $1 AND o.pos > $2 ORDER BY o.pos LIMIT $3", child, after, limit + 1)
+        recs = await conn.fetch(OUTBOX_READ, child, after, limit + 1)
         changes = [change_from_record(r) for r in recs]
         if len(changes) > limit:  # cut only at an origin-transaction boundary, never inside a row's run
             from syncd.peer import same_group
