@@ -38,7 +38,7 @@ from syncd.routing import Direction, check_origin
 from syncd.schema.declarations import Schema, Table
 from syncd.store.conflicts import close_seen
 from syncd.store import opaque
-from syncd.store.fastpath import apply_fast
+from syncd.store.fastpath import Staged, apply_fast, relay_staged, stage_batch
 from syncd.store.log import add_pending, encode_cols
 from syncd.store.sequencer import lock
 from syncd.store.versioning import RowVer, Versioner, claim_captures, load_rowver, save_rowver
@@ -293,16 +293,17 @@ async def lock_targets(conn: asyncpg.Connection, ctx: ApplyContext,
 
 
 async def merge_rows(conn: asyncpg.Connection, ctx: ApplyContext, peer: str,
-                     changes: Sequence[Change], result: ApplyResult) -> list[Change]:
+                     changes: Sequence[Change], result: ApplyResult, staged: Staged | None = None) -> list[Change]:
     """Lock, version local captures, decide and write; return the changes parked.
 
     New rows and fast-forward updates are merged set-based in SQL
-    (:mod:`syncd.store.fastpath`); the rest row by row with :func:`decide`."""
+    (:mod:`syncd.store.fastpath`, from ``staged`` when the caller staged the changes);
+    the rest row by row with :func:`decide`."""
     targets: list[Key] = list(dict.fromkeys((c.table, c.id) for c in changes))
     locked = ctx.fast_path
     if locked:
         existing, held = await lock_targets(conn, ctx, targets)
-        changes = await apply_fast(conn, ctx, changes, existing, held, result)
+        changes = await apply_fast(conn, ctx, changes, existing, held, result, staged)
         if not changes:
             return []
         targets = list(dict.fromkeys((c.table, c.id) for c in changes))
@@ -514,7 +515,9 @@ async def apply_batch(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ki
             await quarantine(conn, peer, c, code, reason)
             result.quarantined.append((c.pos, code))
         if ok:
-            parked = await merge_rows(conn, ctx, peer, ok, result)
+            # staged once: the fast path merges from the stage and the relay queue is filled from it
+            staged = await stage_batch(conn, ok, peer)
+            parked = await merge_rows(conn, ctx, peer, ok, result, staged)
             fault_point("after_copy")
             await park(conn, peer, parked)
             result.parked = len(parked)
@@ -522,7 +525,7 @@ async def apply_batch(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ki
             await close_seen(conn, ok)
             # relay what is new here (HC-12: whether or not it applied); a version this node
             # already held was relayed when it first came, so it is not logged twice (HC-35)
-            await add_pending(conn, [(c, peer) for c in ok if id(c) not in result.duplicates])
+            await relay_staged(conn, staged, [c for c in ok if id(c) not in result.duplicates])
             if await conn.fetchval("SELECT count(*) FROM syncd.parked") > len(parked):
                 result.applied += await retry_parked(conn, ctx)
         fault_point("before_cursor_commit")
