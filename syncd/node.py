@@ -37,7 +37,7 @@ from syncd.proto.messages import (PROTOCOL_VERSION, SUPPORTED_VERSIONS, Hello, H
 from syncd.routing import next_hops, project
 from syncd.schema.declarations import SCHEMA, Schema
 from syncd.store.apply import ApplyContext, apply_batch, current_topology
-from syncd.store.log import change_from_record
+from syncd.store.log import CHANGE_COLUMNS, change_from_record
 from syncd.stall import CursorWatch, apply_stall, child_link_stall, parent_link_stall
 from syncd.status import Metrics, add_routes
 from syncd.store.sequencer import Sequencer
@@ -242,7 +242,8 @@ class ParentService:
     async def _read_outbox(self, conn: asyncpg.Connection, child: str, after: int,
                            limit: int) -> list[Change]:
         recs = await conn.fetch(
-            "SELECT l.* FROM syncd.outbox o JOIN syncd.log l ON l.pos = o.pos "
+            f"SELECT {', '.join('l.' + c for c in CHANGE_COLUMNS.split(', '))} FROM syncd.outbox o "
+            "JOIN syncd.log l ON l.pos = o.pos "
             "WHERE o.peer = $1 AND o.pos > $2 ORDER BY o.pos LIMIT $3", child, after, limit + 1)
         changes = [change_from_record(r) for r in recs]
         if len(changes) > limit:  # cut only at an origin-transaction boundary, never inside a row's run

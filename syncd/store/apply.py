@@ -101,13 +101,24 @@ async def quarantine(conn: asyncpg.Connection, peer: str, c: Change, code: str, 
 
 
 def _knows(topo: Topology, changes: Sequence[Change]) -> bool:
+    codes: set[str] = set()
+    for c in changes:  # a batch names a handful of codes, thousands of times
+        codes.add(c.origin)
+        codes.add(c.org_code)
+        codes.update(c.homes.values())
     try:
-        for c in changes:
-            for code in (c.origin, c.org_code, *c.homes.values()):
-                topo.resolve(code)
+        for code in codes:
+            topo.resolve(code)
     except TopologyError:
         return False
     return True
+
+
+def _by_table(targets: Sequence[Key]) -> dict[str, list[uuid.UUID]]:
+    out: dict[str, list[uuid.UUID]] = {}
+    for name, i in targets:
+        out.setdefault(name, []).append(i)
+    return out
 
 
 async def current_topology(conn: asyncpg.Connection, topo: Topology, changes: Sequence[Change]) -> Topology:
@@ -253,8 +264,9 @@ async def lock_and_load(conn: asyncpg.Connection, ctx: ApplyContext, targets: li
     return their values and versions.  ``locked``: the caller did the locking and
     versioning already (:func:`lock_targets`); only the loading is left."""
     values: dict[Key, dict] = {}
+    by_table = _by_table(targets)
     for t in ctx.schema.tables:
-        ids = [k[1] for k in targets if k[0] == t.name]
+        ids = by_table.get(t.name)
         if ids:
             values.update({(t.name, i): v for i, v in (await _load_values(conn, t, ids)).items()})
     if not locked:
@@ -279,8 +291,9 @@ async def lock_targets(conn: asyncpg.Connection, ctx: ApplyContext,
     """Lock the target rows and version their local captures (HC-4); return the targets
     present in their tables and the causal length of those with versions here."""
     existing: set[Key] = set()
+    by_table = _by_table(targets)
     for t in ctx.schema.tables:
-        ids = [k[1] for k in targets if k[0] == t.name]
+        ids = by_table.get(t.name)
         if ids:
             recs = await conn.fetch(f'SELECT id FROM public."{t.name}" WHERE id = ANY($1::uuid[]) '
                                     "ORDER BY id FOR UPDATE", ids)

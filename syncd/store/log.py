@@ -14,6 +14,8 @@ from syncd.proto.change import Change, ColumnChange, Version
 
 LOG_COLUMNS = ("pos", "epoch", "tbl", "id", "org_code", "op", "cl", "ts", "origin", "txn",
                "homes", "cols", "received_from")
+#: what :func:`change_from_record` reads of a log row (a select list)
+CHANGE_COLUMNS = "pos, tbl, id, org_code, op, cl, ts, origin, txn, homes, cols"
 
 
 def _no_default(o: Any) -> Any:
@@ -61,13 +63,18 @@ _tnew = tuple.__new__  # named tuples from lists encode_cols wrote, without thei
 
 
 def decode_cols(raw: str | dict[str, Any]) -> dict[str, ColumnChange]:
-    data = json.loads(raw) if isinstance(raw, str) else raw
     # written by encode_cols: ints are ints already, a column a 4-list, a prev a 5-list
-    out = {}
-    for name, v in data.items():
-        p = v[3]
-        out[name] = _tnew(ColumnChange, (v[0], v[1], v[2], _tnew(Version, p) if p else None))
-    return out
+    if isinstance(raw, str):
+        data = json.loads(raw)  # our own lists: the prevs are replaced in place
+        for v in data.values():
+            p = v[3]
+            if p:
+                v[3] = _tnew(Version, p)
+            elif p is not None:
+                v[3] = None
+        return {name: _tnew(ColumnChange, v) for name, v in data.items()}
+    return {name: _tnew(ColumnChange, (v[0], v[1], v[2], _tnew(Version, v[3]) if v[3] else None))
+            for name, v in raw.items()}
 
 
 _HOMES: dict[str, dict[str, str]] = {}  # a log holds a handful of distinct homes
