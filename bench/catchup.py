@@ -31,6 +31,8 @@ from bench.harness import (DOWN_AT_LEAST_S, Run, Tree, build_tree, chain, count,
                            insert_members, member_rows, update_members, wait_until)
 
 SCENARIO = "catchup"
+#: the checkout syncd runs from (a worktree too), cut from profile entries
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/"
 GOAL = "≥ 0.15× single COPY (aim 0.45×)"
 
 
@@ -57,6 +59,38 @@ class RssSampler:
         return self.peak
 
 
+class CpuMeter:
+    """CPU seconds spent by this process (every node's Python) and by the cluster's
+    PostgreSQL processes (backends, walwriter, checkpointer …) between start and stop.
+    A backend that exits in between loses its share (the pools keep theirs open)."""
+
+    def __init__(self, cluster: Any) -> None:
+        pid_file = cluster.pg.pgdata / "postmaster.pid"
+        self.postmaster = psutil.Process(int(pid_file.read_text().split()[0]))
+        self.me = psutil.Process(os.getpid())
+
+    def _pg(self) -> dict[int, float]:
+        out = {}
+        for p in [self.postmaster, *self.postmaster.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                out[p.pid] = t.user + t.system
+            except psutil.Error:
+                pass
+        return out
+
+    def _py(self) -> float:
+        t = self.me.cpu_times()
+        return t.user + t.system
+
+    def start(self) -> None:
+        self.py0, self.pg0 = self._py(), self._pg()
+
+    def stop(self) -> tuple[float, float]:
+        py, pg = self._py() - self.py0, self._pg()
+        return py, sum(v - self.pg0.get(pid, 0.0) for pid, v in pg.items())
+
+
 async def _offline(r: Run, t: Tree, write: Any, label: str) -> float:
     """Stop the county, run ``write``, version its captures offline; return when it may restart."""
     await t.stop("430102")
@@ -79,12 +113,12 @@ async def _restart_until(t: Tree, check: Any, timeout: float) -> float:
     return time.perf_counter() - t0
 
 
-def _profile_rows(prof: cProfile.Profile, wall_s: float, top: int = 25) -> dict[str, Any]:
+def _profile_rows(prof: cProfile.Profile, wall_s: float, top: int = 40) -> dict[str, Any]:
     st = pstats.Stats(prof, stream=io.StringIO())
     entries = []
     for (file, line, name), (cc, nc, tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
         short = file
-        for marker in ("site-packages/", "/work/main/"):
+        for marker in ("site-packages/", _ROOT):
             if marker in file:
                 short = file.split(marker, 1)[1]
         entries.append({"function": f"{short}:{line}({name})", "ncalls": nc, "tottime_s": round(tt, 4),
@@ -122,15 +156,22 @@ async def run(r: Run) -> None:
         rss = RssSampler()
         rss.start()
         base = rss.peak
+        cpu = CpuMeter(r.cluster)
+        cpu.start()
         t0 = time.perf_counter()
         await t.start("430102")
         await wait_until(lambda: _has(city, "430102", n), timeout)
         secs = time.perf_counter() - t0
+        py_s, pg_s = cpu.stop()
         peak = await rss.stop()
         rate = n / secs
         ratio = r.ratio_to("copy_single", rate)
         r.add(SCENARIO, f"{n} inserts → city (relay on, populated table)", rate, "rows/s", "copy_single", ratio,
               GOAL, None if ratio is None else ratio >= 0.15)
+        # where the time went while the city caught up (the province's hop runs meanwhile too)
+        r.add(SCENARIO, "  CPU while the city caught up: Python (all nodes, one process)", py_s / secs * 100, "% of a core")
+        r.add(SCENARIO, "  CPU while the city caught up: PostgreSQL (all backends)", pg_s / secs * 100, "% of a core")
+        r.add(SCENARIO, "  CPU per 1k rows: Python / PostgreSQL", py_s / n * 1000, f"s / {pg_s / n * 1000:.2f} s")
         await wait_until(lambda: _has(prov, "430102", n), timeout)
         two = time.perf_counter() - t0
         r.add(SCENARIO, f"{n} inserts → province (two hops, via the city's relay)", n / two, "rows/s",

@@ -37,7 +37,7 @@ from syncd.proto.messages import (PROTOCOL_VERSION, SUPPORTED_VERSIONS, Hello, H
 from syncd.routing import next_hops, project
 from syncd.schema.declarations import SCHEMA, Schema
 from syncd.store.apply import ApplyContext, apply_batch, current_topology
-from syncd.store.log import change_from_record
+from syncd.store.log import CHANGE_COLUMNS, change_from_record
 from syncd.stall import CursorWatch, apply_stall, child_link_stall, parent_link_stall
 from syncd.status import Metrics, add_routes
 from syncd.store.sequencer import Sequencer
@@ -91,8 +91,8 @@ async def load_topology(conn: asyncpg.Connection, cfg: Config) -> Topology:
 
 #: a child's pull reads its own outbox and the log entries it names, never the rest of the
 #: log (HC-37: a city's pull at the root costs what its scope holds, not the root log's size)
-OUTBOX_READ = ("SELECT l.* FROM syncd.outbox o JOIN syncd.log l ON l.pos = o.pos "
-               "WHERE o.peer = $1 AND o.pos > $2 ORDER BY o.pos LIMIT $3")
+OUTBOX_READ = (f"SELECT {', '.join('l.' + c for c in CHANGE_COLUMNS.split(', '))} FROM syncd.outbox o "
+               "JOIN syncd.log l ON l.pos = o.pos WHERE o.peer = $1 AND o.pos > $2 ORDER BY o.pos LIMIT $3")
 
 
 @dataclass

@@ -36,7 +36,7 @@ from syncd.routing import project
 from syncd.store import audit
 from syncd.store import links as linkstate
 from syncd.store.apply import ApplyContext, apply_batch, current_topology, retry_parked
-from syncd.store.log import change_from_record
+from syncd.store.log import CHANGE_COLUMNS, change_from_record
 from syncd.store.resync import UPWARD_TXN_BASE, adopt_epoch, purge_stale_copies, queue_upward_snapshot
 from syncd.store.retention import RESYNC_ALWAYS
 from syncd.transport.base import ParentLink
@@ -230,8 +230,8 @@ class ChildLinks:
             first = await conn.fetchval("SELECT log_first FROM syncd.node")
             cut = cut_batch(heads, limit)
             recs = [] if not cut else await conn.fetch(
-                "SELECT * FROM syncd.log WHERE pos > $1 AND pos <= $2 AND received_from IS DISTINCT FROM $3 "
-                "ORDER BY pos", self.push_cursor, cut[-1]["pos"], self.parent)
+                f"SELECT {CHANGE_COLUMNS} FROM syncd.log WHERE pos > $1 AND pos <= $2 "
+                "AND received_from IS DISTINCT FROM $3 ORDER BY pos", self.push_cursor, cut[-1]["pos"], self.parent)
         if self.push_cursor < first - 1:
             # retention removed entries not yet pushed (the parent was away longer than max_retention,
             # or lost what it had): say so; the parent answers MUST_RESYNC (SPEC R8.5)

@@ -38,7 +38,7 @@ from syncd.routing import Direction, check_origin
 from syncd.schema.declarations import Schema, Table
 from syncd.store.conflicts import close_seen
 from syncd.store import opaque
-from syncd.store.fastpath import apply_fast
+from syncd.store.fastpath import Staged, apply_fast, relay_staged, stage_batch
 from syncd.store.log import add_pending, encode_cols
 from syncd.store.sequencer import lock
 from syncd.store.versioning import RowVer, Versioner, claim_captures, load_rowver, save_rowver
@@ -101,13 +101,24 @@ async def quarantine(conn: asyncpg.Connection, peer: str, c: Change, code: str, 
 
 
 def _knows(topo: Topology, changes: Sequence[Change]) -> bool:
+    codes: set[str] = set()
+    for c in changes:  # a batch names a handful of codes, thousands of times
+        codes.add(c.origin)
+        codes.add(c.org_code)
+        codes.update(c.homes.values())
     try:
-        for c in changes:
-            for code in (c.origin, c.org_code, *c.homes.values()):
-                topo.resolve(code)
+        for code in codes:
+            topo.resolve(code)
     except TopologyError:
         return False
     return True
+
+
+def _by_table(targets: Sequence[Key]) -> dict[str, list[uuid.UUID]]:
+    out: dict[str, list[uuid.UUID]] = {}
+    for name, i in targets:
+        out.setdefault(name, []).append(i)
+    return out
 
 
 async def current_topology(conn: asyncpg.Connection, topo: Topology, changes: Sequence[Change]) -> Topology:
@@ -253,8 +264,9 @@ async def lock_and_load(conn: asyncpg.Connection, ctx: ApplyContext, targets: li
     return their values and versions.  ``locked``: the caller did the locking and
     versioning already (:func:`lock_targets`); only the loading is left."""
     values: dict[Key, dict] = {}
+    by_table = _by_table(targets)
     for t in ctx.schema.tables:
-        ids = [k[1] for k in targets if k[0] == t.name]
+        ids = by_table.get(t.name)
         if ids:
             values.update({(t.name, i): v for i, v in (await _load_values(conn, t, ids)).items()})
     if not locked:
@@ -279,8 +291,9 @@ async def lock_targets(conn: asyncpg.Connection, ctx: ApplyContext,
     """Lock the target rows and version their local captures (HC-4); return the targets
     present in their tables and the causal length of those with versions here."""
     existing: set[Key] = set()
+    by_table = _by_table(targets)
     for t in ctx.schema.tables:
-        ids = [k[1] for k in targets if k[0] == t.name]
+        ids = by_table.get(t.name)
         if ids:
             recs = await conn.fetch(f'SELECT id FROM public."{t.name}" WHERE id = ANY($1::uuid[]) '
                                     "ORDER BY id FOR UPDATE", ids)
@@ -293,16 +306,17 @@ async def lock_targets(conn: asyncpg.Connection, ctx: ApplyContext,
 
 
 async def merge_rows(conn: asyncpg.Connection, ctx: ApplyContext, peer: str,
-                     changes: Sequence[Change], result: ApplyResult) -> list[Change]:
+                     changes: Sequence[Change], result: ApplyResult, staged: Staged | None = None) -> list[Change]:
     """Lock, version local captures, decide and write; return the changes parked.
 
     New rows and fast-forward updates are merged set-based in SQL
-    (:mod:`syncd.store.fastpath`); the rest row by row with :func:`decide`."""
+    (:mod:`syncd.store.fastpath`, from ``staged`` when the caller staged the changes);
+    the rest row by row with :func:`decide`."""
     targets: list[Key] = list(dict.fromkeys((c.table, c.id) for c in changes))
     locked = ctx.fast_path
     if locked:
         existing, held = await lock_targets(conn, ctx, targets)
-        changes = await apply_fast(conn, ctx, changes, existing, held, result)
+        changes = await apply_fast(conn, ctx, changes, existing, held, result, staged)
         if not changes:
             return []
         targets = list(dict.fromkeys((c.table, c.id) for c in changes))
@@ -514,7 +528,9 @@ async def apply_batch(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ki
             await quarantine(conn, peer, c, code, reason)
             result.quarantined.append((c.pos, code))
         if ok:
-            parked = await merge_rows(conn, ctx, peer, ok, result)
+            # staged once: the fast path merges from the stage and the relay queue is filled from it
+            staged = await stage_batch(conn, ok, peer)
+            parked = await merge_rows(conn, ctx, peer, ok, result, staged)
             fault_point("after_copy")
             await park(conn, peer, parked)
             result.parked = len(parked)
@@ -522,7 +538,7 @@ async def apply_batch(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ki
             await close_seen(conn, ok)
             # relay what is new here (HC-12: whether or not it applied); a version this node
             # already held was relayed when it first came, so it is not logged twice (HC-35)
-            await add_pending(conn, [(c, peer) for c in ok if id(c) not in result.duplicates])
+            await relay_staged(conn, staged, [c for c in ok if id(c) not in result.duplicates])
             if await conn.fetchval("SELECT count(*) FROM syncd.parked") > len(parked):
                 result.applied += await retry_parked(conn, ctx)
         fault_point("before_cursor_commit")

@@ -23,7 +23,6 @@ that both paths leave identical rows and versions.
 """
 from __future__ import annotations
 
-import json
 import uuid
 from typing import TYPE_CHECKING, Iterable, Sequence
 
@@ -32,19 +31,46 @@ import asyncpg
 from syncd.proto.change import OP_INSERT, OP_UPDATE, Change
 from syncd.proto.messages import SnapshotRow
 from syncd.schema.declarations import Table
+from syncd.store.log import dumps, encode_homes, log_record
 
 if TYPE_CHECKING:
     from syncd.store.apply import ApplyContext, ApplyResult
 
 Key = tuple[str, uuid.UUID]
 
+#: One applied batch, staged once: the fast path merges from it and the relay queue
+#: (``syncd.pending``) is filled from it in SQL, so a change's columns are encoded once.
 _STAGE = """
-CREATE TEMP TABLE IF NOT EXISTS syncd_stage (
-    kind text NOT NULL, tbl text NOT NULL, id uuid NOT NULL, org_code text NOT NULL, cl integer NOT NULL,
-    ts bigint NOT NULL, origin text NOT NULL, homes jsonb NOT NULL, cols jsonb NOT NULL
+CREATE TEMP TABLE IF NOT EXISTS syncd_batch (
+    ord integer NOT NULL, tbl text NOT NULL, id uuid NOT NULL, org_code text NOT NULL, op "char" NOT NULL,
+    cl integer NOT NULL, ts bigint NOT NULL, origin text NOT NULL, txn bigint NOT NULL, homes jsonb NOT NULL,
+    cols jsonb NOT NULL, received_from text
 ) ON COMMIT DELETE ROWS
 """
-_STAGE_COLUMNS = ("kind", "tbl", "id", "org_code", "cl", "ts", "origin", "homes", "cols")
+_STAGE_COLUMNS = ("ord", "tbl", "id", "org_code", "op", "cl", "ts", "origin", "txn", "homes", "cols",
+                  "received_from")
+#: ``id(change)`` -> its ``ord`` in ``syncd_batch``
+Staged = dict[int, int]
+
+_RELAY = ("INSERT INTO syncd.pending (tbl, id, org_code, op, cl, ts, origin, txn, homes, cols, received_from) "
+          "SELECT tbl, id, org_code, op, cl, ts, origin, txn, homes, cols, received_from FROM syncd_batch "
+          "WHERE ord = ANY($1::int[]) ORDER BY ord")
+
+
+async def stage_batch(conn: asyncpg.Connection, changes: Sequence[Change], received_from: str | None) -> Staged:
+    """Stage ``changes`` (replacing what was staged before in this transaction) with one COPY."""
+    await conn.execute(_STAGE)
+    await conn.execute("DELETE FROM syncd_batch")
+    await conn.copy_records_to_table("syncd_batch", columns=_STAGE_COLUMNS, records=[
+        (i, *log_record(0, 0, c, received_from)[2:]) for i, c in enumerate(changes, 1)])
+    return {id(c): i for i, c in enumerate(changes, 1)}
+
+
+async def relay_staged(conn: asyncpg.Connection, staged: Staged, changes: Sequence[Change]) -> None:
+    """Queue staged ``changes`` for the sequencer, in the order given (as ``log.add_pending``)."""
+    if changes:
+        await conn.execute(_RELAY, [staged[id(c)] for c in changes])
+
 
 #: the per-column versions a staged change gives its row, as syncd.rowver stores them
 _VERSIONS = ("coalesce((SELECT jsonb_object_agg(e.k, jsonb_build_array(s.cl, e.v->1, e.v->2, s.ts, s.origin, e.v->3)) "
@@ -54,13 +80,13 @@ _VALUES = ("jsonb_populate_record(NULL::{table}, coalesce((SELECT jsonb_object_a
            "FROM jsonb_each(s.cols) AS e(k, v)), '{{}}'::jsonb) || jsonb_build_object('id', s.id, 'org_code', s.org_code))")
 
 _NEW_VERSIONS = (f"INSERT INTO syncd.rowver (tbl, id, org_code, cl, homes, v) SELECT s.tbl, s.id, s.org_code, s.cl, "
-                 f"s.homes, {_VERSIONS} FROM syncd_stage s WHERE s.kind = 'new' AND s.tbl = $1 AND s.id = ANY($2::uuid[])")
+                 f"s.homes, {_VERSIONS} FROM syncd_batch s WHERE s.ord = ANY($1::int[])")
 
 #: fast-forward: same cl, and every carried column's prev is the version held (or none is held)
 _FF_VERSIONS = f"""
 UPDATE syncd.rowver rv SET v = rv.v || {_VERSIONS}, homes = s.homes
-FROM syncd_stage s
-WHERE s.kind = 'ff' AND s.tbl = $1 AND rv.tbl = s.tbl AND rv.id = s.id AND rv.cl = s.cl
+FROM syncd_batch s
+WHERE s.ord = ANY($1::int[]) AND rv.tbl = s.tbl AND rv.id = s.id AND rv.cl = s.cl
   AND NOT EXISTS (SELECT 1 FROM jsonb_each(s.cols) AS e(k, v)
                   WHERE rv.v ? e.k AND (rv.v -> e.k) - 5 IS DISTINCT FROM e.v -> 3)
 RETURNING rv.id
@@ -102,73 +128,71 @@ def _classify(changes: Sequence[Change], existing: set[Key], held: dict[Key, int
     return new, ff
 
 
-async def _stage(conn: asyncpg.Connection, kind: str, changes: Sequence[Change]) -> None:
-    from syncd.store.log import encode_cols
-
-    await conn.copy_records_to_table("syncd_stage", columns=_STAGE_COLUMNS, records=[
-        (kind, c.table, c.id, c.org_code, c.cl, c.ts, c.origin, json.dumps(c.homes), encode_cols(c))
-        for c in changes])
-
-
-async def _insert_new(conn: asyncpg.Connection, t: Table, group: list[Change]) -> bool:
+async def _insert_new(conn: asyncpg.Connection, t: Table, group: list[Change], staged: Staged) -> bool:
     """Insert new rows of ``t`` and their versions; False (nothing written) if it fails."""
     table = f'public."{t.name}"'
     cols = _insert_columns(t, (n for c in group for n in c.cols))
-    ids = [c.id for c in group]
+    ords = [staged[id(c)] for c in group]
     try:
         async with conn.transaction():
             await conn.execute(
                 f"INSERT INTO {table} ({', '.join(map(_q, cols))}) SELECT {', '.join('x.' + _q(n) for n in cols)} "
-                f"FROM syncd_stage s, {_VALUES.format(table=table)} AS x "
-                f"WHERE s.kind = 'new' AND s.tbl = $1 AND s.id = ANY($2::uuid[])", t.name, ids)
-            await conn.execute(_NEW_VERSIONS, t.name, ids)
+                f"FROM syncd_batch s, {_VALUES.format(table=table)} AS x WHERE s.ord = ANY($1::int[])", ords)
+            await conn.execute(_NEW_VERSIONS, ords)
     except asyncpg.PostgresError:
         return False
     return True
 
 
-async def _forward(conn: asyncpg.Connection, t: Table, group: list[Change]) -> set[uuid.UUID]:
+async def _forward(conn: asyncpg.Connection, t: Table, group: list[Change], staged: Staged) -> set[uuid.UUID]:
     """Fast-forward the rows of ``t`` that SQL finds eligible; their ids (none if a write fails)."""
     table = f'public."{t.name}"'
     try:
         async with conn.transaction():
-            done = {r["id"] for r in await conn.fetch(_FF_VERSIONS, t.name)}
-            by_cols: dict[tuple[str, ...], list[uuid.UUID]] = {}
+            done = {r["id"] for r in await conn.fetch(_FF_VERSIONS, [staged[id(c)] for c in group])}
+            by_cols: dict[tuple[str, ...], list[int]] = {}
             for c in group:
                 if c.id in done:
-                    by_cols.setdefault(tuple(sorted(n for n in c.cols if n in t.shipped_set)), []).append(c.id)
-            for names, ids in by_cols.items():
+                    by_cols.setdefault(tuple(sorted(n for n in c.cols if n in t.shipped_set)), []).append(staged[id(c)])
+            for names, ords in by_cols.items():
                 if not names:
                     continue
                 sets = ", ".join(f"{_q(n)} = x.{_q(n)}" for n in names)
                 await conn.execute(
-                    f"UPDATE {table} t SET {sets} FROM syncd_stage s, {_VALUES.format(table=table)} AS x "
-                    f"WHERE s.kind = 'ff' AND s.tbl = $1 AND s.id = ANY($2::uuid[]) AND t.id = s.id", t.name, ids)
+                    f"UPDATE {table} t SET {sets} FROM syncd_batch s, {_VALUES.format(table=table)} AS x "
+                    f"WHERE s.ord = ANY($1::int[]) AND t.id = s.id", ords)
     except asyncpg.PostgresError:
         return set()
     return done
 
 
 async def apply_fast(conn: asyncpg.Connection, ctx: "ApplyContext", changes: Sequence[Change],
-                     existing: set[Key], held: dict[Key, int], result: "ApplyResult") -> list[Change]:
+                     existing: set[Key], held: dict[Key, int], result: "ApplyResult",
+                     staged: Staged | None = None) -> list[Change]:
     """Merge the changes that need no judgement in SQL; return the others, in batch order.
 
     ``existing``: target rows present in their tables (locked by the caller);
-    ``held``: causal length of the targets that have versions here."""
+    ``held``: causal length of the targets that have versions here; ``staged``: where
+    :func:`stage_batch` put ``changes`` (None: they are staged here)."""
     new, ff = _classify(changes, existing, held, ctx)
     if not new and not ff:
         return list(changes)
-    await conn.execute(_STAGE)
-    await _stage(conn, "new", list(new.values()))
-    await _stage(conn, "ff", list(ff.values()))
+    if staged is None or any(id(c) not in staged for c in (*new.values(), *ff.values())):
+        staged = await stage_batch(conn, [*new.values(), *ff.values()], None)
+    by_table: dict[str, tuple[list[Change], list[Change]]] = {}
+    for c in new.values():
+        by_table.setdefault(c.table, ([], []))[0].append(c)
+    for c in ff.values():
+        by_table.setdefault(c.table, ([], []))[1].append(c)
     done: set[Key] = set()
     for t in ctx.schema.tables:  # foreign-key order
-        group = [c for c in new.values() if c.table == t.name]
-        if group and await _insert_new(conn, t, group):
-            done.update((t.name, c.id) for c in group)
-        group = [c for c in ff.values() if c.table == t.name]
-        if group:
-            done.update((t.name, i) for i in await _forward(conn, t, group))
+        if t.name not in by_table:
+            continue
+        fresh, forward = by_table[t.name]
+        if fresh and await _insert_new(conn, t, fresh, staged):
+            done.update((t.name, c.id) for c in fresh)
+        if forward:
+            done.update((t.name, i) for i in await _forward(conn, t, forward, staged))
     result.applied += len(done)
     return [c for c in changes if (c.table, c.id) not in done]
 
@@ -194,8 +218,9 @@ async def insert_snapshot_rows(conn: asyncpg.Connection, t: Table, rows: Sequenc
     await conn.execute(_SNAP_STAGE)
     await conn.execute("TRUNCATE syncd_snap_stage")
     await conn.copy_records_to_table("syncd_snap_stage", columns=("id", "org_code", "cl", "homes", "cols"), records=[
-        (r.id, r.org_code, r.cl, json.dumps(r.homes),
-         json.dumps({k: [val, list(ver)] for k, (val, ver) in r.cols.items()}, ensure_ascii=False)) for r in rows])
+        # cols as {col: [value, version]}: the (value, Version) tuples encode as arrays
+        (r.id, r.org_code, r.cl, encode_homes(r.homes), dumps(r.cols if type(r.cols) is dict else dict(r.cols)))
+        for r in rows])
     table = f'public."{t.name}"'
     cols = _insert_columns(t, (n for r in rows for n in r.cols))
     try:

@@ -6,7 +6,7 @@ Column changes are stored as jsonb ``{col: [value, round, stage, prev]}`` with
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import asyncpg
 
@@ -14,16 +14,81 @@ from syncd.proto.change import Change, ColumnChange, Version
 
 LOG_COLUMNS = ("pos", "epoch", "tbl", "id", "org_code", "op", "cl", "ts", "origin", "txn",
                "homes", "cols", "received_from")
+#: what :func:`change_from_record` reads of a log row (a select list)
+CHANGE_COLUMNS = "pos, tbl, id, org_code, op, cl, ts, origin, txn, homes, cols"
+
+
+def _no_default(o: Any) -> Any:
+    raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+
+
+def _make_dumps() -> Callable[[Any], str]:
+    """``json.dumps(o, ensure_ascii=False)``, without building an encoder per call (the log
+    and the apply stage encode two documents per change)."""
+    try:
+        from json.encoder import c_encode_basestring, c_make_encoder  # type: ignore[attr-defined]
+    except ImportError:  # pragma: no cover - CPython always has _json
+        c_make_encoder = None
+    if c_make_encoder is None or c_encode_basestring is None:  # pragma: no cover
+        return lambda o: json.dumps(o, ensure_ascii=False)
+    # markers None: no cycle check (the documents are built here and never cyclic)
+    enc = c_make_encoder(None, _no_default, c_encode_basestring, None, ": ", ", ", False, False, True)
+    return lambda o: "".join(enc(o, 0))
+
+
+#: the same text as ``json.dumps(o, ensure_ascii=False)``
+dumps = _make_dumps()
 
 
 def encode_cols(change: Change) -> str:
-    return json.dumps({name: c for name, c in change.cols.items()}, ensure_ascii=False)  # named tuples: arrays
+    cols = change.cols
+    return dumps(cols if type(cols) is dict else dict(cols))  # named tuples: arrays
+
+
+_HOMES_TEXT: dict[tuple[tuple[str, str], ...], str] = {}
+
+
+def encode_homes(homes: Mapping[str, str]) -> str:
+    """``json.dumps(homes)``, remembered: a batch repeats a handful of homes."""
+    key = tuple(homes.items())
+    hit = _HOMES_TEXT.get(key)
+    if hit is None:
+        if len(_HOMES_TEXT) > 4096:
+            _HOMES_TEXT.clear()
+        hit = _HOMES_TEXT[key] = json.dumps(dict(homes))
+    return hit
+
+
+_tnew = tuple.__new__  # named tuples from lists encode_cols wrote, without their Python-level __new__
 
 
 def decode_cols(raw: str | dict[str, Any]) -> dict[str, ColumnChange]:
-    data = json.loads(raw) if isinstance(raw, str) else raw
-    # written by encode_cols: ints are ints already, a prev is a 5-list
-    return {name: ColumnChange(v[0], v[1], v[2], Version._make(v[3]) if v[3] else None) for name, v in data.items()}
+    # written by encode_cols: ints are ints already, a column a 4-list, a prev a 5-list
+    if isinstance(raw, str):
+        data = json.loads(raw)  # our own lists: the prevs are replaced in place
+        for v in data.values():
+            p = v[3]
+            if p:
+                v[3] = _tnew(Version, p)
+            elif p is not None:
+                v[3] = None
+        return {name: _tnew(ColumnChange, v) for name, v in data.items()}
+    return {name: _tnew(ColumnChange, (v[0], v[1], v[2], _tnew(Version, v[3]) if v[3] else None))
+            for name, v in raw.items()}
+
+
+_HOMES: dict[str, dict[str, str]] = {}  # a log holds a handful of distinct homes
+
+
+def decode_homes(raw: str | dict[str, str]) -> dict[str, str]:
+    if not isinstance(raw, str):
+        return dict(raw)
+    hit = _HOMES.get(raw)
+    if hit is None:
+        if len(_HOMES) > 4096:
+            _HOMES.clear()
+        hit = _HOMES[raw] = json.loads(raw)
+    return dict(hit)  # a copy: callers may keep or change theirs
 
 
 def _op(value: Any) -> str:
@@ -33,14 +98,14 @@ def _op(value: Any) -> str:
 def change_from_record(r: asyncpg.Record) -> Change:
     return Change(
         table=r["tbl"], id=r["id"], org_code=r["org_code"], op=_op(r["op"]), cl=r["cl"],
-        ts=r["ts"], origin=r["origin"], txn=r["txn"], homes=json.loads(r["homes"]),
-        cols=decode_cols(r["cols"]), pos=r["pos"] if "pos" in r.keys() else 0,
+        ts=r["ts"], origin=r["origin"], txn=r["txn"], homes=decode_homes(r["homes"]),
+        cols=decode_cols(r["cols"]), pos=r.get("pos", 0),
     )
 
 
 def log_record(pos: int, epoch: int, c: Change, received_from: str | None) -> tuple[Any, ...]:
     return (pos, epoch, c.table, c.id, c.org_code, c.op.encode(), c.cl, c.ts, c.origin, c.txn,
-            json.dumps(c.homes), encode_cols(c), received_from)
+            encode_homes(c.homes), encode_cols(c), received_from)
 
 
 async def append_log(conn: asyncpg.Connection, first_pos: int, epoch: int,

@@ -29,6 +29,7 @@ from syncd.routing import column_reach, reach, reach_rule
 from syncd.schema.declarations import Schema
 from syncd.store.apply import ApplyContext, ApplyResult, _Row, _state, lock_and_load, lock_targets, park, write_rows
 from syncd.store.fastpath import insert_snapshot_rows
+from syncd.store.log import decode_homes
 from syncd.store.opaque import has_opaque
 from syncd.topology import Topology, TopologyError
 
@@ -50,6 +51,7 @@ def _project(table: Any, row: SnapshotRow, behind: frozenset[str], topo: Topolog
 
 
 _MISSING = object()
+_tnew = tuple.__new__  # Version from a stored 5-list, without its Python-level __new__
 
 
 def _columns_crossing(table: Any, row: SnapshotRow, behind: frozenset[str], topo: Topology) -> tuple[str, ...] | None:
@@ -84,13 +86,15 @@ async def read_chunk(conn: asyncpg.Connection, schema: Schema, topo: Topology, m
     behind = topo.behind(me, child)
     out = []
     shipped = set(t.shipped_names)
+    loads = json.loads
     for r in recs:
-        values = json.loads(r["j"]) if r["j"] else {}
-        held = json.loads(r["vals"]) if r["vals"] else {}  # columns kept opaque here (HC-13)
-        values.update(held)
-        versions = json.loads(r["v"])
-        cols = {c: (values.get(c), Version._make(v[:5])) for c, v in versions.items() if c in shipped or c in held}
-        row = _project(t, SnapshotRow(r["id"], r["org_code"], r["cl"], json.loads(r["homes"]), cols), behind, topo)
+        values = loads(r["j"]) if r["j"] else {}
+        held = loads(r["vals"]) if r["vals"] else {}  # columns kept opaque here (HC-13)
+        if held:
+            values.update(held)
+        cols = {c: (values.get(c), _tnew(Version, v[:5])) for c, v in loads(r["v"]).items()
+                if c in shipped or c in held}
+        row = _project(t, SnapshotRow(r["id"], r["org_code"], r["cl"], decode_homes(r["homes"]), cols), behind, topo)
         if row is not None:
             out.append(row)
     nxt = recs[-1]["id"] if len(recs) == limit else None
