@@ -12,8 +12,9 @@ import functools
 import gc
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import asyncpg
 import structlog
@@ -107,6 +108,9 @@ class ParentService:
     versions: tuple[int, ...] = SUPPORTED_VERSIONS  # protocol versions spoken (SPEC R3.1)
     pull_watch: dict[str, CursorWatch] = field(default_factory=dict)  # child -> its pull cursor (syncd.stall)
     served: dict[str, int] = field(default_factory=dict)  # child -> served position as last stored
+    #: called after a push's apply committed changes: they wait in syncd.pending for the
+    #: sequencer, which this wakes at once (the node wires it to ``Sequencer.wake``)
+    applied: Callable[[], None] | None = None
 
     #: child -> columns its pushes may carry: ours plus the additive columns it declared at
     #: hello (SPEC R3.4, HC-13); absent until the child's first hello since this start
@@ -188,6 +192,8 @@ class ParentService:
                 await self._store_summaries(conn, child, msg.summary)
             res = await apply_batch(conn, self.ctx, child, "applied", "from_child", list(msg.changes),
                                     msg.to_pos, now_us())
+            if msg.changes and self.applied is not None:
+                self.applied()  # relay without waiting for the sequencer's timer
             fault_point("after_commit_before_response")
             if not res.duplicate:
                 await audit.record(conn, child, "received", str(msg.batch_id), msg.changes)
@@ -470,6 +476,7 @@ class Node:
         self._reloading = False
         self.metrics = Metrics()
         self._reload_task: asyncio.Task[None] | None = None
+        self._heads_logged: deque[int] = deque(maxlen=64)  # heads just announced in-process (_logged)
         t = cfg.tuning
         self.retention_health = LoopHealth(f"{cfg.node.id} retention", t.retry_cap_s, t.failed_probe_s)
 
@@ -493,17 +500,19 @@ class Node:
         self.ctx = ApplyContext(self.schema, self.cfg.node.id, self.topo_ref.topo, self.cfg.node.id_hash_key,
                                 t.clock_soft_ms * 1000, t.clock_hard_ms * 1000)
         self.sequencer = make_sequencer(self.cfg, self.topo_ref, lambda: self.ctx, self.schema)
+        self.sequencer.on_logged = self._logged
         self.tasks.append(asyncio.create_task(self._listen_loop()))
         self.tasks.append(asyncio.create_task(self.sequencer.run(self.pool, self.stop_event)))
         self.tasks.append(asyncio.create_task(retention_loop(self.pool, self.cfg, self.stop_event,
                                                              self.retention_health)))
         self.service = ParentService(self.cfg, self.pool, self.ctx, self.incarnation, self.schema,
-                                     versions=self.versions)
+                                     versions=self.versions, applied=self.sequencer.wake)
         await self._serve()
         if self.cfg.parent is not None:
             link = self._link or self._http_link()
             self.links = ChildLinks(self.cfg, self.pool, link, self.ctx, self.incarnation, self.instance,
-                                    summary=self.subtree_summaries, versions=self.versions)
+                                    summary=self.subtree_summaries, versions=self.versions,
+                                    applied=self.sequencer.wake)
             self.tasks.append(asyncio.create_task(self.links.push_loop(self.stop_event)))
             self.tasks.append(asyncio.create_task(self.links.pull_loop(self.stop_event)))
         log.info("node_started", node=self.cfg.node.id, port=self.port)
@@ -525,7 +534,7 @@ class Node:
         from syncd.store.listen import Listener
 
         assert self.pool is not None
-        self.listener = Listener(self.pool, "syncd_log", self._on_log)
+        self.listener = Listener(self.pool, "syncd_log", self._on_notify)
         try:
             while not self.stop_event.is_set():
                 if await self.listener.ensure():
@@ -533,6 +542,19 @@ class Node:
                 await asyncio.sleep(1.0)
         finally:
             await self.listener.close()
+
+    def _logged(self, head: int) -> None:
+        """This node's sequencer logged up to ``head`` (committed): wake everything now; the
+        ``NOTIFY syncd_log`` of the same tick is then recognised and skipped."""
+        self._heads_logged.append(head)
+        self._on_log()
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        """``NOTIFY syncd_log``: another process (a second daemon, a bootstrap) or this node's own
+        sequencer, whose tick was already handled in-process by :meth:`_logged`."""
+        if payload and payload.isdigit() and int(payload) in self._heads_logged:
+            return
+        self._on_log()
 
     def _on_log(self, *_: object) -> None:
         if self.service is not None:

@@ -8,8 +8,16 @@ never finds a change appearing below a position it has already passed.  No
 snapshot-xmin rule is involved: an idle transaction anywhere on the instance
 does not hold it back.  Two daemons on one database serialise on the lock.
 
-:meth:`Sequencer.run` loops forever, woken by ``NOTIFY syncd_capture`` and a
-timer; after moving anything it sends ``NOTIFY syncd_log``.
+:meth:`Sequencer.run` loops forever, woken by events, not by a timer: the capture
+triggers' ``NOTIFY syncd_capture`` (a local write committed), :meth:`Sequencer.wake`
+called in-process after an apply committed changes to relay (``syncd.pending``), and a
+re-established LISTEN.  The timer (``interval_s``) is only a safety net for a lost
+notification, and costs one read-only query per turn when there is nothing to do.  A
+wake-up is not a transaction per change: the loop ticks once per wake-up for everything
+committed by then (up to ``batch``) and again at once only while ticks come back full, so
+under load many changes share one tick.  After moving anything it sends
+``NOTIFY syncd_log, '<head>'`` (for other processes on the database) and calls
+``on_logged(head)`` in-process at once.
 """
 from __future__ import annotations
 
@@ -39,6 +47,7 @@ class TickResult:
     moved: int  # received changes moved from pending
     versioned: int  # local changes versioned from captures
     head: int
+    full: bool = False  # a batch limit was reached: more may be waiting
 
     @property
     def total(self) -> int:
@@ -63,6 +72,11 @@ WITH moved AS (
 SELECT * FROM logged ORDER BY pos
 """
 
+#: Anything for a tick to do?  Read-only (no xid, no WAL, no lock): an idle node's turn costs
+#: this one query.  Only committed rows are seen, like the tick's own DELETE … RETURNING; a
+#: capture or pending row committed after it comes with its own wake-up.
+_ANYTHING = "SELECT EXISTS (SELECT FROM syncd.pending) OR EXISTS (SELECT FROM syncd.capture)"
+
 
 async def lock(conn: asyncpg.Connection) -> None:
     """Take the sequencer lock for the rest of the current transaction."""
@@ -79,6 +93,9 @@ class Sequencer:
     #: for each logged (change, received_from): the children whose outboxes get it (HC-37)
     fanout: Callable[[asyncpg.Connection, Sequence[tuple[Change, str | None]]],
                      Awaitable[list[list[str]]]] | None = None
+    #: called in-process with the new head after a tick of :meth:`run` logged anything
+    #: (committed): wakes this node's push loop and long polls without a NOTIFY round trip
+    on_logged: Callable[[int], None] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     health: LoopHealth = field(default_factory=lambda: LoopHealth("sequencer", cap_s=5.0, failed_cap_s=10.0))
 
@@ -103,10 +120,10 @@ class Sequencer:
                 items += [(c, None) for c in changes]
             if items:
                 await self._fill_outboxes(conn, node["head"] + 1, items)
-                await conn.execute("NOTIFY syncd_log")
+                await conn.execute(f"NOTIFY syncd_log, '{head}'")  # the payload: listeners skip a head seen
             seen = max([hlc, *(c.ts for c, _ in items)]) if items else hlc
             await conn.execute("UPDATE syncd.node SET head = $1, hlc = greatest(hlc, $2)", head, seen)
-        return TickResult(len(moved), len(changes), head)
+        return TickResult(len(moved), len(changes), head, full=len(moved) >= self.batch or len(caps) >= self.batch)
 
     async def _fill_outboxes(self, conn: asyncpg.Connection, first: int,
                              items: list[tuple[Change, str | None]]) -> None:
@@ -129,8 +146,21 @@ class Sequencer:
     def wake(self, *_: object) -> None:
         self._wake.set()
 
+    async def _turn(self, conn: asyncpg.Connection) -> None:
+        """Tick while there is something to do: once for what is committed now, again only
+        while ticks come back full (what commits later brings its own wake-up)."""
+        if not await conn.fetchval(_ANYTHING):
+            return
+        while True:
+            r = await self.tick(conn)
+            if r.total and self.on_logged is not None:
+                self.on_logged(r.head)
+            if not r.full:
+                return
+
     async def run(self, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
-        """Tick on every capture notification and at least every ``interval_s`` until ``stop``.
+        """Tick on every wake-up (capture NOTIFY, :meth:`wake`) until ``stop``; with none, look
+        every ``interval_s`` anyway (a notification lost with its connection).
 
         Never dies: a database failure (PostgreSQL restarting, a dropped connection)
         is counted in :attr:`health` and retried with backoff; the LISTEN connection
@@ -140,16 +170,20 @@ class Sequencer:
         try:
             while not stop.is_set():
                 delay = self.interval_s
+                # cleared before looking, never after: a wake-up for a commit this turn does
+                # not see makes the next turn start at once (it is not lost until the timer)
+                self._wake.clear()
                 try:
                     await listener.ensure()  # no LISTEN yet (database down): the timer still ticks
                     async with pool.acquire() as conn:
-                        await self.drain(conn)
+                        await self._turn(conn)
                     self.health.ok()
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:  # noqa: BLE001 - the loop never dies; the error is in status
                     delay = self.health.error(e)
-                self._wake.clear()
+                if stop.is_set():
+                    break
                 try:
                     await asyncio.wait_for(self._wake.wait(), delay)
                 except asyncio.TimeoutError:
