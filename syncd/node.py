@@ -12,7 +12,6 @@ import functools
 import gc
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -41,7 +40,7 @@ from syncd.store.apply import ApplyContext, apply_batch, current_topology
 from syncd.store.log import change_from_record
 from syncd.stall import CursorWatch, apply_stall, child_link_stall, parent_link_stall
 from syncd.status import Metrics, add_routes
-from syncd.store.sequencer import Sequencer
+from syncd.store.sequencer import Sequencer, TickResult
 from syncd.topology import Topology, TopologyError
 
 log = structlog.get_logger("syncd.node")
@@ -99,8 +98,8 @@ class ParentService:
     ctx: ApplyContext
     incarnation: uuid.UUID
     schema: Schema = SCHEMA
-    log_seq: int = 0  # bumped on every NOTIFY syncd_log
-    _log_waiters: set[asyncio.Future[None]] = field(default_factory=set)
+    log_seq: int = 0  # bumped whenever the log moved (any child's outbox)
+    _log_waiters: dict[str, set[asyncio.Future[None]]] = field(default_factory=dict)  # child -> long polls
     instances: dict[str, tuple[uuid.UUID, float]] = field(default_factory=dict)
     last_seen: dict[str, float] = field(default_factory=dict)  # child -> wall time of last good request
     pull_after: dict[str, int] = field(default_factory=dict)  # child -> cursor it last pulled from
@@ -294,7 +293,7 @@ class ParentService:
                     raise
             if changes or time.monotonic() >= deadline:
                 break
-            await self.wait_log(seq, deadline - time.monotonic())
+            await self.wait_log(seq, deadline - time.monotonic(), child)
         behind = self.ctx.topo.behind(self.cfg.node.id, child)
         out = [p for p in (project(c, behind, self.ctx.topo) for c in changes) if p is not None]
         last = changes[-1].pos if changes else msg.after
@@ -304,26 +303,31 @@ class ParentService:
         return PullReply(changes=tuple(out), last_pos=last, head=max(head, last), epoch=epoch,
                          more=last < head)
 
-    def log_moved(self) -> None:
-        """The log grew: wake every long poll."""
+    def log_moved(self, children: Any = None) -> None:
+        """The log grew: wake the long polls of ``children`` (those whose outboxes got entries),
+        or of every child (``None``: not known which, or a link's epoch moved)."""
         self.log_seq += 1
-        for fut in self._log_waiters:
-            if not fut.done():
-                fut.set_result(None)
-        self._log_waiters.clear()
+        for child in list(self._log_waiters) if children is None else children:
+            for fut in self._log_waiters.pop(child, ()):
+                if not fut.done():
+                    fut.set_result(None)
 
-    async def wait_log(self, seq: int, timeout: float) -> None:
-        """Wait until the log moved past ``seq`` (no wake-up is lost between check and wait)."""
+    async def wait_log(self, seq: int, timeout: float, child: str = "") -> None:
+        """Wait until the log moved past ``seq`` for ``child`` (no wake-up is lost between
+        check and wait: any move bumps ``log_seq``)."""
         if self.log_seq != seq or timeout <= 0:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._log_waiters.add(fut)
+        waiters = self._log_waiters.setdefault(child, set())
+        waiters.add(fut)
         try:
             await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
             pass
         finally:
-            self._log_waiters.discard(fut)
+            waiters.discard(fut)
+            if not waiters and self._log_waiters.get(child) is waiters:
+                del self._log_waiters[child]
 
     async def on_snapshot(self, child: str, msg: SnapshotRequest) -> SnapshotChunk:
         """One chunk of a bootstrap/resync snapshot, admission-controlled (HC-22)."""
@@ -476,7 +480,6 @@ class Node:
         self._reloading = False
         self.metrics = Metrics()
         self._reload_task: asyncio.Task[None] | None = None
-        self._heads_logged: deque[int] = deque(maxlen=64)  # heads just announced in-process (_logged)
         t = cfg.tuning
         self.retention_health = LoopHealth(f"{cfg.node.id} retention", t.retry_cap_s, t.failed_probe_s)
 
@@ -543,24 +546,34 @@ class Node:
         finally:
             await self.listener.close()
 
-    def _logged(self, head: int) -> None:
-        """This node's sequencer logged up to ``head`` (committed): wake everything now; the
-        ``NOTIFY syncd_log`` of the same tick is then recognised and skipped."""
-        self._heads_logged.append(head)
-        self._on_log()
+    def _logged(self, r: TickResult) -> None:
+        """This node's sequencer logged up to ``r.head`` (committed): wake the push loop and the
+        long polls of the children whose outboxes grew, now; reload the tree only if committees
+        changed.  The ``NOTIFY syncd_log`` of the same tick is recognised and skipped."""
+        if self.service is not None and r.peers:
+            self.service.log_moved(r.peers)
+        if self.links is not None:
+            self.links.wake_push.set()
+        if r.committees:
+            self._reload_soon()
 
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        """``NOTIFY syncd_log``: another process (a second daemon, a bootstrap) or this node's own
-        sequencer, whose tick was already handled in-process by :meth:`_logged`."""
-        if payload and payload.isdigit() and int(payload) in self._heads_logged:
+    def _on_notify(self, _conn: object, pid: int, _channel: str, payload: str) -> None:
+        """``NOTIFY syncd_log``: from another process (a second daemon, ``syncd init``), a
+        bootstrap (no payload), or this node's own sequencer — a tick :meth:`_logged` handles
+        in-process (the notification may come just before or just after it)."""
+        if payload.isdigit() and pid in self.sequencer.backends:
             return
         self._on_log()
 
     def _on_log(self, *_: object) -> None:
+        """The log moved, nothing more known: wake every loop and re-read the tree."""
         if self.service is not None:
             self.service.log_moved()
         if self.links is not None:
             self.links.wake_push.set()
+        self._reload_soon()
+
+    def _reload_soon(self) -> None:
         if not self._reloading and not self.stop_event.is_set():
             self._reloading = True
             self._reload_task = asyncio.create_task(self._reload_topology())

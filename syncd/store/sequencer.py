@@ -48,6 +48,8 @@ class TickResult:
     versioned: int  # local changes versioned from captures
     head: int
     full: bool = False  # a batch limit was reached: more may be waiting
+    peers: frozenset[str] = frozenset()  # the children whose outboxes got entries
+    committees: bool = False  # a committees change was logged (the tree may have changed)
 
     @property
     def total(self) -> int:
@@ -93,10 +95,13 @@ class Sequencer:
     #: for each logged (change, received_from): the children whose outboxes get it (HC-37)
     fanout: Callable[[asyncpg.Connection, Sequence[tuple[Change, str | None]]],
                      Awaitable[list[list[str]]]] | None = None
-    #: called in-process with the new head after a tick of :meth:`run` logged anything
+    #: called in-process with the tick's result after a tick of :meth:`run` logged anything
     #: (committed): wakes this node's push loop and long polls without a NOTIFY round trip
-    on_logged: Callable[[int], None] | None = None
+    on_logged: Callable[[TickResult], None] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: server pids of the connections :meth:`run` ticked on: their ``NOTIFY syncd_log, '<head>'``
+    #: was (or is about to be) announced in-process by ``on_logged``
+    backends: set[int] = field(default_factory=set)
     health: LoopHealth = field(default_factory=lambda: LoopHealth("sequencer", cap_s=5.0, failed_cap_s=10.0))
 
     async def tick(self, conn: asyncpg.Connection) -> TickResult:
@@ -118,21 +123,25 @@ class Sequencer:
             if changes:
                 head = await append_log(conn, head + 1, node["epoch"], [(c, None) for c in changes])
                 items += [(c, None) for c in changes]
+            peers: frozenset[str] = frozenset()
             if items:
-                await self._fill_outboxes(conn, node["head"] + 1, items)
+                peers = await self._fill_outboxes(conn, node["head"] + 1, items)
                 await conn.execute(f"NOTIFY syncd_log, '{head}'")  # the payload: listeners skip a head seen
             seen = max([hlc, *(c.ts for c, _ in items)]) if items else hlc
             await conn.execute("UPDATE syncd.node SET head = $1, hlc = greatest(hlc, $2)", head, seen)
-        return TickResult(len(moved), len(changes), head, full=len(moved) >= self.batch or len(caps) >= self.batch)
+        return TickResult(len(moved), len(changes), head, full=len(moved) >= self.batch or len(caps) >= self.batch,
+                          peers=peers, committees=any(c.table == "committees" for c, _ in items))
 
     async def _fill_outboxes(self, conn: asyncpg.Connection, first: int,
-                             items: list[tuple[Change, str | None]]) -> None:
+                             items: list[tuple[Change, str | None]]) -> frozenset[str]:
+        """Fill the children's outboxes; return the children that got entries."""
         if self.fanout is None:
-            return
+            return frozenset()
         peers = await self.fanout(conn, items)
         rows = [(peer, first + i) for i, ps in enumerate(peers) for peer in ps]
         if rows:
             await conn.copy_records_to_table("outbox", schema_name="syncd", columns=("peer", "pos"), records=rows)
+        return frozenset(peer for peer, _ in rows)
 
     async def drain(self, conn: asyncpg.Connection) -> int:
         """Tick until nothing is left to move; return how many changes were logged."""
@@ -151,10 +160,11 @@ class Sequencer:
         while ticks come back full (what commits later brings its own wake-up)."""
         if not await conn.fetchval(_ANYTHING):
             return
+        self.backends.add(conn.get_server_pid())
         while True:
             r = await self.tick(conn)
             if r.total and self.on_logged is not None:
-                self.on_logged(r.head)
+                self.on_logged(r)
             if not r.full:
                 return
 
