@@ -126,9 +126,13 @@ class Sequencer:
             peers: frozenset[str] = frozenset()
             if items:
                 peers = await self._fill_outboxes(conn, node["head"] + 1, items)
-                await conn.execute(f"NOTIFY syncd_log, '{head}'")  # the payload: listeners skip a head seen
-            seen = max([hlc, *(c.ts for c, _ in items)]) if items else hlc
-            await conn.execute("UPDATE syncd.node SET head = $1, hlc = greatest(hlc, $2)", head, seen)
+                # NOTIFY at commit, in the same round trip (the payload, a head, marks the sequencer's
+                # own notification: a bootstrap's has none)
+                seen = max([hlc, *(c.ts for c, _ in items)])
+                await conn.execute("UPDATE syncd.node SET head = $1, hlc = greatest(hlc, $2) "
+                                   "FROM (SELECT pg_notify('syncd_log', $3)) AS notified", head, seen, str(head))
+            elif caps:  # versioned to nothing (no column changed): the clock may still have moved
+                await conn.execute("UPDATE syncd.node SET hlc = greatest(hlc, $1)", hlc)
         return TickResult(len(moved), len(changes), head, full=len(moved) >= self.batch or len(caps) >= self.batch,
                           peers=peers, committees=any(c.table == "committees" for c, _ in items))
 
