@@ -8,10 +8,16 @@ row is visible at the province (``bench.harness.Arrivals``: NOTIFY at commit).
 Idle: the probe alone.  Under load: meanwhile 岳麓区 (same city) writes background member
 rows in 1k-row transactions at ``load_rate`` rows/s.  A sample never seen within 30 s after
 the last write is counted as lost.
+
+The nodes run with the tests' tuning (``tests.tree``: ``sequencer_interval_ms`` 50);
+``BENCH_SEQUENCER_INTERVAL_MS`` sets another interval, e.g. the shipped default, to see
+what a deployment would (the interval is a safety-net poll since issue #9, it was the
+relay delay per hop before).
 """
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from typing import Any
@@ -76,7 +82,9 @@ async def run(r: Run) -> None:
     async def trigger(t: Any) -> None:
         await t.db("430000").execute(SEEN_SQL)
 
-    t = await build_tree(r.cluster, chain(), before_start=trigger)
+    interval = os.environ.get("BENCH_SEQUENCER_INTERVAL_MS")
+    tuning = {"sequencer_interval_ms": int(interval)} if interval else {}
+    t = await build_tree(r.cluster, chain(), before_start=trigger, **tuning)
     arrivals = await Arrivals().attach(t.dsns["430000"])
     try:
         await asyncio.sleep(2.0)  # hellos done, committees settled

@@ -66,7 +66,7 @@ class Tuning:
     batch_max_changes: int = 2000
     batch_max_bytes: int = 4 * 1024 * 1024
     pull_wait_s: float = 25.0
-    sequencer_interval_ms: int = 200
+    sequencer_interval_ms: int = 1000  # the sequencer's safety-net poll; it is woken by NOTIFY (issue #9)
     sequencer_batch: int = 5000
     max_retention: str = "30d"  # a duration: log entries and tombstones are kept at most this long (HC-21)
     max_retention_entries: int = 0  # also keep at most this many log entries (0: no count bound)

@@ -13,7 +13,7 @@ import gc
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import asyncpg
 import structlog
@@ -40,7 +40,7 @@ from syncd.store.apply import ApplyContext, apply_batch, current_topology
 from syncd.store.log import CHANGE_COLUMNS, change_from_record
 from syncd.stall import CursorWatch, apply_stall, child_link_stall, parent_link_stall
 from syncd.status import Metrics, add_routes
-from syncd.store.sequencer import Sequencer
+from syncd.store.sequencer import Sequencer, TickResult
 from syncd.topology import Topology, TopologyError
 
 log = structlog.get_logger("syncd.node")
@@ -104,8 +104,8 @@ class ParentService:
     ctx: ApplyContext
     incarnation: uuid.UUID
     schema: Schema = SCHEMA
-    log_seq: int = 0  # bumped on every NOTIFY syncd_log
-    _log_waiters: set[asyncio.Future[None]] = field(default_factory=set)
+    log_seq: int = 0  # bumped whenever the log moved (any child's outbox)
+    _log_waiters: dict[str, set[asyncio.Future[None]]] = field(default_factory=dict)  # child -> long polls
     instances: dict[str, tuple[uuid.UUID, float]] = field(default_factory=dict)
     last_seen: dict[str, float] = field(default_factory=dict)  # child -> wall time of last good request
     pull_after: dict[str, int] = field(default_factory=dict)  # child -> cursor it last pulled from
@@ -113,6 +113,9 @@ class ParentService:
     versions: tuple[int, ...] = SUPPORTED_VERSIONS  # protocol versions spoken (SPEC R3.1)
     pull_watch: dict[str, CursorWatch] = field(default_factory=dict)  # child -> its pull cursor (syncd.stall)
     served: dict[str, int] = field(default_factory=dict)  # child -> served position as last stored
+    #: called after a push's apply committed changes: they wait in syncd.pending for the
+    #: sequencer, which this wakes at once (the node wires it to ``Sequencer.wake``)
+    applied: Callable[[], None] | None = None
 
     #: child -> columns its pushes may carry: ours plus the additive columns it declared at
     #: hello (SPEC R3.4, HC-13); absent until the child's first hello since this start
@@ -194,6 +197,8 @@ class ParentService:
                 await self._store_summaries(conn, child, msg.summary)
             res = await apply_batch(conn, self.ctx, child, "applied", "from_child", list(msg.changes),
                                     msg.to_pos, now_us())
+            if msg.changes and self.applied is not None:
+                self.applied()  # relay without waiting for the sequencer's timer
             fault_point("after_commit_before_response")
             if not res.duplicate:
                 await audit.record(conn, child, "received", str(msg.batch_id), msg.changes)
@@ -292,7 +297,7 @@ class ParentService:
                     raise
             if changes or time.monotonic() >= deadline:
                 break
-            await self.wait_log(seq, deadline - time.monotonic())
+            await self.wait_log(seq, deadline - time.monotonic(), child)
         behind = self.ctx.topo.behind(self.cfg.node.id, child)
         out = [p for p in (project(c, behind, self.ctx.topo) for c in changes) if p is not None]
         last = changes[-1].pos if changes else msg.after
@@ -302,26 +307,31 @@ class ParentService:
         return PullReply(changes=tuple(out), last_pos=last, head=max(head, last), epoch=epoch,
                          more=last < head)
 
-    def log_moved(self) -> None:
-        """The log grew: wake every long poll."""
+    def log_moved(self, children: Any = None) -> None:
+        """The log grew: wake the long polls of ``children`` (those whose outboxes got entries),
+        or of every child (``None``: not known which, or a link's epoch moved)."""
         self.log_seq += 1
-        for fut in self._log_waiters:
-            if not fut.done():
-                fut.set_result(None)
-        self._log_waiters.clear()
+        for child in list(self._log_waiters) if children is None else children:
+            for fut in self._log_waiters.pop(child, ()):
+                if not fut.done():
+                    fut.set_result(None)
 
-    async def wait_log(self, seq: int, timeout: float) -> None:
-        """Wait until the log moved past ``seq`` (no wake-up is lost between check and wait)."""
+    async def wait_log(self, seq: int, timeout: float, child: str = "") -> None:
+        """Wait until the log moved past ``seq`` for ``child`` (no wake-up is lost between
+        check and wait: any move bumps ``log_seq``)."""
         if self.log_seq != seq or timeout <= 0:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._log_waiters.add(fut)
+        waiters = self._log_waiters.setdefault(child, set())
+        waiters.add(fut)
         try:
             await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
             pass
         finally:
-            self._log_waiters.discard(fut)
+            waiters.discard(fut)
+            if not waiters and self._log_waiters.get(child) is waiters:
+                del self._log_waiters[child]
 
     async def on_snapshot(self, child: str, msg: SnapshotRequest) -> SnapshotChunk:
         """One chunk of a bootstrap/resync snapshot, admission-controlled (HC-22)."""
@@ -497,17 +507,19 @@ class Node:
         self.ctx = ApplyContext(self.schema, self.cfg.node.id, self.topo_ref.topo, self.cfg.node.id_hash_key,
                                 t.clock_soft_ms * 1000, t.clock_hard_ms * 1000)
         self.sequencer = make_sequencer(self.cfg, self.topo_ref, lambda: self.ctx, self.schema)
+        self.sequencer.on_logged = self._logged
         self.tasks.append(asyncio.create_task(self._listen_loop()))
         self.tasks.append(asyncio.create_task(self.sequencer.run(self.pool, self.stop_event)))
         self.tasks.append(asyncio.create_task(retention_loop(self.pool, self.cfg, self.stop_event,
                                                              self.retention_health)))
         self.service = ParentService(self.cfg, self.pool, self.ctx, self.incarnation, self.schema,
-                                     versions=self.versions)
+                                     versions=self.versions, applied=self.sequencer.wake)
         await self._serve()
         if self.cfg.parent is not None:
             link = self._link or self._http_link()
             self.links = ChildLinks(self.cfg, self.pool, link, self.ctx, self.incarnation, self.instance,
-                                    summary=self.subtree_summaries, versions=self.versions)
+                                    summary=self.subtree_summaries, versions=self.versions,
+                                    applied=self.sequencer.wake)
             self.tasks.append(asyncio.create_task(self.links.push_loop(self.stop_event)))
             self.tasks.append(asyncio.create_task(self.links.pull_loop(self.stop_event)))
         log.info("node_started", node=self.cfg.node.id, port=self.port)
@@ -529,7 +541,7 @@ class Node:
         from syncd.store.listen import Listener
 
         assert self.pool is not None
-        self.listener = Listener(self.pool, "syncd_log", self._on_log)
+        self.listener = Listener(self.pool, "syncd_log", self._on_notify)
         try:
             while not self.stop_event.is_set():
                 if await self.listener.ensure():
@@ -538,11 +550,34 @@ class Node:
         finally:
             await self.listener.close()
 
+    def _logged(self, r: TickResult) -> None:
+        """This node's sequencer logged up to ``r.head`` (committed): wake the push loop and the
+        long polls of the children whose outboxes grew, now; reload the tree only if committees
+        changed.  The ``NOTIFY syncd_log`` of the same tick is recognised and skipped."""
+        if self.service is not None and r.peers:
+            self.service.log_moved(r.peers)
+        if self.links is not None:
+            self.links.wake_push.set()
+        if r.committees:
+            self._reload_soon()
+
+    def _on_notify(self, _conn: object, pid: int, _channel: str, payload: str) -> None:
+        """``NOTIFY syncd_log``: from another process (a second daemon, ``syncd init``), a
+        bootstrap (no payload), or this node's own sequencer — a tick :meth:`_logged` handles
+        in-process (the notification may come just before or just after it)."""
+        if payload.isdigit() and pid in self.sequencer.backends:
+            return
+        self._on_log()
+
     def _on_log(self, *_: object) -> None:
+        """The log moved, nothing more known: wake every loop and re-read the tree."""
         if self.service is not None:
             self.service.log_moved()
         if self.links is not None:
             self.links.wake_push.set()
+        self._reload_soon()
+
+    def _reload_soon(self) -> None:
         if not self._reloading and not self.stop_event.is_set():
             self._reloading = True
             self._reload_task = asyncio.create_task(self._reload_topology())

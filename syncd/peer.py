@@ -43,6 +43,11 @@ from syncd.transport.base import ParentLink
 
 log = structlog.get_logger("syncd.peer")
 
+#: The push loop's longest sleep with nothing logged: it is woken when the log moves, so this
+#: only bounds how long a wake-up lost with its connection (``NOTIFY`` during a database
+#: restart) could go unnoticed.
+PUSH_IDLE_S = 5.0
+
 
 def same_group(a: Any, b: Any) -> bool:
     """Two consecutive log entries (changes or log records) a batch must not separate: one
@@ -91,12 +96,17 @@ class ChildLinks:
     upward_pending: bool = False  # a resync's upward snapshot is due: push nothing until it is queued
     clock_offset_ms: int | None = None
     summary_every_s: float = 5.0
+    #: called after an apply here committed changes (pull, parked retry, bootstrap): they wait
+    #: in syncd.pending for the sequencer, which this wakes at once (``Sequencer.wake``)
+    applied: Callable[[], None] | None = None
     snapshot_state: dict | None = None  # bootstrap progress, shown in status
     versions: tuple[int, ...] = SUPPORTED_VERSIONS  # protocol versions offered at hello (SPEC R3.1)
     push_watch: CursorWatch = field(default_factory=CursorWatch)  # stalled links (syncd.stall)
     pull_watch: CursorWatch = field(default_factory=CursorWatch)
     resyncs: deque = field(default_factory=lambda: deque(maxlen=20))  # MUST_RESYNC answers, shown in status
-    _summary_sent: float = 0.0
+    _summary_sent: float = float("-inf")  # when the last summary was computed (loop time)
+    _summary_ready: tuple[dict, ...] | None = None  # computed in the background, not sent yet
+    _summary_task: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         t = self.cfg.tuning
@@ -106,12 +116,46 @@ class ChildLinks:
         self._push_epoch = self._pull_epoch = -1  # the epoch each loop's cursors belong to
 
     async def _summary(self) -> tuple[dict, ...]:
-        """Compact subtree status, at most every ``summary_every_s`` (HC-30)."""
-        now = asyncio.get_running_loop().time()
-        if self.summary is None or now - self._summary_sent < self.summary_every_s:
+        """Compact subtree status, at most every ``summary_every_s`` (HC-30).
+
+        Building it reads the whole status (tens of ms), so it is built in the background and
+        sent with the next push once ready (the task wakes the push loop): a batch of changes
+        never waits for it."""
+        if self.summary is None:
             return ()
-        self._summary_sent = now
-        return tuple(await self.summary())
+        if self._summary_ready is not None:
+            ready, self._summary_ready = self._summary_ready, None
+            return ready
+        if self._summary_due() <= 0 and (self._summary_task is None or self._summary_task.done()):
+            self._summary_sent = asyncio.get_running_loop().time()
+            self._summary_task = asyncio.create_task(self._build_summary())
+        return ()
+
+    def _summary_due(self) -> float:
+        """Seconds until the next summary is due (≤ 0: now)."""
+        return self._summary_sent + self.summary_every_s - asyncio.get_running_loop().time()
+
+    def _idle_s(self) -> float:
+        """How long the push loop may sleep with nothing logged."""
+        building = self._summary_task is not None and not self._summary_task.done()
+        if self.summary is None or building:  # a summary being built wakes the loop when ready
+            return PUSH_IDLE_S
+        return max(0.01, min(PUSH_IDLE_S, self._summary_due()))
+
+    async def _build_summary(self) -> None:
+        assert self.summary is not None
+        try:
+            self._summary_ready = tuple(await self.summary())
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a summary is best effort; tried again when due
+            log.warning("summary_failed", link=self.push_health.name, error=str(e))
+            return
+        self.wake_push.set()
+
+    def _applied(self) -> None:
+        if self.applied is not None:
+            self.applied()
 
     @property
     def parent(self) -> str:
@@ -271,28 +315,37 @@ class ChildLinks:
         return len(heads) > len(cut) or len(heads) == limit * 2
 
     async def push_loop(self, stop: asyncio.Event) -> None:
+        """Push whenever the log moved (``wake_push``: set in-process by the sequencer, by
+        ``NOTIFY syncd_log`` and by a finished summary), never on a timer; what was logged
+        during one push goes in the next, so under load batches fill by themselves.  With
+        nothing logged the loop sleeps until the next summary is due (a heartbeat), or
+        ``PUSH_IDLE_S`` at most."""
         hello_needed = True
-        while not stop.is_set():
-            try:
-                if hello_needed:
-                    await self._start_push()
-                    self.push_watch.observe(self.push_cursor)
-                    hello_needed = False
-                self.wake_push.clear()  # before reading: a NOTIFY during the push is not lost
-                more = await self._push_once()
-                self.push_health.ok()
-                if not more:
-                    await _wait_any(stop, self.wake_push, self.cfg.tuning.sequencer_interval_ms / 1000 * 5)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 — the loop never dies; retry.py classifies
-                hello_needed = True
-                if getattr(e, "code", None) == "MUST_RESYNC":  # push-side resync (HC-21): hello adopts it
-                    self._resync_event("push", e)  # type: ignore[arg-type]
-                    continue
-                if _epoch_moved(e):
-                    continue
-                await _wait_any(stop, None, self.push_health.error(e))
+        try:
+            while not stop.is_set():
+                try:
+                    if hello_needed:
+                        await self._start_push()
+                        self.push_watch.observe(self.push_cursor)
+                        hello_needed = False
+                    self.wake_push.clear()  # before reading: a wake-up during the push is not lost
+                    more = await self._push_once()
+                    self.push_health.ok()
+                    if not more:
+                        await _wait_any(stop, self.wake_push, self._idle_s())
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # noqa: BLE001 — the loop never dies; retry.py classifies
+                    hello_needed = True
+                    if getattr(e, "code", None) == "MUST_RESYNC":  # push-side resync (HC-21): hello adopts it
+                        self._resync_event("push", e)  # type: ignore[arg-type]
+                        continue
+                    if _epoch_moved(e):
+                        continue
+                    await _wait_any(stop, None, self.push_health.error(e))
+        finally:
+            if self._summary_task is not None:
+                self._summary_task.cancel()
 
     async def _retry_parked_if_any(self) -> None:
         """Parked changes also get a try when the link is idle (their target may have come by
@@ -306,6 +359,7 @@ class ChildLinks:
                 await conn.execute("SET LOCAL syncd.applying = 'on'")
                 await lock(conn)
                 await retry_parked(conn, self.ctx)
+        self._applied()
 
     async def _pull_once(self) -> None:
         from syncd.node import now_us
@@ -324,6 +378,8 @@ class ChildLinks:
                     raise SyncdError("HELLO_REQUIRED", f"link epoch moved to {self.epoch}")
                 res = await apply_batch(conn, self.ctx, self.parent, "pull", "from_parent",
                                         list(reply.changes), reply.last_pos, now_us())
+                if reply.changes:
+                    self._applied()  # relay to the children without waiting for a timer
                 if not res.duplicate:
                     await audit.record(conn, self.parent, "received",
                                        f"pull ({self.pull_cursor}, {reply.last_pos}]", reply.changes)
@@ -394,6 +450,7 @@ class ChildLinks:
                 await conn.execute("UPDATE syncd.links SET upward = false WHERE peer = $1", self.parent)
             await conn.execute("NOTIFY syncd_log")  # the node re-reads its tree (committees came by snapshot)
         self.upward_pending = False
+        self._applied()  # parked retries and the upward snapshot wait in syncd.pending
         self.wake_push.set()
         self.pull_cursor = position or 0
         self.snapshot_state = {"state": "done", "position": position, "at_us": now_us(), "resumed_rows": resumed,

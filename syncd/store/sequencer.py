@@ -8,8 +8,16 @@ never finds a change appearing below a position it has already passed.  No
 snapshot-xmin rule is involved: an idle transaction anywhere on the instance
 does not hold it back.  Two daemons on one database serialise on the lock.
 
-:meth:`Sequencer.run` loops forever, woken by ``NOTIFY syncd_capture`` and a
-timer; after moving anything it sends ``NOTIFY syncd_log``.
+:meth:`Sequencer.run` loops forever, woken by events, not by a timer: the capture
+triggers' ``NOTIFY syncd_capture`` (a local write committed), :meth:`Sequencer.wake`
+called in-process after an apply committed changes to relay (``syncd.pending``), and a
+re-established LISTEN.  The timer (``interval_s``) is only a safety net for a lost
+notification, and costs one read-only query per turn when there is nothing to do.  A
+wake-up is not a transaction per change: the loop ticks once per wake-up for everything
+committed by then (up to ``batch``) and again at once only while ticks come back full, so
+under load many changes share one tick.  After moving anything it sends
+``NOTIFY syncd_log, '<head>'`` (for other processes on the database) and calls
+``on_logged(head)`` in-process at once.
 """
 from __future__ import annotations
 
@@ -39,6 +47,9 @@ class TickResult:
     moved: int  # received changes moved from pending
     versioned: int  # local changes versioned from captures
     head: int
+    full: bool = False  # a batch limit was reached: more may be waiting
+    peers: frozenset[str] = frozenset()  # the children whose outboxes got entries
+    committees: bool = False  # a committees change was logged (the tree may have changed)
 
     @property
     def total(self) -> int:
@@ -63,6 +74,11 @@ WITH moved AS (
 SELECT * FROM logged ORDER BY pos
 """
 
+#: Anything for a tick to do?  Read-only (no xid, no WAL, no lock): an idle node's turn costs
+#: this one query.  Only committed rows are seen, like the tick's own DELETE … RETURNING; a
+#: capture or pending row committed after it comes with its own wake-up.
+_ANYTHING = "SELECT EXISTS (SELECT FROM syncd.pending) OR EXISTS (SELECT FROM syncd.capture)"
+
 
 async def lock(conn: asyncpg.Connection) -> None:
     """Take the sequencer lock for the rest of the current transaction."""
@@ -79,7 +95,13 @@ class Sequencer:
     #: for each logged (change, received_from): the children whose outboxes get it (HC-37)
     fanout: Callable[[asyncpg.Connection, Sequence[tuple[Change, str | None]]],
                      Awaitable[list[list[str]]]] | None = None
+    #: called in-process with the tick's result after a tick of :meth:`run` logged anything
+    #: (committed): wakes this node's push loop and long polls without a NOTIFY round trip
+    on_logged: Callable[[TickResult], None] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: server pids of the connections :meth:`run` ticked on: their ``NOTIFY syncd_log, '<head>'``
+    #: was (or is about to be) announced in-process by ``on_logged``
+    backends: set[int] = field(default_factory=set)
     health: LoopHealth = field(default_factory=lambda: LoopHealth("sequencer", cap_s=5.0, failed_cap_s=10.0))
 
     async def tick(self, conn: asyncpg.Connection) -> TickResult:
@@ -101,21 +123,29 @@ class Sequencer:
             if changes:
                 head = await append_log(conn, head + 1, node["epoch"], [(c, None) for c in changes])
                 items += [(c, None) for c in changes]
+            peers: frozenset[str] = frozenset()
             if items:
-                await self._fill_outboxes(conn, node["head"] + 1, items)
-                await conn.execute("NOTIFY syncd_log")
-            seen = max([hlc, *(c.ts for c, _ in items)]) if items else hlc
-            await conn.execute("UPDATE syncd.node SET head = $1, hlc = greatest(hlc, $2)", head, seen)
-        return TickResult(len(moved), len(changes), head)
+                peers = await self._fill_outboxes(conn, node["head"] + 1, items)
+                # NOTIFY at commit, in the same round trip (the payload, a head, marks the sequencer's
+                # own notification: a bootstrap's has none)
+                seen = max([hlc, *(c.ts for c, _ in items)])
+                await conn.execute("UPDATE syncd.node SET head = $1, hlc = greatest(hlc, $2) "
+                                   "FROM (SELECT pg_notify('syncd_log', $3)) AS notified", head, seen, str(head))
+            elif caps:  # versioned to nothing (no column changed): the clock may still have moved
+                await conn.execute("UPDATE syncd.node SET hlc = greatest(hlc, $1)", hlc)
+        return TickResult(len(moved), len(changes), head, full=len(moved) >= self.batch or len(caps) >= self.batch,
+                          peers=peers, committees=any(c.table == "committees" for c, _ in items))
 
     async def _fill_outboxes(self, conn: asyncpg.Connection, first: int,
-                             items: list[tuple[Change, str | None]]) -> None:
+                             items: list[tuple[Change, str | None]]) -> frozenset[str]:
+        """Fill the children's outboxes; return the children that got entries."""
         if self.fanout is None:
-            return
+            return frozenset()
         peers = await self.fanout(conn, items)
         rows = [(peer, first + i) for i, ps in enumerate(peers) for peer in ps]
         if rows:
             await conn.copy_records_to_table("outbox", schema_name="syncd", columns=("peer", "pos"), records=rows)
+        return frozenset(peer for peer, _ in rows)
 
     async def drain(self, conn: asyncpg.Connection) -> int:
         """Tick until nothing is left to move; return how many changes were logged."""
@@ -129,8 +159,22 @@ class Sequencer:
     def wake(self, *_: object) -> None:
         self._wake.set()
 
+    async def _turn(self, conn: asyncpg.Connection) -> None:
+        """Tick while there is something to do: once for what is committed now, again only
+        while ticks come back full (what commits later brings its own wake-up)."""
+        if not await conn.fetchval(_ANYTHING):
+            return
+        self.backends.add(conn.get_server_pid())
+        while True:
+            r = await self.tick(conn)
+            if r.total and self.on_logged is not None:
+                self.on_logged(r)
+            if not r.full:
+                return
+
     async def run(self, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
-        """Tick on every capture notification and at least every ``interval_s`` until ``stop``.
+        """Tick on every wake-up (capture NOTIFY, :meth:`wake`) until ``stop``; with none, look
+        every ``interval_s`` anyway (a notification lost with its connection).
 
         Never dies: a database failure (PostgreSQL restarting, a dropped connection)
         is counted in :attr:`health` and retried with backoff; the LISTEN connection
@@ -140,16 +184,20 @@ class Sequencer:
         try:
             while not stop.is_set():
                 delay = self.interval_s
+                # cleared before looking, never after: a wake-up for a commit this turn does
+                # not see makes the next turn start at once (it is not lost until the timer)
+                self._wake.clear()
                 try:
                     await listener.ensure()  # no LISTEN yet (database down): the timer still ticks
                     async with pool.acquire() as conn:
-                        await self.drain(conn)
+                        await self._turn(conn)
                     self.health.ok()
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:  # noqa: BLE001 - the loop never dies; the error is in status
                     delay = self.health.error(e)
-                self._wake.clear()
+                if stop.is_set():
+                    break
                 try:
                     await asyncio.wait_for(self._wake.wait(), delay)
                 except asyncio.TimeoutError:

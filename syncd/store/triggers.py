@@ -9,6 +9,13 @@ Triggers are ``ENABLE ALWAYS`` so ``session_replication_role = replica`` does no
 bypass them.  syncd's own apply sets ``syncd.applying = on`` for its transaction
 and is exempt.
 
+Both kinds of work for the sequencer announce themselves at commit with
+``NOTIFY syncd_capture`` (one per transaction: PostgreSQL folds identical
+notifications), so it is woken by an event, not a timer: the capture functions
+notify, and a statement trigger on ``syncd.pending`` does for received changes
+queued by an apply, whichever process ran it (the daemon, ``syncd quarantine
+--release``, a second daemon on the database).
+
 Errors raised for applications carry SQLSTATEs of class ``SY``:
 
 ========  =========================  ==========================================
@@ -165,6 +172,15 @@ BEGIN
     {_raise('SY004', "format('TRUNCATE_REFUSED: TRUNCATE of replicated table %s would not be replicated', TG_TABLE_NAME)",
             'Delete the rows with DELETE so every level sees the deletion.')}
 END $fn$;
+CREATE OR REPLACE FUNCTION syncd.notify_pending() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    PERFORM pg_notify('syncd_capture', '');
+    RETURN NULL;
+END $fn$;
+DROP TRIGGER IF EXISTS syncd_pending_notify ON syncd.pending;
+CREATE TRIGGER syncd_pending_notify AFTER INSERT ON syncd.pending
+    FOR EACH STATEMENT EXECUTE FUNCTION syncd.notify_pending();
+ALTER TABLE syncd.pending ENABLE ALWAYS TRIGGER syncd_pending_notify;
 """
 
 #: The trigger names every replicated table must carry, enabled ALWAYS (HC-29).
