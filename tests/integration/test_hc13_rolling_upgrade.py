@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 import uuid
 
 import asyncpg
+import pytest
 
+from syncd.errors import SyncdError
+from syncd.proto.change import Change, ColumnChange
+from syncd.proto.messages import Push
 from syncd.schema.declarations import SCHEMA, Column, Schema, build_schema
 from syncd.store.migrate import init_node
 from tests.pg import Cluster
@@ -103,6 +108,20 @@ async def test_hc13_county_n_city_n_minus_1_province_n(cluster: Cluster) -> None
         awaiting = (await t.status("430100"))["awaiting_upgrade"]
         assert {"table": "members", "column": "wechat_id", "rows": 1} in awaiting, awaiting
         assert {"table": "activities", "column": "livestream_url", "rows": 1} in awaiting, awaiting
+
+        # a city daemon that restarted since the county's hello does not know what the county
+        # declared: a push with the new column asks for a hello again, it is not refused
+        svc = t.nodes["430100"].service
+        declared = svc.child_columns.pop("430102")
+        try:
+            probe = Change("members", member, "430102", "U", 1, time.time_ns() // 1000, "430102", 1,
+                           {"home": "430102"}, {"wechat_id": ColumnChange("wx-probe", 0, 0, None)}, pos=1)
+            with pytest.raises(SyncdError) as refused:
+                await svc.on_push("430102", Push(uuid.uuid4(), 0, 0, 1, (probe,)))
+            assert refused.value.code == "HELLO_REQUIRED", refused.value
+        finally:
+            svc.child_columns.setdefault("430102", declared)
+        assert "wechat_id" in declared["members"] and "wechat_id" not in svc.columns["members"]
 
         # a county joining now is bootstrapped by the N−1 city: the snapshot carries the column
         await t.start("430104")
