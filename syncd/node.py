@@ -161,6 +161,14 @@ class ParentService:
                           epoch=st.epoch, clock=now_us(), push_cursor=pos, push_hash=st.hash_at(pos),
                           tables=table_decls(self.schema))
 
+    async def _store_served(self, conn: asyncpg.Connection, child: str, pos: int) -> None:
+        """Store (and remember) the position ``child`` was served from: retention keeps the log
+        above it for the child (HC-21)."""
+        await conn.execute(
+            "INSERT INTO syncd.cursors (peer, kind, pos) VALUES ($1, 'served', $2) ON CONFLICT (peer, kind) "
+            "DO UPDATE SET pos = excluded.pos, updated_at = now()", child, pos)
+        self.served[child] = pos
+
     def _resyncing(self, child: str) -> None:
         """A MUST_RESYNC went to ``child``: its served position is no longer stored, and a
         long poll of its other channel must wake to see the new epoch."""
@@ -275,10 +283,7 @@ class ParentService:
                 self._resyncing(child)
                 raise
             if self.served.get(child) != msg.after:  # what retention keeps for the child (HC-21)
-                await conn.execute(
-                    "INSERT INTO syncd.cursors (peer, kind, pos) VALUES ($1, 'served', $2) ON CONFLICT (peer, kind) "
-                    "DO UPDATE SET pos = excluded.pos, updated_at = now()", child, msg.after)
-                self.served[child] = msg.after
+                await self._store_served(conn, child, msg.after)
         self.pull_after[child] = msg.after
         self.pull_watch.setdefault(child, CursorWatch()).observe(msg.after)
         limit = min(msg.limit or self.cfg.tuning.batch_max_changes, self.cfg.tuning.batch_max_changes)
@@ -354,10 +359,7 @@ class ParentService:
             position = msg.position if msg.position is not None else await conn.fetchval(
                 "SELECT head FROM syncd.node")
             if msg.position is None:  # retention keeps the log from p0 on for the child's first pull
-                await conn.execute(
-                    "INSERT INTO syncd.cursors (peer, kind, pos) VALUES ($1, 'served', $2) ON CONFLICT (peer, kind) "
-                    "DO UPDATE SET pos = excluded.pos, updated_at = now()", child, position)
-                self.served[child] = position
+                await self._store_served(conn, child, position)
             rows, nxt = await read_chunk(conn, self.schema, self.ctx.topo, self.cfg.node.id, child,
                                          msg.table, msg.after_id, limit)
             await audit.record_rows(conn, child, "sent", audit.snapshot_batch(msg.table, msg.after_id, nxt),
