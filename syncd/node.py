@@ -203,15 +203,17 @@ class ParentService:
                     raise
             if msg.summary:
                 await self._store_summaries(conn, child, msg.summary)
+
+            async def record(conn: asyncpg.Connection) -> None:  # in the batch's transaction
+                await audit.record(conn, child, "received", str(msg.batch_id), msg.changes)
+                if msg.changes and msg.changes[-1].pos == msg.to_pos:  # for the next hello (HC-7)
+                    await linkstate.save_hash(conn, child, msg.changes[-1])
+
             res = await apply_batch(conn, self.ctx, child, "applied", "from_child", list(msg.changes),
-                                    msg.to_pos, now_us())
+                                    msg.to_pos, now_us(), also=record)
             if msg.changes and self.applied is not None:
                 self.applied()  # relay without waiting for the sequencer's timer
             fault_point("after_commit_before_response")
-            if not res.duplicate:
-                await audit.record(conn, child, "received", str(msg.batch_id), msg.changes)
-                if msg.changes and msg.changes[-1].pos == res.cursor:  # for the next hello (HC-7)
-                    await linkstate.save_hash(conn, child, msg.changes[-1])
         return PushReply(acked_pos=res.cursor, applied=res.applied,
                          quarantined=tuple(Quarantined(pos, code) for pos, code in res.quarantined))
 

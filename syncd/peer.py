@@ -300,7 +300,7 @@ class ChildLinks:
                                               summary=summary))
             if out:
                 self.push_acked = max(reply.acked_pos, self.push_acked)
-                async with self.pool.acquire() as conn:
+                async with self.pool.acquire() as conn, conn.transaction():
                     await audit.record(conn, self.parent, "sent", str(batch_id), out)
                     await conn.execute("UPDATE syncd.links SET acked_max = greatest(acked_max, $2) WHERE peer = $1",
                                        self.parent, self.push_acked)
@@ -376,15 +376,17 @@ class ChildLinks:
             async with self._hello_lock, self.pool.acquire() as conn:
                 if self.epoch != self._pull_epoch:  # the link resyncs: this reply is of the old epoch
                     raise SyncdError("HELLO_REQUIRED", f"link epoch moved to {self.epoch}")
-                res = await apply_batch(conn, self.ctx, self.parent, "pull", "from_parent",
-                                        list(reply.changes), reply.last_pos, now_us())
-                if reply.changes:
-                    self._applied()  # relay to the children without waiting for a timer
-                if not res.duplicate:
+
+                async def record(conn: asyncpg.Connection) -> None:  # in the batch's transaction
                     await audit.record(conn, self.parent, "received",
                                        f"pull ({self.pull_cursor}, {reply.last_pos}]", reply.changes)
-                    if reply.changes and reply.changes[-1].pos == res.cursor:  # for the next hello (HC-7)
+                    if reply.changes and reply.changes[-1].pos == reply.last_pos:  # for the next hello (HC-7)
                         await linkstate.save_hash(conn, self.parent, reply.changes[-1])
+
+                res = await apply_batch(conn, self.ctx, self.parent, "pull", "from_parent",
+                                        list(reply.changes), reply.last_pos, now_us(), also=record)
+                if reply.changes:
+                    self._applied()  # relay to the children without waiting for a timer
             fault_point("after_pull_apply")
             self.pull_cursor = res.cursor
             self.pull_watch.observe(self.pull_cursor, reply.head)

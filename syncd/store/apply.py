@@ -506,8 +506,12 @@ async def retry_parked(conn: asyncpg.Connection, ctx: ApplyContext) -> int:
 
 async def apply_batch(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, kind: str,
                       direction: Direction, changes: Sequence[Change], to_pos: int,
-                      now_us: int) -> ApplyResult:
-    """Apply one batch from ``peer`` and advance its ``kind`` cursor to ``to_pos`` (idempotent)."""
+                      now_us: int, also: Callable[[asyncpg.Connection], Awaitable[None]] | None = None
+                      ) -> ApplyResult:
+    """Apply one batch from ``peer`` and advance its ``kind`` cursor to ``to_pos`` (idempotent).
+
+    ``also`` runs in the same transaction when the batch was new (not for a duplicate): the
+    link's audit row and hash commit with the batch, one commit instead of three."""
     result = ApplyResult()
     async with conn.transaction():
         await conn.execute("SET LOCAL syncd.applying = 'on'")
@@ -545,4 +549,6 @@ async def apply_batch(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ki
         await conn.execute("UPDATE syncd.cursors SET pos = $3, updated_at = now() WHERE peer = $1 AND kind = $2",
                            peer, kind, to_pos)
         result.cursor = to_pos
+        if also is not None:
+            await also(conn)
     return result
