@@ -18,7 +18,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
 import asyncpg
 import structlog
@@ -29,7 +29,7 @@ from syncd.faults import fault_point
 from syncd.proto.change import Change
 from syncd.proto.validate import check_tables
 from syncd.proto.messages import (PROTOCOL_VERSION, SUPPORTED_VERSIONS, Hello, HelloReply, PullRequest, Push,
-                                  SnapshotRequest)
+                                  SnapshotChunk, SnapshotRequest)
 from syncd.retry import LoopHealth
 from syncd.stall import CursorWatch
 from syncd.routing import project
@@ -40,6 +40,9 @@ from syncd.store.log import CHANGE_COLUMNS, change_from_record
 from syncd.store.resync import UPWARD_TXN_BASE, adopt_epoch, purge_stale_copies, queue_upward_snapshot
 from syncd.store.retention import RESYNC_ALWAYS
 from syncd.transport.base import ParentLink
+
+if TYPE_CHECKING:
+    from syncd.store.snapshot import Progress
 
 log = structlog.get_logger("syncd.peer")
 
@@ -395,7 +398,7 @@ class ChildLinks:
         """Load (or resume) a snapshot of everything this node is entitled to, then pull from p₀."""
         from syncd.node import now_us
         from syncd.store.sequencer import lock
-        from syncd.store.snapshot import Progress, clear_progress, merge_chunk, progress, save_progress
+        from syncd.store.snapshot import Progress, clear_progress, progress
 
         async with self.pool.acquire() as conn:
             done = await progress(conn, self.parent)
@@ -406,30 +409,24 @@ class ChildLinks:
                                        "position": position, "resumed_rows": resumed, "chunks": 0}
         for t in self.ctx.schema.tables:
             p = done.get(t.name) or Progress(t.name, position or 0, None, 0, False)
-            while not p.done:
-                chunk = await self.link.snapshot(SnapshotRequest(t.name, p.after_id, self.cfg.tuning.batch_max_changes,
-                                                                 position))
-                if self.epoch != epoch:  # a new epoch began meanwhile: start over (hello again)
-                    raise SyncdError("HELLO_REQUIRED", f"link epoch moved to {self.epoch} during a snapshot")
-                position = chunk.position
-                async with self.pool.acquire() as conn, conn.transaction():
-                    await conn.execute("SET LOCAL syncd.applying = 'on'")
-                    await lock(conn)
-                    await merge_chunk(conn, self.ctx, self.parent, t.name, chunk.rows)
-                    await audit.record_rows(conn, self.parent, "received",
-                                            audit.snapshot_batch(t.name, p.after_id, chunk.next_after_id),
-                                            t.name, chunk.rows)
-                    # copies the parent no longer has were deleted there (HC-21)
-                    await purge_stale_copies(conn, self.ctx.schema, self.ctx.topo, self.cfg.node.id, t.name,
-                                             p.after_id, chunk.next_after_id, chunk.rows)
-                    fault_point("mid_snapshot_chunk")  # rows merged, progress not yet committed
-                    fault_point("after_copy")
-                    p = Progress(t.name, position, chunk.next_after_id or p.after_id, p.rows + len(chunk.rows),
-                                 chunk.done)
-                    await save_progress(conn, self.parent, p)
-                state["tables"][t.name] = p.rows
-                state["position"] = position
-                state["chunks"] += 1
+            ahead: asyncio.Future[SnapshotChunk] | None = None  # the next chunk, asked for while one merges
+            try:
+                while not p.done:
+                    chunk = await (ahead or self._chunk(t.name, p.after_id, position))
+                    ahead = None
+                    if self.epoch != epoch:  # a new epoch began meanwhile: start over (hello again)
+                        raise SyncdError("HELLO_REQUIRED", f"link epoch moved to {self.epoch} during a snapshot")
+                    position = chunk.position
+                    if not chunk.done:  # the parent reads and sends the next chunk while this one merges
+                        ahead = self._chunk(t.name, chunk.next_after_id, position)
+                    p = await self._merge_chunk(t.name, p, chunk, position)
+                    state["tables"][t.name] = p.rows
+                    state["position"] = position
+                    state["chunks"] += 1
+            finally:
+                if ahead is not None:
+                    ahead.cancel()
+                    await asyncio.gather(ahead, return_exceptions=True)
             log.info("snapshot_table_done", link=self.pull_health.name, table=t.name, rows=p.rows)
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SET LOCAL syncd.applying = 'on'")
@@ -457,6 +454,30 @@ class ChildLinks:
         self.pull_cursor = position or 0
         self.snapshot_state = {"state": "done", "position": position, "at_us": now_us(), "resumed_rows": resumed,
                                "chunks": state["chunks"]}
+
+    def _chunk(self, table: str, after_id: uuid.UUID | None, position: int | None) -> asyncio.Future[SnapshotChunk]:
+        return asyncio.ensure_future(self.link.snapshot(
+            SnapshotRequest(table, after_id, self.cfg.tuning.batch_max_changes, position)))
+
+    async def _merge_chunk(self, table: str, p: Progress, chunk: SnapshotChunk, position: int) -> Progress:
+        """Merge one snapshot chunk and its progress in one transaction; the new progress."""
+        from syncd.store.sequencer import lock
+        from syncd.store.snapshot import Progress, merge_chunk, save_progress
+
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL syncd.applying = 'on'")
+            await lock(conn)
+            await merge_chunk(conn, self.ctx, self.parent, table, chunk.rows)
+            await audit.record_rows(conn, self.parent, "received",
+                                    audit.snapshot_batch(table, p.after_id, chunk.next_after_id), table, chunk.rows)
+            # copies the parent no longer has were deleted there (HC-21)
+            await purge_stale_copies(conn, self.ctx.schema, self.ctx.topo, self.cfg.node.id, table,
+                                     p.after_id, chunk.next_after_id, chunk.rows)
+            fault_point("mid_snapshot_chunk")  # rows merged, progress not yet committed
+            fault_point("after_copy")
+            p = Progress(table, position, chunk.next_after_id or p.after_id, p.rows + len(chunk.rows), chunk.done)
+            await save_progress(conn, self.parent, p)
+        return p
 
     async def _needs_snapshot(self) -> bool:
         async with self.pool.acquire() as conn:

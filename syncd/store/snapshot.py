@@ -15,7 +15,6 @@ progress in ``syncd.snapshot_progress`` so a killed bootstrap resumes.
 """
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -29,7 +28,7 @@ from syncd.routing import column_reach, reach, reach_rule
 from syncd.schema.declarations import Schema
 from syncd.store.apply import ApplyContext, ApplyResult, _Row, _state, lock_and_load, lock_targets, park, write_rows
 from syncd.store.fastpath import insert_snapshot_rows
-from syncd.store.log import decode_homes
+from syncd.store.log import decode_homes, loads
 from syncd.store.opaque import has_opaque
 from syncd.topology import Topology, TopologyError
 
@@ -86,7 +85,6 @@ async def read_chunk(conn: asyncpg.Connection, schema: Schema, topo: Topology, m
     behind = topo.behind(me, child)
     out = []
     shipped = set(t.shipped_names)
-    loads = json.loads
     for r in recs:
         values = loads(r["j"]) if r["j"] else {}
         held = loads(r["vals"]) if r["vals"] else {}  # columns kept opaque here (HC-13)
