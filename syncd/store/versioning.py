@@ -60,7 +60,7 @@ class Capture:
     tbl: str
     op: str
     row_id: uuid.UUID
-    old: dict[str, Any] | None
+    old: dict[str, Any] | list[str] | None  # op 'u': the names of the changed columns
     new: dict[str, Any] | None
 
 
@@ -101,18 +101,31 @@ def _derived_sources(t: Table) -> tuple[str, ...]:
     return _cached(t, "derived", lambda: tuple(c.derived_from for c in t.shipped if c.derived_from))
 
 
-def _changed_columns(t: Table, new: Mapping[str, Any], old: Mapping[str, Any] | None,
+def _changed_columns(t: Table, new: Mapping[str, Any], old: Mapping[str, Any] | list[str] | None,
                      key: Secret | None) -> dict[str, Any]:
-    """Shipped columns and their new values that this capture changes (all of them for
-    an insert, ``old`` None)."""
+    """Shipped columns and their new values that this capture changes: all of them for
+    an insert (``old`` None), those named for an op ``u`` capture (``old`` the list of
+    changed columns), those that differ from a full old image (op ``U``)."""
     if old is None:
         out = {c: new.get(c) for c in _plain_columns(t)}
         out.update(_derive(t, new, key))
         return out
-    out = {c: new.get(c) for c in _plain_columns(t) if new.get(c) != old.get(c)}
+    if type(old) is list:
+        named = set(old)
+        out = {c: new.get(c) for c in _plain_columns(t) if c in named}
+    else:
+        out = {c: new.get(c) for c in _plain_columns(t) if new.get(c) != old.get(c)}  # type: ignore[union-attr]
     if any(src in out for src in _derived_sources(t)):
         out.update(_derive(t, new, key))
     return out
+
+
+def _old(cap: "Capture") -> dict[str, Any] | list[str]:
+    """What an update capture says of the old row: the changed columns' names (op ``u``)
+    or the full old image (op ``U``)."""
+    if cap.op == "u":
+        return cap.old if isinstance(cap.old, list) else []
+    return cap.old or {}
 
 
 def _workflow_columns(t: Table) -> frozenset[str]:
@@ -149,7 +162,7 @@ def version_captures(
             cl = 1 if rv is None else (rv.cl + 1 if rv.cl % 2 == 0 else rv.cl)
             values = _changed_columns(t, cap.new or {}, None, id_hash_key)
         else:
-            op, cl, values = OP_UPDATE, rv.cl, _changed_columns(t, cap.new or {}, cap.old or {}, id_hash_key)
+            op, cl, values = OP_UPDATE, rv.cl, _changed_columns(t, cap.new or {}, _old(cap), id_hash_key)
             if not values:
                 continue
         ts = next_ts(cap.ts_us, hlc)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections import Counter
 
@@ -75,6 +76,29 @@ async def test_setting_a_column_to_its_value_ships_only_real_changes(county: asy
     await _drain(county)
     (upd,) = await read_log(county, start)
     assert set(upd.cols) == {"title"}
+
+
+async def test_an_update_capture_names_its_changed_columns_and_an_older_full_image_still_versions(
+        county: asyncpg.Connection) -> None:
+    mid = await _new_member(county, work_unit="湖南大学", title="教授")
+    await _drain(county)
+    start = await _head(county)
+    await county.execute("UPDATE members SET work_unit = '中南大学', title = '教授', id_card_no = '430102199001011234' "
+                         "WHERE id = $1", mid)
+    op, old = await county.fetchrow("SELECT op, old FROM syncd.capture WHERE row_id = $1", mid)
+    assert (op, sorted(json.loads(old))) == (b"u", ["id_card_no", "work_unit"])  # names, not a second image
+    # a capture as an earlier release wrote it (op U, the full old image) is read the same way
+    await county.execute("SET syncd.applying = 'on'")
+    await county.execute("UPDATE members SET title = '研究员' WHERE id = $1", mid)
+    await county.execute("RESET syncd.applying")
+    await county.execute(
+        "INSERT INTO syncd.capture (stmt_ts, tbl, op, row_id, old, new) SELECT clock_timestamp(), 'members', 'U', "
+        "m.id, to_jsonb(m) || '{\"title\": \"教授\"}'::jsonb, to_jsonb(m) FROM members m WHERE m.id = $1", mid)
+    await _drain(county)
+    upd, older = await read_log(county, start)
+    assert set(upd.cols) == {"work_unit", "id_card_no", "id_card_hash"}  # the hash follows its source
+    assert upd.cols["work_unit"].value == "中南大学"
+    assert set(older.cols) == {"title"} and older.cols["title"].value == "研究员"
 
 
 async def test_hc19_app_maintained_updated_at_ships_nothing(county: asyncpg.Connection) -> None:
