@@ -39,7 +39,7 @@ from syncd.schema.declarations import Schema, Table
 from syncd.store.conflicts import close_seen
 from syncd.store import opaque
 from syncd.store.fastpath import Staged, apply_fast, relay_staged, stage_batch
-from syncd.store.log import add_pending, encode_cols
+from syncd.store.log import add_pending, dumps, encode_cols, loads
 from syncd.store.sequencer import lock
 from syncd.store.versioning import RowVer, Versioner, claim_captures, load_rowver, save_rowver
 from syncd.topology import Topology, TopologyError
@@ -181,7 +181,7 @@ async def _load_values(conn: asyncpg.Connection, t: Table, ids: list[uuid.UUID])
     """Values of the rows present here: the table's, plus those held opaque (HC-13)."""
     recs = await conn.fetch(f'SELECT id, to_jsonb(x) AS j FROM public."{t.name}" x WHERE id = ANY($1::uuid[]) '
                             "ORDER BY id FOR UPDATE", ids)
-    out = {r["id"]: json.loads(r["j"]) for r in recs}
+    out = {r["id"]: loads(r["j"]) for r in recs}
     for i, vals in (await opaque.load(conn, t.name, list(out))).items():
         out[i].update(vals)
     return out
@@ -224,7 +224,7 @@ async def _write_row(conn: asyncpg.Connection, row: _Row) -> None:
         await conn.execute(
             f"INSERT INTO {name} ({', '.join(map(_q, names))}) "
             f"SELECT {sel} FROM jsonb_populate_record(NULL::{name}, $1::jsonb) x",
-            json.dumps(dict(zip(names, params)), ensure_ascii=False))
+            dumps(dict(zip(names, params))))
         return
     cols = sorted(c for c in row.dirty if c in t.shipped_set)
     if not cols:
@@ -232,7 +232,7 @@ async def _write_row(conn: asyncpg.Connection, row: _Row) -> None:
     sets = ", ".join(f"{_q(c)} = x.{_q(c)}" for c in cols)
     await conn.execute(
         f"UPDATE {name} t SET {sets} FROM jsonb_populate_record(NULL::{name}, $1::jsonb) x WHERE t.id = $2",
-        json.dumps({c: values.get(c) for c in cols}, ensure_ascii=False), row.id)
+        dumps({c: values.get(c) for c in cols}), row.id)
 
 
 def _q(name: str) -> str:
@@ -444,7 +444,7 @@ async def _write_set(conn: asyncpg.Connection, group: list[_Row], act: str) -> N
         assert row.state is not None
         values = {c: v for c, v in row.state.values().items() if c in t.shipped_set}
         docs.append({**values, "id": str(row.id), "org_code": row.first.org_code})
-    payload = json.dumps(docs, ensure_ascii=False)
+    payload = dumps(docs)
     if act == "insert":
         cols = sorted({c for d in docs for c in d if c in t.shipped_set})
         names = ["org_code", *cols, *([] if t.natural_key else ["id"])]

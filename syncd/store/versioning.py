@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +25,7 @@ from syncd.config import Secret
 from syncd.merge import column_change, next_ts
 from syncd.proto.change import OP_DELETE, OP_INSERT, OP_UPDATE, Change, ColumnChange, Version
 from syncd.schema.declarations import HOME, Schema, Table
+from syncd.store.log import dumps, loads
 
 
 @dataclass
@@ -41,13 +41,13 @@ class RowVer:
     def to_db(self) -> tuple[str, int, str, str]:
         """Stored as ``{col: [cl, round, stage, ts, origin, prev-or-null]}``."""
         p = self.prevs
-        return (self.org_code, self.cl, json.dumps(self.homes), json.dumps(
+        return (self.org_code, self.cl, dumps(self.homes), dumps(
             {c: [*ver.as_list(), p[c].as_list() if p.get(c) else None] for c, ver in self.v.items()}))
 
     @classmethod
     def from_db(cls, org_code: str, cl: int, homes: str, v: str) -> "RowVer":
-        data = json.loads(v)
-        return cls(org_code, cl, json.loads(homes),
+        data = loads(v)
+        return cls(org_code, cl, loads(homes),
                    {c: Version.from_list(x[:5]) for c, x in data.items()},
                    {c: Version.from_list(x[5]) if len(x) > 5 and x[5] else None for c, x in data.items()})
 
@@ -191,8 +191,8 @@ def _capture_from_record(r: asyncpg.Record) -> Capture:
     return Capture(
         serial=r["serial"], ts_us=_to_us(r["stmt_ts"]), xid=int(str(r["xid"])), tbl=r["tbl"],
         op=r["op"].decode() if isinstance(r["op"], bytes) else str(r["op"]), row_id=r["row_id"],
-        old=json.loads(r["old"]) if r["old"] is not None else None,
-        new=json.loads(r["new"]) if r["new"] is not None else None,
+        old=loads(r["old"]) if r["old"] is not None else None,
+        new=loads(r["new"]) if r["new"] is not None else None,
     )
 
 
