@@ -441,6 +441,14 @@ def tune_gc(freeze: bool = False) -> None:
         gc.freeze()
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A released pool connection keeps its session: the daemon sets nothing beyond a
+    transaction (``SET LOCAL``, transaction advisory locks, cursors inside transactions) and
+    its one LISTEN (``store.listen``) UNLISTENs before release, so asyncpg's default reset
+    (``RESET ALL; UNLISTEN *; CLOSE ALL; pg_advisory_unlock_all()``) would be a round trip
+    for nothing on every release — 3–4 per push.  asyncpg still rolls back an open transaction."""
+
+
 @dataclass
 class TopologyRef:
     """The node's current topology, swapped when committees change."""
@@ -495,7 +503,7 @@ class Node:
         from syncd.peer import ChildLinks
 
         tune_gc()
-        self.pool = await asyncpg.create_pool(self.dsn, min_size=2, max_size=8)
+        self.pool = await asyncpg.create_pool(self.dsn, min_size=2, max_size=8, reset=_keep_session)
         try:
             async with self.pool.acquire() as conn:
                 node = await conn.fetchrow("SELECT id, incarnation FROM syncd.node")

@@ -78,26 +78,38 @@ async def on_hello(conn: asyncpg.Connection, me: str, topo: Topology, child: str
     return st, pos
 
 
-async def behind_retention(conn: asyncpg.Connection, child: str, position: int | None) -> bool:
-    """The child's position is below entries retention removed before it pulled them."""
-    if position is None:
-        return False
-    truncated = await _cursor(conn, child, "truncated") or 0
-    return position < truncated < RESYNC_ALWAYS
+#: what a push is judged by, in one round trip (a push runs this before every apply)
+_PUSH_STATE = """
+SELECT l.epoch,
+       (SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = 'applied') AS applied,
+       (SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = 'served') AS served,
+       (SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = 'truncated') AS truncated
+FROM syncd.links l WHERE l.peer = $1
+"""
+
+
+async def _link_row(conn: asyncpg.Connection, child: str, query: str) -> asyncpg.Record:
+    """``query`` over the child's link row, which is created (first epoch) if missing."""
+    r = await conn.fetchrow(query, child)
+    if r is None:
+        await links.load(conn, child, default_epoch=links.FIRST_EPOCH)
+        r = await conn.fetchrow(query, child)
+    return r
 
 
 async def on_push(conn: asyncpg.Connection, me: str, child: str, msg: Push) -> None:
     """SPEC R8.5 for a push that names an epoch: another epoch, one claiming positions this
     node does not hold, or one from a child behind retention gets ``MUST_RESYNC``."""
-    st = await links.load(conn, child, default_epoch=links.FIRST_EPOCH)
-    if msg.epoch != st.epoch:
-        raise must_resync(st.epoch, f"push in epoch {msg.epoch}, the link is in epoch {st.epoch}")
-    cursor = await _cursor(conn, child, "applied") or 0
+    st = await _link_row(conn, child, _PUSH_STATE)
+    if msg.epoch != st["epoch"]:
+        raise must_resync(st["epoch"], f"push in epoch {msg.epoch}, the link is in epoch {st['epoch']}")
+    cursor = st["applied"] or 0
+    served = st["served"]
     why = None
     if msg.from_pos > cursor:
         why = (f"{child} pushes from {msg.from_pos} but {me} holds its log only to {cursor}: "
                "an upward snapshot replaces what is missing")
-    elif await behind_retention(conn, child, await _cursor(conn, child, "served")):
+    elif served is not None and served < (st["truncated"] or 0) < RESYNC_ALWAYS:  # retention removed what it has not pulled
         why = f"{child} has not pulled changes that {me}'s retention removed"
     if why is None:
         return
@@ -125,7 +137,7 @@ async def pull_retained(conn: asyncpg.Connection, me: str, child: str, msg: Pull
 
 async def on_pull(conn: asyncpg.Connection, me: str, child: str, msg: PullRequest) -> int:
     """The link's epoch if the pull may be served, else ``MUST_RESYNC`` (SPEC R8.6)."""
-    epoch = (await links.load(conn, child, default_epoch=links.FIRST_EPOCH)).epoch
+    epoch = (await _link_row(conn, child, "SELECT epoch FROM syncd.links WHERE peer = $1"))["epoch"]
     if msg.epoch not in (0, epoch):
         raise must_resync(epoch, f"pull in epoch {msg.epoch}, the link is in epoch {epoch}")
     await pull_retained(conn, me, child, msg, epoch)

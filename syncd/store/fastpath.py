@@ -59,8 +59,7 @@ _RELAY = ("INSERT INTO syncd.pending (tbl, id, org_code, op, cl, ts, origin, txn
 
 async def stage_batch(conn: asyncpg.Connection, changes: Sequence[Change], received_from: str | None) -> Staged:
     """Stage ``changes`` (replacing what was staged before in this transaction) with one COPY."""
-    await conn.execute(_STAGE)
-    await conn.execute("DELETE FROM syncd_batch")
+    await conn.execute(_STAGE + "; DELETE FROM syncd_batch")  # one round trip (simple query protocol)
     await conn.copy_records_to_table("syncd_batch", columns=_STAGE_COLUMNS, records=[
         (i, *log_record(0, 0, c, received_from)[2:], *_values_versions(c)) for i, c in enumerate(changes, 1)])
     return {id(c): i for i, c in enumerate(changes, 1)}
