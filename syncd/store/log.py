@@ -95,6 +95,23 @@ def encode_cols(change: Change) -> str:
     return dumps(cols if type(cols) is dict else dict(cols))  # named tuples: arrays
 
 
+def _loads_cols(text: str) -> dict[str, list[Any]]:
+    """``loads`` of a log's ``{col: [value, round, stage, prev]}``: only the values can hold
+    what orjson reads inexactly (round, stage and prev are syncd's own 64-bit integers), so
+    only they are looked at — ``_huge`` over the whole document was a tenth of a
+    caught-up row's Python."""
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)  # type: ignore[no-any-return]
+    for v in data.values():
+        x = v[0]
+        tx = type(x)
+        if (tx is float and not -_HUGE < x < _HUGE) or ((tx is list or tx is dict) and _huge(x)):
+            return json.loads(text)  # type: ignore[no-any-return]
+    return data  # type: ignore[no-any-return]
+
+
 _HOMES_TEXT: dict[tuple[tuple[str, str], ...], str] = {}
 
 
@@ -115,7 +132,7 @@ _tnew = tuple.__new__  # named tuples from lists encode_cols wrote, without thei
 def decode_cols(raw: str | dict[str, Any]) -> dict[str, ColumnChange]:
     # written by encode_cols: ints are ints already, a column a 4-list, a prev a 5-list
     if isinstance(raw, str):
-        data = loads(raw)  # our own lists: the prevs are replaced in place
+        data = _loads_cols(raw)  # our own lists: the prevs are replaced in place
         for v in data.values():
             p = v[3]
             if p:

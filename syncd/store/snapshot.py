@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import asyncpg
+import orjson
 
 from syncd.merge import RowState, merge_states
 from syncd.proto.change import OP_DELETE, OP_INSERT, Change, Version
@@ -90,7 +91,8 @@ async def read_chunk(conn: asyncpg.Connection, schema: Schema, topo: Topology, m
         held = loads(r["vals"]) if r["vals"] else {}  # columns kept opaque here (HC-13)
         if held:
             values.update(held)
-        cols = {c: (values.get(c), _tnew(Version, v[:5])) for c, v in loads(r["v"]).items()
+        # versions are syncd's own 64-bit integers and node codes: orjson reads them exactly
+        cols = {c: (values.get(c), _tnew(Version, v[:5])) for c, v in orjson.loads(r["v"]).items()
                 if c in shipped or c in held}
         row = _project(t, SnapshotRow(r["id"], r["org_code"], r["cl"], decode_homes(r["homes"]), cols), behind, topo)
         if row is not None:

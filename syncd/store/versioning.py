@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import asyncpg
+import orjson
 
 from syncd.config import Secret
 from syncd.merge import column_change, next_ts
@@ -46,8 +47,8 @@ class RowVer:
 
     @classmethod
     def from_db(cls, org_code: str, cl: int, homes: str, v: str) -> "RowVer":
-        data = loads(v)
-        return cls(org_code, cl, loads(homes),
+        data = orjson.loads(v)  # syncd's own versions: 64-bit integers and node codes, read exactly
+        return cls(org_code, cl, orjson.loads(homes),
                    {c: Version.from_list(x[:5]) for c, x in data.items()},
                    {c: Version.from_list(x[5]) if len(x) > 5 and x[5] else None for c, x in data.items()})
 

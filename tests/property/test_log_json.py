@@ -40,3 +40,18 @@ def test_named_tuples_are_arrays_and_int_keys_are_strings() -> None:
     assert json.loads(dumps(cols)) == {"name": ["高涛", 1, 0, [3, 0, 0, 1_700_000_000_000_000, "430102"]]}
     assert decode_cols(dumps(cols)) == cols
     assert json.loads(dumps({1: "a"})) == {"1": "a"}
+
+
+@given(_values)
+def test_a_logged_columns_document_decodes_to_the_values_written(v: object) -> None:
+    cols = {"title": ColumnChange(v, 2, 1, Version(3, 0, 0, 1_700_000_000_000_000, "430102")),
+            "name": ColumnChange("高涛", 0, 0, None)}
+    back = decode_cols(dumps(cols))
+    assert back["title"].value == json.loads(json.dumps(v, ensure_ascii=False)) and back["name"] == cols["name"]
+    assert back["title"][1:] == cols["title"][1:]
+
+
+def test_a_logged_integer_beyond_64_bits_stays_exact() -> None:
+    big = 2**70 + 1
+    back = decode_cols(dumps({"points": ColumnChange([1, {"x": big}], 0, 0, None)}))
+    assert back["points"].value == [1, {"x": big}] and type(back["points"].value[1]["x"]) is int
