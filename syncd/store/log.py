@@ -56,8 +56,8 @@ def dumps(o: Any) -> str:
         return _stdlib_dumps(o)
 
 
-#: orjson reads an integer beyond 64 bits as a float: a float this large may have been one
-_HUGE = 2.0 ** 64
+#: orjson reads an integer outside int64 (below) or u64 (above) as a float: a float this large may have been one
+_HUGE = 2.0 ** 63  # below -2**63 orjson reads an integer as a float too
 
 
 def _huge(v: Any) -> bool:
