@@ -109,7 +109,7 @@ async def on_push(conn: asyncpg.Connection, me: str, child: str, msg: Push) -> N
     if msg.from_pos > cursor:
         why = (f"{child} pushes from {msg.from_pos} but {me} holds its log only to {cursor}: "
                "an upward snapshot replaces what is missing")
-    elif served is not None and served < (st["truncated"] or 0) < RESYNC_ALWAYS:  # retention removed what it has not pulled
+    elif served is not None and served < (st["truncated"] or 0) < RESYNC_ALWAYS:  # removed before it pulled
         why = f"{child} has not pulled changes that {me}'s retention removed"
     if why is None:
         return
