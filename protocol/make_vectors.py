@@ -92,6 +92,12 @@ def messages() -> list[dict[str, Any]]:
                     {"name": ("张三", Version(1, 0, 0, NOW_US - 9_000_000, "430102"))}),
         SnapshotRow(ROW2, "430102", 2, {"home": "430102"}, {}),
     ), ROW2, False)
+    edited = Version(1, 0, 0, NOW_US - 5_000_000, "430000")
+    chunk_v3 = SnapshotChunk("attendance", 5000, (
+        SnapshotRow(ROW, "430102", 1, {"home": "430102"},
+                    {"status": ("缺席", edited), "note": ("", Version(1, 0, 0, NOW_US - 9_000_000, "430102"))},
+                    {"status": Version(1, 0, 0, NOW_US - 9_000_000, "430102")}),
+    ), None, True)
     return [
         valid("hello", "v2_basic", HELLO, "Child 芙蓉区 (430102) says hello speaking versions 1 and 2."),
         valid("hello", "fresh_node", Hello((2,), "430102", U[2], U[3], 0, NOW_US, 0, None, {}),
@@ -123,7 +129,7 @@ def messages() -> list[dict[str, Any]]:
         invalid("push", "v1_with_summary", "push", codec.encode(PUSH, 2), "DECODE_ERROR",
                 "A version-2 push (with sm) read at version 1.", version=1),
         invalid("push", "unknown_protocol_version", "push", codec.encode(PUSH), "UNSUPPORTED_VERSION",
-                "Decoding at version 3, which this build does not speak.", version=3),
+                "Decoding at version 4, which this build does not speak.", version=4),
         invalid("push", "truncated", "push", codec.encode(PUSH)[:60], "DECODE_ERROR", "Cut after 60 bytes."),
         invalid("push", "trailing_bytes", "push", codec.encode(PUSH) + b"\xc0", "DECODE_ERROR",
                 "A nil after the message."),
@@ -170,6 +176,11 @@ def messages() -> list[dict[str, Any]]:
         valid("snapshot", "start", SnapshotRequest("members", None, 1000, None), "Start a snapshot of members."),
         valid("snapshot", "resume", SnapshotRequest("members", ROW2, 1000, 5000), "Resume at p0 = 5000."),
         valid("snapshot_chunk", "row_and_tombstone", chunk, "A live row and a tombstone (cl 2)."),
+        valid("snapshot_chunk", "v3_cell_with_prev", chunk_v3,
+              "Version 3: 湖南省's edit of status carries the version it replaced; note was never edited.",
+              version=3),
+        invalid("snapshot_chunk", "prev_before_v3", "snapshot_chunk", codec.encode(chunk_v3, 3), "DECODE_ERROR",
+                "A cell with a prev read at version 2."),
         valid("verify", "two_ranges", VerifyRequest("members", None, (IdRange(U[1], U[8]), IdRange(U[8], None))),
               "Ask for sums of two id ranges."),
         valid("verify_reply", "two_ranges", VerifyReply("members", 5000, (

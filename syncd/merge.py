@@ -204,7 +204,7 @@ def decide(local: RowState | None, incoming: Change, table: Table | str | None =
             order = compare((new[1], new[0]), (old[1], old[0]))
             if order == 0:
                 continue
-            conflict = _conflict(name, incoming, col, cc.prev, new, old, kept_prevs.get(col))
+            conflict = _conflict(name, incoming.id, col, cc.prev, new, old, kept_prevs.get(col))
             if conflict is not None:
                 conflicts.append(conflict)
             if order < 0:
@@ -227,7 +227,7 @@ def decide(local: RowState | None, incoming: Change, table: Table | str | None =
 
 
 def _conflict(
-    table: str, incoming: Change, col: str, in_prev: Version | None,
+    table: str, row_id: object, col: str, in_prev: Version | None,
     new: Cell, old: Cell, old_prev: Version | None,
 ) -> Conflict | None:
     """A conflict record when ``new`` and ``old`` are truly concurrent, else None."""
@@ -237,8 +237,8 @@ def _conflict(
         return None
     win, lose = (new, old) if compare((new[1], new[0]), (old[1], old[0])) > 0 else (old, new)
     return Conflict(
-        id=conflict_id(table, incoming.id, col, new[1], old[1]),
-        table=table, row_id=str(incoming.id), column=col,
+        id=conflict_id(table, row_id, col, new[1], old[1]),
+        table=table, row_id=str(row_id), column=col,
         winner=(win[1], win[0]), loser=(lose[1], lose[0]),
     )
 
@@ -260,6 +260,25 @@ def merge_states(a: RowState | None, b: RowState | None) -> RowState | None:
             cols[col] = cell
             prevs[col] = b.prevs.get(col)
     return RowState(a.cl, cols, prevs)
+
+
+def state_conflicts(table: str, row_id: object, local: RowState | None, incoming: RowState) -> list[Conflict]:
+    """The conflicts :func:`decide` records when the writes behind ``incoming`` (a snapshot
+    row) meet ``local``: the same ``cl``, a column both hold with different values written
+    by two writes neither of which saw the other (HC-17: the same ids wherever they meet).
+    Only incoming cells that carry the version they replaced are judged: a snapshot from a
+    version-2 parent carries none, and a replayed old version must never count as one."""
+    if local is None or local.cl != incoming.cl:
+        return []
+    out = []
+    for col, new in incoming.cols.items():
+        old, in_prev = local.cols.get(col), incoming.prevs.get(col)
+        if old is None or in_prev is None or old[1] == new[1]:
+            continue
+        conflict = _conflict(table, row_id, col, in_prev, new, old, local.prevs.get(col))
+        if conflict is not None:
+            out.append(conflict)
+    return out
 
 
 # -- workflow rank (HC-8) -------------------------------------------------------------

@@ -70,6 +70,10 @@ class Field:
     write: Callable[[Any], Any]
     since: int = 1
     absent: Any = None  # the attribute's value in versions before ``since``
+    until: int = 255  # the last protocol version with this form of the field
+
+    def spoken(self, version: int) -> bool:
+        return self.since <= version <= self.until
 
 
 def _same(x: Any) -> Any:
@@ -294,9 +298,10 @@ def _summary(v: Any, p: str) -> dict[str, Any]:
 _ROW_KEYS = frozenset(("i", "o", "cl", "h", "c"))
 
 
-def _snapshot_row_fast(v: Any) -> SnapshotRow | None:
+def _snapshot_row_fast(v: Any, with_prevs: bool = False) -> SnapshotRow | None:
     """The snapshot row in ``v`` if every check passes, else None (the checked reader then
-    names the problem); the twin of :func:`_change_fast`."""
+    names the problem); the twin of :func:`_change_fast`.  ``with_prevs`` (version 3 on):
+    a cell may carry a third element, the version its write replaced."""
     if type(v) is not dict or v.keys() != _ROW_KEYS:
         return None
     rid, org, cl, homes, raw = v["i"], v["o"], v["cl"], v["h"], v["c"]
@@ -307,13 +312,20 @@ def _snapshot_row_fast(v: Any) -> SnapshotRow | None:
         if not (_is_ident(k) and _is_node(code)):
             return None
     cols: dict[str, tuple[Any, Version]] = {}
+    prevs: dict[str, Version] = {}
     idents = _IDENTS
     for k, cell in raw.items():
-        if not (type(cell) is list and len(cell) == 2 and (k in idents or _is_ident(k))):
+        if not (type(cell) is list and (len(cell) == 2 or (with_prevs and len(cell) == 3))
+                and (k in idents or _is_ident(k))):
             return None
         ver = _fast_version(cell[1])
         if ver is None:
             return None
+        if len(cell) == 3:
+            prev = _fast_version(cell[2])
+            if prev is None:
+                return None
+            prevs[k] = prev
         value = cell[0]
         t = type(value)
         if not (value is None or t is str or t is bool):
@@ -321,7 +333,7 @@ def _snapshot_row_fast(v: Any) -> SnapshotRow | None:
             if not ok:
                 return None
         cols[k] = (value, ver)
-    return SnapshotRow(uuid.UUID(bytes=rid), org, cl, dict(homes), cols)
+    return SnapshotRow(uuid.UUID(bytes=rid), org, cl, dict(homes), cols, prevs)
 
 
 def _snapshot_row(v: Any, p: str) -> SnapshotRow:
@@ -329,18 +341,26 @@ def _snapshot_row(v: Any, p: str) -> SnapshotRow:
     return fast if fast is not None else _snapshot_row_checked(v, p)
 
 
-def _snapshot_row_checked(v: Any, p: str) -> SnapshotRow:
+def _snapshot_row_v3(v: Any, p: str) -> SnapshotRow:
+    fast = _snapshot_row_fast(v, True)
+    return fast if fast is not None else _snapshot_row_checked(v, p, True)
+
+
+def _snapshot_row_checked(v: Any, p: str, with_prevs: bool = False) -> SnapshotRow:
     m = f.fields(v, p, ("i", "o", "cl", "h", "c"))
 
-    def col(x: Any, q: str) -> tuple[Any, Version]:
-        if type(x) is not list or len(x) != 2:
-            raise DecodeError(q, "expected [value, version]")
-        return (f.value(x[0], f.sub(q, "value")), _version(x[1], f.sub(q, "version")))
+    def col(x: Any, q: str) -> tuple[Any, Version, Version | None]:
+        if type(x) is not list or not (len(x) == 2 or (with_prevs and len(x) == 3)):
+            raise DecodeError(q, "expected [value, version, prev]" if with_prevs else "expected [value, version]")
+        prev = _version(x[2], f.sub(q, "prev")) if len(x) == 3 else None
+        return (f.value(x[0], f.sub(q, "value")), _version(x[1], f.sub(q, "version")), prev)
 
+    cells = f.str_map(m["c"], f.sub(p, "cols"), col, MAX_COLUMNS, key_code="UNKNOWN_COLUMN")
     return SnapshotRow(
         id=f.uuid_(m["i"], f.sub(p, "id")), org_code=_node(m["o"], f.sub(p, "org_code")),
         cl=f.causal_length(m["cl"], f.sub(p, "cl")), homes=_homes(m["h"], f.sub(p, "homes")),
-        cols=f.str_map(m["c"], f.sub(p, "cols"), col, MAX_COLUMNS, key_code="UNKNOWN_COLUMN"),
+        cols={k: (val, ver) for k, (val, ver, _) in cells.items()},
+        prevs={k: prev for k, (_, _, prev) in cells.items() if prev is not None},
     )
 
 
@@ -402,8 +422,20 @@ def change_map(c: Change, with_pos: bool = True) -> dict[str, Any]:
 
 
 def _row_out(r: SnapshotRow) -> dict[str, Any]:
+    """A snapshot row's wire map before version 3, and the map its digest is taken of (R9.2)."""
     return {"i": r.id.bytes, "o": r.org_code, "cl": r.cl, "h": _homes_out(r.homes),
             "c": {k: [val if type(val) in _SCALARS else _canon(val), list(ver)] for k, (val, ver) in sorted(r.cols.items())}}
+
+
+def _row_out_v3(r: SnapshotRow) -> dict[str, Any]:
+    """A snapshot row's wire map from version 3: a cell whose write replaced a known version
+    carries it third."""
+    m = _row_out(r)
+    for k, prev in r.prevs.items():
+        cell = m["c"].get(k)
+        if cell is not None:
+            cell.append(list(prev))
+    return m
 
 
 def _tables_out(t: Mapping[str, TableDecl]) -> dict[str, Any]:
@@ -418,8 +450,8 @@ _OPT_INT = (f.optional(_u), _same)
 
 
 def _fl(key: str, attr: str, rw: tuple[Callable[[Any, str], Any], Callable[[Any], Any]],
-        since: int = 1, absent: Any = None) -> Field:
-    return Field(key, attr, rw[0], rw[1], since, absent)
+        since: int = 1, absent: Any = None, until: int = 255) -> Field:
+    return Field(key, attr, rw[0], rw[1], since, absent, until)
 
 
 #: The field tables of SPEC §4–§10, in wire order.
@@ -466,7 +498,9 @@ FIELDS: Mapping[type, tuple[Field, ...]] = {
         _fl("t", "table", (lambda v, p: f.string(v, p, 63, f.IDENT_RE), _same)),
         _fl("p", "position", _INT),
         _fl("r", "rows", (lambda v, p: f.array(v, p, _snapshot_row, MAX_CHANGES),
-                          lambda rs: [_row_out(r) for r in rs])),
+                          lambda rs: [_row_out(r) for r in rs]), until=2),
+        _fl("r", "rows", (lambda v, p: f.array(v, p, _snapshot_row_v3, MAX_CHANGES),
+                          lambda rs: [_row_out_v3(r) for r in rs]), since=3),
         _fl("nx", "next_after_id", _OPT_UUID), _fl("d", "done", (f.boolean, _same)),
     ),
     VerifyRequest: (
@@ -507,7 +541,7 @@ def encode(msg: Message, version: int = PROTOCOL_VERSION) -> bytes:
     _check_version(version)
     out: dict[str, Any] = {}
     for fd in FIELDS[cls]:
-        if fd.since <= version:
+        if fd.spoken(version):
             out[fd.key] = fd.write(getattr(msg, fd.attr))
     return msgpack.packb(out, use_bin_type=True)
 
@@ -563,7 +597,7 @@ def decode(kind: str, data: bytes, version: int = PROTOCOL_VERSION) -> Message:
     if cls is HelloReply:
         version = f.integer(obj.get("v"), "version", 1, 255)
         _check_version(version)
-    specs = [fd for fd in FIELDS[cls] if fd.since <= version]
+    specs = [fd for fd in FIELDS[cls] if fd.spoken(version)]
     m = f.fields(obj, "", tuple(fd.key for fd in specs))
     values = {fd.attr: fd.absent for fd in FIELDS[cls] if fd.since > version}
     try:
@@ -590,7 +624,8 @@ def change_hash(change: Change) -> bytes:
 
 
 def row_digest(row: SnapshotRow) -> bytes:
-    """SHA-256 of a snapshot row's canonical map (SPEC R9.2)."""
+    """SHA-256 of a snapshot row's canonical map without prevs (SPEC R9.2): two nodes
+    holding the same cells agree, whatever each knows of what the writes replaced."""
     return hashlib.sha256(msgpack.packb(_row_out(row), use_bin_type=True)).digest()
 
 

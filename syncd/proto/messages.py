@@ -24,8 +24,8 @@ from syncd.errors import SyncdError
 from syncd.proto.change import Change, Version
 
 #: The protocol version this build prefers, and every version it speaks (SPEC R3.1).
-PROTOCOL_VERSION = 2
-SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2)
+PROTOCOL_VERSION = 3
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3)
 
 
 def _tuple(obj: object, name: str) -> None:
@@ -154,13 +154,16 @@ class SnapshotRequest:
 @dataclass(frozen=True)
 class SnapshotRow:
     """One row as the parent holds it for this child: versions, ``cl`` and, for a
-    tombstone (even ``cl``), no columns."""
+    tombstone (even ``cl``), no columns.  ``prevs``: the version each column's write
+    replaced, where known (protocol version 3 on; a conflict met in a snapshot is judged
+    by them, HC-17)."""
 
     id: uuid.UUID
     org_code: str
     cl: int
     homes: Mapping[str, str]
     cols: Mapping[str, tuple[Any, Version]]
+    prevs: Mapping[str, Version] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -459,8 +459,8 @@ async def _write_set(conn: asyncpg.Connection, group: list[_Row], act: str) -> N
         payload)
 
 
-async def _record_conflicts(conn: asyncpg.Connection, schema: Schema, conflicts: Sequence[Conflict],
-                            org_codes: dict[str, str]) -> None:
+async def record_conflicts(conn: asyncpg.Connection, conflicts: Sequence[Conflict], org_codes: dict[str, str]) -> None:
+    """Keep conflicts met here; one row per deterministic id however often they are met."""
     for cf in conflicts:
         await conn.execute(
             "INSERT INTO syncd.conflicts (id, tbl, row_id, org_code, col, winner, loser) "
@@ -500,7 +500,7 @@ async def retry_parked(conn: asyncpg.Connection, ctx: ApplyContext) -> int:
     for peer, changes in by_peer.items():
         again = await merge_rows(conn, ctx, peer, changes, result)
         await park(conn, peer, again)
-        await _record_conflicts(conn, ctx.schema, result.conflicts, {str(c.id): c.org_code for c in changes})
+        await record_conflicts(conn, result.conflicts, {str(c.id): c.org_code for c in changes})
     return result.applied
 
 
@@ -538,7 +538,7 @@ async def apply_batch(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ki
             fault_point("after_copy")
             await park(conn, peer, parked)
             result.parked = len(parked)
-            await _record_conflicts(conn, ctx.schema, result.conflicts, {str(c.id): c.org_code for c in ok})
+            await record_conflicts(conn, result.conflicts, {str(c.id): c.org_code for c in ok})
             await close_seen(conn, ok)
             # relay what is new here (HC-12: whether or not it applied); a version this node
             # already held was relayed when it first came, so it is not logged twice (HC-35)

@@ -219,10 +219,11 @@ _SNAP_VERSIONS = ("INSERT INTO syncd.rowver (tbl, id, org_code, cl, homes, v) "
 
 
 def _snapshot_values(r: SnapshotRow) -> tuple[str, str]:
-    """A snapshot row's values and versions as JSON (:func:`_values_versions`); a snapshot
-    carries no ``prev``, so each version is stored with a null one."""
-    cols = r.cols
-    return (dumps({k: vv[0] for k, vv in cols.items()}), dumps({k: [*vv[1], None] for k, vv in cols.items()}))
+    """A snapshot row's values and versions as JSON (:func:`_values_versions`), each version
+    with the one its write replaced where the row carries it (else null)."""
+    cols, prevs = r.cols, r.prevs
+    return (dumps({k: vv[0] for k, vv in cols.items()}),
+            dumps({k: [*vv[1], list(prevs[k]) if k in prevs else None] for k, vv in cols.items()}))
 
 
 async def insert_snapshot_rows(conn: asyncpg.Connection, t: Table, rows: Sequence[SnapshotRow]) -> bool:

@@ -27,7 +27,7 @@ from syncd.errors import OperatorRequestError
 
 from syncd.merge import clock_check
 from syncd.routing import Direction, check_origin
-from syncd.store.apply import (ApplyContext, ApplyResult, _record_conflicts, change_from_json, current_topology,
+from syncd.store.apply import (ApplyContext, ApplyResult, change_from_json, current_topology, record_conflicts,
                                merge_rows, park)
 from syncd.store.conflicts import close_seen
 from syncd.store.log import add_pending
@@ -125,7 +125,7 @@ async def release_quarantined(conn: asyncpg.Connection, ctx: ApplyContext, qid: 
                 "SELECT code, reason FROM d ORDER BY id LIMIT 1", before)
             return await _keep(conn, qid, new["code"], new["reason"])
         await park(conn, peer, parked)
-        await _record_conflicts(conn, ctx.schema, result.conflicts, {str(change.id): change.org_code})
+        await record_conflicts(conn, result.conflicts, {str(change.id): change.org_code})
         await close_seen(conn, [change])
         await conn.execute("UPDATE syncd.quarantine SET released_at = now() WHERE id = $1", qid)
     return ReleaseResult(qid, "parked" if parked else "applied")

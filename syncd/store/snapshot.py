@@ -5,7 +5,9 @@ with their causal length, route homes and per-column versions, filtered to the
 rows that reach the child's subtree and projected to the columns whose reach
 includes it.  A snapshot is consistent with p₀, the parent's log head when it
 started: every change after p₀ is also in the child's outbox and is replayed by
-pulls afterwards (idempotent merges; no conflicts, HC-17).
+pulls afterwards (idempotent merges: a replay is no conflict, HC-17).  Each column's
+version travels with the one its write replaced (protocol version 3), so two writes that
+never saw each other are recorded as the same conflict here as where ``decide`` meets them.
 
 Child side (:func:`merge_chunk`): each row is joined into the local row with
 ``merge.merge_states`` — never replaced, so home-only personal columns and own
@@ -22,12 +24,13 @@ from typing import Any, Sequence
 import asyncpg
 import orjson
 
-from syncd.merge import RowState, merge_states
+from syncd.merge import RowState, merge_states, state_conflicts
 from syncd.proto.change import OP_DELETE, OP_INSERT, Change, Version
 from syncd.proto.messages import SnapshotRow
 from syncd.routing import column_reach, reach, reach_rule
 from syncd.schema.declarations import Schema
-from syncd.store.apply import ApplyContext, ApplyResult, _Row, _state, lock_and_load, lock_targets, park, write_rows
+from syncd.store.apply import (ApplyContext, ApplyResult, _Row, _state, lock_and_load, lock_targets, park,
+                               record_conflicts, write_rows)
 from syncd.store.fastpath import insert_snapshot_rows
 from syncd.store.log import decode_homes, loads
 from syncd.store.opaque import has_opaque
@@ -47,7 +50,9 @@ def _project(table: Any, row: SnapshotRow, behind: frozenset[str], topo: Topolog
         return None
     if len(keep) == len(row.cols):  # type: ignore[arg-type]
         return row
-    return SnapshotRow(row.id, row.org_code, row.cl, row.homes, {n: row.cols[n] for n in keep})  # type: ignore[union-attr]
+    return SnapshotRow(row.id, row.org_code, row.cl, row.homes,  # type: ignore[union-attr]
+                       {n: row.cols[n] for n in keep},
+                       {n: row.prevs[n] for n in keep if n in row.prevs})  # type: ignore[union-attr]
 
 
 _MISSING = object()
@@ -92,9 +97,11 @@ async def read_chunk(conn: asyncpg.Connection, schema: Schema, topo: Topology, m
         if held:
             values.update(held)
         # versions are syncd's own 64-bit integers and node codes: orjson reads them exactly
-        cols = {c: (values.get(c), _tnew(Version, v[:5])) for c, v in orjson.loads(r["v"]).items()
-                if c in shipped or c in held}
-        row = _project(t, SnapshotRow(r["id"], r["org_code"], r["cl"], decode_homes(r["homes"]), cols), behind, topo)
+        stored = orjson.loads(r["v"])
+        cols = {c: (values.get(c), _tnew(Version, v[:5])) for c, v in stored.items() if c in shipped or c in held}
+        prevs = {c: _tnew(Version, v[5]) for c, v in stored.items() if c in cols and len(v) > 5 and v[5]}
+        row = _project(t, SnapshotRow(r["id"], r["org_code"], r["cl"], decode_homes(r["homes"]), cols, prevs),
+                       behind, topo)
         if row is not None:
             out.append(row)
     nxt = recs[-1]["id"] if len(recs) == limit else None
@@ -128,7 +135,8 @@ async def merge_chunk(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ta
     for r in rows:
         key = (table, r.id)
         local = _state(rowver.get(key), values.get(key))
-        incoming = RowState(r.cl, dict(r.cols), {})
+        incoming = RowState(r.cl, dict(r.cols), dict(r.prevs))
+        result.conflicts.extend(state_conflicts(table, r.id, local, incoming))
         state = merge_states(local, incoming)
         if state == local:
             continue
@@ -141,6 +149,7 @@ async def merge_chunk(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ta
     parked = await write_rows(conn, ctx.schema, peer, merged, rowver, result)
     await park(conn, peer, parked)
     result.parked = len(parked)
+    await record_conflicts(conn, result.conflicts, {str(r.id): r.org_code for r in rows})
     return result
 
 

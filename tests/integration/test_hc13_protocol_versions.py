@@ -1,11 +1,11 @@
 """HC-13 / SPEC R3.1: a tree of mixed protocol versions keeps syncing.
 
-This build speaks N = 2 and N−1 = 1.  A node restricted to ``versions=(1,)`` puts
+This build speaks N = 3, 2 and 1.  A node restricted to ``versions=(1,)`` puts
 exactly the version-1 bytes on the wire (no ``HelloReply.clock``, no ``Push.summary``,
 ``?v=1`` on every request), as a not-yet-upgraded 长沙市 would.  Both ends of its links
-are exercised: the province (v2) is its parent, 芙蓉区 (v2) its child.
+are exercised: the province (v3) is its parent, 芙蓉区 (v3) its child.
 
-A build two majors ahead (speaking only 3 and 4) sees this one as N−2: it is refused
+A build with no version in common (speaking only 4 and 5) is refused
 at hello with ``UNSUPPORTED_VERSION``, shown by name in its status, and syncs once
 "upgraded" to a build that shares a version.
 """
@@ -32,7 +32,7 @@ async def mixed(cluster: Cluster) -> AsyncIterator[Tree]:
 
 
 
-async def test_r3_1_n_minus_1_city_in_a_v2_tree_syncs_both_ways(mixed: Tree) -> None:
+async def test_r3_1_v1_city_in_a_v3_tree_syncs_both_ways(mixed: Tree) -> None:
     t = mixed
     await t.settled()
     await t.db("430102").execute("INSERT INTO members (org_code, name) VALUES ('430102', '旧版路过委员')")
@@ -47,7 +47,7 @@ async def test_r3_1_n_minus_1_city_in_a_v2_tree_syncs_both_ways(mixed: Tree) -> 
             f"province {up} city {mid} county {down}\n{await t.diagnose()}")
     await eventually(both_ways, 30)
 
-    # what was spoken: version 1 on both of the city's links, version 2 nowhere near it
+    # what was spoken: version 1 on both of the city's links, nothing newer near it
     city, county = t.nodes["430100"].links, t.nodes["430102"].links
     assert city.link.version == 1 and county.link.version == 1
     assert county.clock_offset_ms is None  # a v1 HelloReply has no clock (R3.5)
@@ -59,9 +59,9 @@ async def test_r3_1_n_minus_1_city_in_a_v2_tree_syncs_both_ways(mixed: Tree) -> 
     assert province["430100"] == province["430102"] == "missing", province
 
 
-async def test_r3_1_build_two_majors_ahead_is_refused_at_hello_by_name(cluster: Cluster) -> None:
+async def test_r3_1_build_with_no_version_in_common_is_refused_at_hello_by_name(cluster: Cluster) -> None:
     t = Tree(cluster, CHAIN, tuning={"pull_wait_s": 0.5, "failed_probe_s": 1.0},
-             versions={"430102": (3, 4)})
+             versions={"430102": (4, 5)})
     try:
         await t.setup()
         await t.db("430102").execute("INSERT INTO members (org_code, name) VALUES ('430102', '新版委员')")
@@ -72,7 +72,7 @@ async def test_r3_1_build_two_majors_ahead_is_refused_at_hello_by_name(cluster: 
                     or Pending(str(up)))
         await eventually(refused, 20)
         up = next(ln for ln in (await t.status("430102"))["links"] if ln["direction"] == "parent")
-        assert "[3, 4]" in up["last_error"]["reason"] and up["last_error"]["hint"], up["last_error"]
+        assert "[4, 5]" in up["last_error"]["reason"] and up["last_error"]["hint"], up["last_error"]
         assert await t.db("430100").fetchval("SELECT count(*) FROM members WHERE name = '新版委员'") == 0
         assert await t.db("430100").fetchval(
             "SELECT count(*) FROM syncd.cursors WHERE peer = '430102' AND kind = 'applied'") == 0

@@ -230,11 +230,11 @@ async def test_child_down_catches_up_and_conflict_recorded(tree: Tree) -> None:
                 for c in ("430000", "430102")] == [1, 1]
     try:
         await eventually(recorded_at_both_ends)
-    except AssertionError:
-        print("DEBUG", await fr.fetch("SELECT pos, op, origin, received_from, cols FROM syncd.log WHERE id = $1", aid))
-        print("DEBUG", await fr.fetch("SELECT * FROM syncd.conflicts"), await prov.fetch("SELECT id, winner, loser FROM syncd.conflicts"))
-        print("DEBUG", await tree.diagnose())
-        raise
+    except AssertionError as e:
+        log = await fr.fetch("SELECT pos, op, origin, received_from, cols FROM syncd.log WHERE id = $1", aid)
+        raise AssertionError(f"{e}\nlog at 芙蓉区: {log}\nconflicts: {await fr.fetch('SELECT * FROM syncd.conflicts')} / "
+                             f"{await prov.fetch('SELECT id, winner, loser FROM syncd.conflicts')}\n"
+                             f"{await tree.diagnose()}") from None
     a = await prov.fetchval("SELECT id FROM syncd.conflicts WHERE row_id = $1", aid)
     b = await fr.fetchval("SELECT id FROM syncd.conflicts WHERE row_id = $1", aid)
     assert a == b

@@ -408,6 +408,54 @@ async def test_hc22_resync_keeps_home_personal_data_and_unpushed_writes(tree: Tr
     await no_conflicts_or_quarantine(t)
 
 
+async def test_hc17_an_edit_met_in_a_resync_snapshot_is_the_same_one_conflict_everywhere(tree: Tree) -> None:
+    """岳麓区 and 湖南省 change one sign-in's status while 长沙市 is down; 岳麓区 then resyncs
+    and first meets 湖南省's edit in 长沙市's snapshot, not as a change: it records the
+    conflict with the id 长沙市 and 湖南省 give it when 岳麓区's change reaches them."""
+    t = tree
+    await t.settled()
+    yl, cs, prov = t.db("430104"), t.db("430100"), t.db("430000")
+    act = await prov.fetchval("INSERT INTO activities (org_code, kind, title, starts_at) "
+                              "VALUES ('430000', '全体会议', '全会', now()) RETURNING id")
+    mid = await add_member(yl, "430104", "麓冲")
+    await wait(t, lambda: at(t, "activities", act, ["430104"]))
+    aid = await yl.fetchval("INSERT INTO attendance (org_code, activity_id, member_id, status) "
+                            "VALUES ('430104', $1, $2, '出席') RETURNING id", act, mid)
+    await wait(t, lambda: at(t, "attendance", aid, ["430000"]))
+    await t.stop("430100")
+    await yl.execute("UPDATE attendance SET status = '请假' WHERE id = $1", aid)
+
+    async def versioned_at_county() -> bool:  # 岳麓区's edit has its version before the resync
+        return await n(t, "430104", "SELECT count(*) FROM syncd.log WHERE id = $1", aid) == 2
+    await wait(t, versioned_at_county)
+    await prov.execute("UPDATE attendance SET status = '缺席' WHERE id = $1", aid)
+    await t.stop("430104")
+    await cs.execute(  # 长沙市 will answer 岳麓区's next pull with MUST_RESYNC
+        "INSERT INTO syncd.cursors (peer, kind, pos) VALUES ('430104', 'truncated', $1) "
+        "ON CONFLICT (peer, kind) DO UPDATE SET pos = excluded.pos", RESYNC_ALWAYS)
+    await t.start("430100")
+    await wait(t, lambda: n(t, "430100", "SELECT count(*) FROM attendance WHERE id = $1 AND status = '缺席'", aid))
+    await t.start("430104")
+    links = t.nodes["430104"].links
+
+    async def resynced() -> bool:
+        return any(r["channel"] == "pull" for r in links.resyncs) \
+            and (links.snapshot_state or {}).get("state") == "done"
+    await wait(t, resynced)
+
+    codes = ["430104", "430100", "430000"]
+
+    async def converged() -> bool:
+        values = {await t.db(c).fetchval("SELECT status FROM attendance WHERE id = $1", aid) for c in codes}
+        return len(values) == 1 and all([await n(t, c, "SELECT count(*) FROM syncd.conflicts WHERE row_id = $1", aid)
+                                         for c in codes])
+    await wait(t, converged)
+    ids = {c: [r["id"] for r in await t.db(c).fetch("SELECT id FROM syncd.conflicts WHERE row_id = $1", aid)]
+           for c in codes}
+    assert all(len(v) == 1 for v in ids.values()), ids
+    assert len({v[0] for v in ids.values()}) == 1, ids
+
+
 def child_link(t: Tree, child: str, parent: str) -> HttpParentLink:
     ring = Keyring()
     ring.add(child, wire_key_id(child, "k1"), secret(child))

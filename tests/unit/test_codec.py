@@ -10,7 +10,8 @@ from syncd.proto import codec
 from syncd.proto.change import Change, ColumnChange, Version
 from syncd.proto.fields import DecodeError
 from syncd.proto.messages import (
-    ErrorReply, Hello, HelloReply, PullRequest, Push, TableDecl, negotiate, tables_from_schema,
+    ErrorReply, Hello, HelloReply, PullRequest, Push, SnapshotChunk, SnapshotRow, TableDecl, negotiate,
+    tables_from_schema,
 )
 from syncd.schema.declarations import SCHEMA
 
@@ -81,9 +82,9 @@ def test_r4_6_deep_nesting_is_a_decode_error() -> None:
 
 
 def test_r3_1_negotiate_highest_common_or_unsupported() -> None:
-    assert negotiate([1, 2]) == 2 and negotiate([1]) == 1 and negotiate([2, 3]) == 2
+    assert negotiate([1, 2]) == 2 and negotiate([1]) == 1 and negotiate([2, 3]) == 3 and negotiate([3, 4]) == 3
     with pytest.raises(SyncdError) as info:
-        negotiate([3, 4])
+        negotiate([4, 5])
     assert info.value.code == "UNSUPPORTED_VERSION"
 
 
@@ -136,3 +137,22 @@ def test_unknown_kind_and_table_decl_bounds() -> None:
     h = Hello((2,), "430102", uuid.UUID(int=1), uuid.UUID(int=2), 0, 5, 0, None, {"members": TableDecl(0, ())})
     with pytest.raises(DecodeError):
         codec.decode("hello", codec.encode(h))
+
+
+def test_r9_2_a_cells_prev_travels_from_version_3_and_is_left_out_of_the_digest() -> None:
+    v0, v1 = Version(1, 0, 0, 10, "430104"), Version(1, 0, 0, 25, "430000")
+    row = SnapshotRow(uuid.UUID(int=7), "430104", 1, {"home": "430104"},
+                      {"status": ("缺席", v1), "note": ("", v0)}, {"status": v0})
+    chunk = SnapshotChunk("attendance", 9, (row,), None, True)
+    v3 = codec.decode("snapshot_chunk", codec.encode(chunk, 3), 3)
+    assert v3 == chunk  # type: ignore[comparison-overlap]
+    v2 = codec.decode("snapshot_chunk", codec.encode(chunk, 2), 2)
+    assert v2.rows[0].cols == row.cols and v2.rows[0].prevs == {}  # type: ignore[union-attr]
+    assert codec.row_digest(v2.rows[0]) == codec.row_digest(row)  # type: ignore[union-attr]
+    with pytest.raises(DecodeError):  # a version-2 reader refuses a third element
+        codec.decode("snapshot_chunk", codec.encode(chunk, 3), 2)
+    bad = codec.unpack(codec.encode(chunk, 3))
+    bad["r"][0]["c"]["status"][2] = [1, 0, 0]
+    with pytest.raises(DecodeError) as info:
+        codec.decode("snapshot_chunk", codec.pack_object(bad), 3)
+    assert "prev" in info.value.path

@@ -157,6 +157,35 @@ def test_hc17_replay_records_no_conflict() -> None:
         assert fold(list(p))[1] == []
 
 
+def test_hc17_a_snapshot_row_meets_an_edit_as_decide_would() -> None:
+    # 芙蓉区 holds its own edit; 湖南省's concurrent edit arrives inside a snapshot row (the
+    # state after base and by_org, with prevs): the same one conflict as decide records
+    base = ch("I", 1, 10, FURONG, {"status": "出席"})
+    v0 = base.version("status")
+    by_home = ch("U", 1, 20, FURONG, {"status": "请假"}, prevs={"status": v0})
+    by_org = ch("U", 1, 25, PROVINCE, {"status": "缺席"}, prevs={"status": v0})
+    local, _ = fold([base, by_home])
+    snapshot_row, _ = fold([base, by_org])
+    assert local is not None and snapshot_row is not None
+    _, met = fold([base, by_home, by_org])
+    assert merge.state_conflicts("attendance", ROW, local, snapshot_row) == met and len(met) == 1
+    # the other way round: the snapshot holds the home's edit
+    assert merge.state_conflicts("attendance", ROW, snapshot_row, local) == met
+    # a snapshot of a later edit that saw the local one is no conflict; nor is a replay, nor an
+    # older version, nor a row of another causal length
+    later = ch("U", 1, 30, PROVINCE, {"status": "缺席"}, prevs={"status": by_home.version("status")})
+    seen, _ = fold([base, by_home, later])
+    assert seen is not None
+    assert merge.state_conflicts("attendance", ROW, local, seen) == []
+    assert merge.state_conflicts("attendance", ROW, seen, local) == []
+    assert merge.state_conflicts("attendance", ROW, local, local) == []
+    gone, _ = fold([base, by_org, ch("D", 2, 40, PROVINCE)])
+    assert gone is not None and merge.state_conflicts("attendance", ROW, local, gone) == []
+    assert merge.state_conflicts("attendance", ROW, None, snapshot_row) == []
+    # a version-2 snapshot row carries no prevs: nothing is judged (a replay must not count)
+    assert merge.state_conflicts("attendance", ROW, local, RowState(snapshot_row.cl, snapshot_row.cols, {})) == []
+
+
 def test_hc17_concurrent_edit_one_conflict_same_id_everywhere() -> None:
     base = ch("I", 1, 10, FURONG, {"status": "出席"})
     v0 = base.version("status")
