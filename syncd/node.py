@@ -116,6 +116,7 @@ class ParentService:
     #: called after a push's apply committed changes: they wait in syncd.pending for the
     #: sequencer, which this wakes at once (the node wires it to ``Sequencer.wake``)
     applied: Callable[[], None] | None = None
+    metrics: Metrics = field(default_factory=Metrics)  # the node's (status.Metrics)
 
     #: child -> columns its pushes may carry: ours plus the additive columns it declared at
     #: hello (SPEC R3.4, HC-13); absent until the child's first hello since this start
@@ -209,8 +210,10 @@ class ParentService:
                 if msg.changes and msg.changes[-1].pos == msg.to_pos:  # for the next hello (HC-7)
                     await linkstate.save_hash(conn, child, msg.changes[-1])
 
+            started = time.perf_counter()
             res = await apply_batch(conn, self.ctx, child, "applied", "from_child", list(msg.changes),
                                     msg.to_pos, now_us(), also=record)
+            self.metrics.batch_applied(child, "push", res, time.perf_counter() - started)
             if msg.changes and self.applied is not None:
                 self.applied()  # relay without waiting for the sequencer's timer
             fault_point("after_commit_before_response")
@@ -311,6 +314,7 @@ class ParentService:
         if out:
             async with self.pool.acquire() as conn:
                 await audit.record(conn, child, "sent", f"pull ({msg.after}, {last}]", out)
+            self.metrics.sent.labels(child).inc(len(out))
         return PullReply(changes=tuple(out), last_pos=last, head=max(head, last), epoch=epoch,
                          more=last < head)
 
@@ -525,13 +529,13 @@ class Node:
         self.tasks.append(asyncio.create_task(retention_loop(self.pool, self.cfg, self.stop_event,
                                                              self.retention_health)))
         self.service = ParentService(self.cfg, self.pool, self.ctx, self.incarnation, self.schema,
-                                     versions=self.versions, applied=self.sequencer.wake)
+                                     versions=self.versions, applied=self.sequencer.wake, metrics=self.metrics)
         await self._serve()
         if self.cfg.parent is not None:
             link = self._link or self._http_link()
             self.links = ChildLinks(self.cfg, self.pool, link, self.ctx, self.incarnation, self.instance,
                                     summary=self.subtree_summaries, versions=self.versions,
-                                    applied=self.sequencer.wake)
+                                    applied=self.sequencer.wake, metrics=self.metrics)
             self.tasks.append(asyncio.create_task(self.links.push_loop(self.stop_event)))
             self.tasks.append(asyncio.create_task(self.links.pull_loop(self.stop_event)))
         log.info("node_started", node=self.cfg.node.id, port=self.port)
@@ -566,6 +570,7 @@ class Node:
         """This node's sequencer logged up to ``r.head`` (committed): wake the push loop and the
         long polls of the children whose outboxes grew, now; reload the tree only if committees
         changed.  The ``NOTIFY syncd_log`` of the same tick is recognised and skipped."""
+        self.metrics.captured.inc(r.versioned)
         if self.service is not None and r.peers:
             self.service.log_moved(r.peers)
         if self.links is not None:

@@ -32,6 +32,7 @@ from syncd.proto.messages import (PROTOCOL_VERSION, SUPPORTED_VERSIONS, Hello, H
                                   SnapshotChunk, SnapshotRequest)
 from syncd.retry import LoopHealth
 from syncd.stall import CursorWatch
+from syncd.status import Metrics
 from syncd.routing import project
 from syncd.store import audit
 from syncd.store import links as linkstate
@@ -107,6 +108,7 @@ class ChildLinks:
     push_watch: CursorWatch = field(default_factory=CursorWatch)  # stalled links (syncd.stall)
     pull_watch: CursorWatch = field(default_factory=CursorWatch)
     resyncs: deque = field(default_factory=lambda: deque(maxlen=20))  # MUST_RESYNC answers, shown in status
+    metrics: Metrics = field(default_factory=Metrics)  # the node's (status.Metrics)
     _summary_sent: float = float("-inf")  # when the last summary was computed (loop time)
     _summary_ready: tuple[dict, ...] | None = None  # computed in the background, not sent yet
     _summary_task: asyncio.Task[None] | None = None
@@ -302,6 +304,7 @@ class ChildLinks:
                                               from_pos=self.push_acked, to_pos=to_pos, changes=tuple(out),
                                               summary=summary))
             if out:
+                self.metrics.sent.labels(self.parent).inc(len(out))
                 self.push_acked = max(reply.acked_pos, self.push_acked)
                 async with self.pool.acquire() as conn, conn.transaction():
                     await audit.record(conn, self.parent, "sent", str(batch_id), out)
@@ -340,6 +343,7 @@ class ChildLinks:
                     raise
                 except Exception as e:  # noqa: BLE001 — the loop never dies; retry.py classifies
                     hello_needed = True
+                    self.metrics.link_error(self.parent, e)
                     if getattr(e, "code", None) == "MUST_RESYNC":  # push-side resync (HC-21): hello adopts it
                         self._resync_event("push", e)  # type: ignore[arg-type]
                         continue
@@ -386,8 +390,10 @@ class ChildLinks:
                     if reply.changes and reply.changes[-1].pos == reply.last_pos:  # for the next hello (HC-7)
                         await linkstate.save_hash(conn, self.parent, reply.changes[-1])
 
+                started = time.perf_counter()
                 res = await apply_batch(conn, self.ctx, self.parent, "pull", "from_parent",
                                         list(reply.changes), reply.last_pos, now_us(), also=record)
+                self.metrics.batch_applied(self.parent, "pull", res, time.perf_counter() - started)
                 if reply.changes:
                     self._applied()  # relay to the children without waiting for a timer
             fault_point("after_pull_apply")
@@ -507,6 +513,7 @@ class ChildLinks:
                 raise
             except Exception as e:  # noqa: BLE001
                 hello_needed = True
+                self.metrics.link_error(self.parent, e)
                 if getattr(e, "code", None) == "MUST_RESYNC":  # an expected event, not a link failure
                     self._resync_event("pull", e)  # type: ignore[arg-type]
                     if e.epoch == self.epoch:  # type: ignore[attr-defined]

@@ -66,6 +66,16 @@ class Metrics:
         self.subtree_nodes = Gauge("syncd_subtree_nodes", "expected nodes of the subtree by state", ["state"],
                                    registry=r)
 
+    def batch_applied(self, peer: str, kind: str, res: Any, seconds: float) -> None:
+        """One batch from ``peer`` went through ``apply_batch`` (a retried duplicate counts no changes)."""
+        self.apply_seconds.observe(seconds)
+        if not res.duplicate:
+            self.batches.labels(peer, kind).inc()
+            self.applied.labels(peer).inc(res.applied)
+
+    def link_error(self, peer: str, e: BaseException) -> None:
+        self.errors.labels(peer, str(getattr(e, "code", None) or type(e).__name__)).inc()
+
     def refresh(self, status: dict[str, Any]) -> None:
         """Set the gauges from a ``/status`` model (called on every scrape).  While the
         database is down, gauges read from it keep their last value."""

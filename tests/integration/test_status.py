@@ -152,6 +152,25 @@ async def test_metrics_parse_with_prometheus_parser_and_follow_the_links(tree: T
 
     assert value(fams, "syncd_link_up", peer="430600", direction="parent") == 1
     assert value(fams, "syncd_capture_healthy") == 1
+
+    # the replication path's counters move: a member written at the county is captured and
+    # sent there, and applied in a pushed batch at the city
+    def total(fams: dict[str, Any], family: str, **labels: str) -> float:
+        return sum(float(s.value) for s in fams[family].samples if s.name == family + "_total"
+                   and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    before = await families("430602")
+    await tree.db("430602").execute("INSERT INTO members (org_code, name) VALUES ('430602', '计数委员')")
+
+    async def counted() -> bool:
+        county, city = await families("430602"), await families("430600")
+        return (total(county, "syncd_changes_captured") > total(before, "syncd_changes_captured")
+                and total(county, "syncd_changes_sent", peer="430600") > total(before, "syncd_changes_sent", peer="430600")
+                and total(city, "syncd_changes_applied", peer="430602") >= 1
+                and total(city, "syncd_batches", peer="430602", kind="push") >= 1
+                and sum(float(x.value) for x in city["syncd_apply_seconds"].samples
+                        if x.name == "syncd_apply_seconds_count") >= 1)
+    await eventually(counted, 30)
     port = tree.nodes["430600"].port
     assert port is not None
     await tree.stop("430600")
@@ -159,6 +178,7 @@ async def test_metrics_parse_with_prometheus_parser_and_follow_the_links(tree: T
     async def down() -> bool:
         return value(await families("430602"), "syncd_link_up", peer="430600", direction="parent") == 0
     await eventually(down, 30)
+    assert total(await families("430602"), "syncd_errors", peer="430600") >= 1  # the failures are counted
     await restart_on_port(tree, "430600", port)
 
 
