@@ -140,7 +140,7 @@ _TABLE: tuple[ErrorSpec, ...] = (
        "The answering node cannot serve now (database down, shutting down, overloaded).",
        "Check that the answering node's PostgreSQL is up; the link retries by itself."),
     _e("SNAPSHOT_BUSY", 1703, 503, True,
-       "Too many snapshots are being served; try again later.",
+       "Too many snapshots are being served, or the parent is still loading its own; try again later.",
        "No action needed: snapshots are admission-controlled and this one will be served shortly."),
     # -- internal states, never an HTTP response -------------------------------------------
     _e("FK_MISSING", 1801, None, True,

@@ -345,8 +345,9 @@ class ParentService:
                 del self._log_waiters[child]
 
     async def on_snapshot(self, child: str, msg: SnapshotRequest) -> SnapshotChunk:
-        """One chunk of a bootstrap/resync snapshot, admission-controlled (HC-22)."""
-        from syncd.store.snapshot import read_chunk
+        """One chunk of a bootstrap/resync snapshot, admission-controlled (HC-22); none is
+        started while this node's own snapshot from its parent is unfinished."""
+        from syncd.store.snapshot import loading, read_chunk
 
         self._child(child)
         self._touch(child)
@@ -357,9 +358,14 @@ class ParentService:
         if child not in active and len(active) >= self.cfg.tuning.snapshot_slots:
             raise SyncdError("SNAPSHOT_BUSY", f"{len(active)} snapshots are being served; "
                              f"{child} will be served when one finishes")
-        self.snapshots[child] = now
         limit = max(1, min(msg.limit, self.cfg.tuning.batch_max_changes))
         async with self.pool.acquire() as conn:
+            if msg.position is None and self.cfg.parent is not None and await loading(conn, self.cfg.parent.id):
+                # a snapshot of a node still loading its own would miss rows, and the child would
+                # load a second one when this node's bootstrap ends (its children resync then)
+                raise SyncdError("SNAPSHOT_BUSY", f"{self.cfg.node.id} is still loading its own snapshot from "
+                                 f"{self.cfg.parent.id}; {child} will be served once it has")
+            self.snapshots[child] = now
             if msg.position is None:  # a new snapshot covers whatever was truncated before it
                 await conn.execute("DELETE FROM syncd.cursors WHERE peer = $1 AND kind = 'truncated'", child)
             position = msg.position if msg.position is not None else await conn.fetchval(

@@ -486,12 +486,10 @@ class ChildLinks:
         return p
 
     async def _needs_snapshot(self) -> bool:
+        from syncd.store.snapshot import loading
+
         async with self.pool.acquire() as conn:
-            unfinished = await conn.fetchval("SELECT count(*) FROM syncd.snapshot_progress WHERE peer = $1",
-                                             self.parent)
-            pulled = await conn.fetchval("SELECT count(*) FROM syncd.cursors WHERE peer = $1 AND kind = 'pull'",
-                                         self.parent)
-        return bool(unfinished) or not pulled
+            return await loading(conn, self.parent)
 
     async def pull_loop(self, stop: asyncio.Event) -> None:
         hello_needed = True

@@ -10,7 +10,9 @@ Theory of operation
   (nginx's HTML 502/504 — HC-32), a :class:`SyncdError` whose error-table row (or,
   for a code this build does not know, the peer's flag) says retryable, and
   PostgreSQL serialization failures, deadlocks and lost connections.
-* ``"rate_limited"`` — HTTP 429: wait at least ``Retry-After``.
+* ``"rate_limited"`` — HTTP 429: wait at least ``Retry-After``; and a parent's
+  ``SNAPSHOT_BUSY`` (its snapshot slots are taken, or it is still loading its own):
+  the link is ``pending``, waiting its turn, and asks again within ``turn_cap_s``.
 * ``"final"`` — retrying the same request cannot help until an operator acts: other
   3xx/4xx (an HTML 413 from a proxy is final: the batch cap or the proxy must
   change), non-retryable protocol errors, and bugs (any other exception).
@@ -68,6 +70,9 @@ def classify_status(status: int | None) -> Verdict:
     return "retry"
 
 
+_TURN_CODES = frozenset({"SNAPSHOT_BUSY"})  #: a syncd parent's "wait your turn" answers
+
+
 def classify(exc: BaseException) -> Verdict:
     """What the loop should do after ``exc`` (see the module docstring).  Total:
     every exception gets a verdict; unknown exceptions are ``"final"`` (bugs)."""
@@ -76,6 +81,8 @@ def classify(exc: BaseException) -> Verdict:
     if isinstance(exc, TransportError):
         return classify_status(exc.status)
     if isinstance(exc, SyncdError):
+        if exc.code in _TURN_CODES:
+            return "rate_limited"
         return "retry" if exc.retryable else "final"
     if isinstance(exc, _PG_RETRY):
         return "retry"
@@ -155,6 +162,7 @@ class LoopHealth:
     cap_s: float = 60.0
     failed_cap_s: float = 300.0
     base_s: float = 1.0
+    turn_cap_s: float = 5.0  # the longest wait for a turn at a syncd parent (SNAPSHOT_BUSY)
     state: State = "initializing"
     consecutive_errors: int = 0
     last_error: dict[str, str | float | None] | None = None
@@ -195,6 +203,8 @@ class LoopHealth:
         if verdict == "final":
             return random.uniform(self.failed_cap_s / 2, self.failed_cap_s)
         delay = backoff(self.consecutive_errors - 1, self.cap_s, self.base_s)
+        if verdict == "rate_limited" and getattr(exc, "code", None) in _TURN_CODES:  # waiting its turn: ask again soon
+            return min(delay, self.turn_cap_s)
         if verdict == "rate_limited":
             after = getattr(exc, "retry_after_s", None)
             delay = max(delay, after if isinstance(after, (int, float)) else self.base_s)

@@ -153,6 +153,14 @@ async def merge_chunk(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ta
     return result
 
 
+async def loading(conn: asyncpg.Connection, parent: str) -> bool:
+    """True while this node's own snapshot from ``parent`` is unfinished or has never run:
+    its rows are not all here yet, so it neither pulls nor serves snapshots to its children."""
+    return bool(await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM syncd.snapshot_progress WHERE peer = $1) "
+        "OR NOT EXISTS (SELECT 1 FROM syncd.cursors WHERE peer = $1 AND kind = 'pull')", parent))
+
+
 @dataclass
 class Progress:
     table: str

@@ -45,8 +45,16 @@ def test_classify(exc: BaseException, verdict: str) -> None:
 
 @pytest.mark.parametrize("code", sorted(ERRORS))
 def test_classify_follows_the_error_table(code: str) -> None:
-    expected = "retry" if ERRORS[code].retryable else "final"
+    expected = "rate_limited" if code == "SNAPSHOT_BUSY" else "retry" if ERRORS[code].retryable else "final"
     assert retry.classify(SyncdError(code, "x")) == expected
+
+
+def test_a_parents_snapshot_busy_is_a_short_wait_for_a_turn_not_a_crash() -> None:
+    health = retry.LoopHealth("430102<-430100 pull", turn_cap_s=5.0)
+    delays = [health.error(SyncdError("SNAPSHOT_BUSY", "still loading")) for _ in range(12)]
+    assert health.state == "pending" and max(delays) <= 5.0
+    health.ok()
+    assert health.state == "running"
 
 
 def test_hc32_status_alone_decides_for_non_msgpack_bodies() -> None:

@@ -111,7 +111,8 @@ async def test_handler_refusal_reaches_child_unchanged(rig: Rig, err: SyncdError
     assert not isinstance(info.value, TransportError)
     assert info.value == err  # code, reason, hint, retryable and details
     assert info.value.epoch == err.epoch
-    assert retry.classify(info.value) == ("retry" if err.retryable else "final")
+    assert retry.classify(info.value) == retry.classify(err)  # the same verdict as at the parent
+    assert (retry.classify(info.value) == "final") == (not err.retryable)
 
 
 async def test_handler_bug_is_internal_without_its_text(rig: Rig) -> None:

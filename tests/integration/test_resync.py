@@ -374,6 +374,22 @@ async def _epoch_above(t: Tree, child: str, e: int) -> bool:
 
 # -- HC-22 ------------------------------------------------------------------------------------
 
+async def test_hc22_a_new_tree_loads_one_snapshot_per_node(tree: Tree) -> None:
+    """At a tree's first start the cities load their snapshots while the counties ask for
+    theirs: a city still loading answers SNAPSHOT_BUSY (the county waits, ``pending``)
+    instead of serving a partial snapshot that its bootstrap's end would make every child
+    load again."""
+    t = tree
+    await t.settled()
+    for code, node in t.nodes.items():
+        if node.links is None:
+            continue
+        assert (node.links.snapshot_state or {}).get("state") == "done", code
+        assert not node.links.resyncs, f"{code} loaded a second snapshot: {list(node.links.resyncs)}"
+        states = {e["state"] for e in node.links.pull_health.as_dict()["history"]}
+        assert not states & {"crashing", "failed"}, f"{code}: {node.links.pull_health.as_dict()['history']}"
+
+
 async def test_hc22_resync_keeps_home_personal_data_and_unpushed_writes(tree: Tree) -> None:
     t = tree
     await t.settled()
