@@ -177,10 +177,10 @@ def messages() -> list[dict[str, Any]]:
         valid("snapshot", "resume", SnapshotRequest("members", ROW2, 1000, 5000), "Resume at p0 = 5000."),
         valid("snapshot_chunk", "row_and_tombstone", chunk, "A live row and a tombstone (cl 2)."),
         valid("snapshot_chunk", "v3_cell_with_prev", chunk_v3,
-              "Version 3: 湖南省's edit of status carries the version it replaced; note was never edited.",
-              version=3),
-        invalid("snapshot_chunk", "prev_before_v3", "snapshot_chunk", codec.encode(chunk_v3, 3), "DECODE_ERROR",
-                "A cell with a prev read at version 2."),
+              "Version 3: note, never edited, is a bare value at the row's version v; 湖南省's edit of status "
+              "is in x with the version it replaced.", version=3),
+        invalid("snapshot_chunk", "v3_row_read_at_v2", "snapshot_chunk", codec.encode(chunk_v3, 3), "DECODE_ERROR",
+                "A version-3 row (v, c, x) read at version 2."),
         valid("verify", "two_ranges", VerifyRequest("members", None, (IdRange(U[1], U[8]), IdRange(U[8], None))),
               "Ask for sums of two id ranges."),
         valid("verify_reply", "two_ranges", VerifyReply("members", 5000, (

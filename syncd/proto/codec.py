@@ -296,44 +296,86 @@ def _summary(v: Any, p: str) -> dict[str, Any]:
 
 
 _ROW_KEYS = frozenset(("i", "o", "cl", "h", "c"))
+_ROW_KEYS_V3 = frozenset(("i", "o", "cl", "h", "v", "c", "x"))
 
 
-def _snapshot_row_fast(v: Any, with_prevs: bool = False) -> SnapshotRow | None:
-    """The snapshot row in ``v`` if every check passes, else None (the checked reader then
-    names the problem); the twin of :func:`_change_fast`.  ``with_prevs`` (version 3 on):
-    a cell may carry a third element, the version its write replaced."""
+def _row_head_ok(v: dict, homes: Any) -> bool:
+    """The id, org_code, cl and homes of a snapshot row map are valid (fast readers)."""
+    rid = v["i"]
+    if not (type(rid) is bytes and len(rid) == 16 and _is_node(v["o"]) and _is_u64(v["cl"])
+            and type(homes) is dict and len(homes) <= MAX_HOMES):
+        return False
+    return all(_is_ident(k) and _is_node(code) for k, code in homes.items())
+
+
+def _plain(value: Any) -> tuple[bool, Any]:
+    t = type(value)
+    if value is None or t is str or t is bool:
+        return True, value
+    return _fast_value(value)
+
+
+def _snapshot_row_fast(v: Any) -> SnapshotRow | None:
+    """The version-1/2 snapshot row in ``v`` if every check passes, else None (the checked
+    reader then names the problem); the twin of :func:`_change_fast`."""
     if type(v) is not dict or v.keys() != _ROW_KEYS:
         return None
-    rid, org, cl, homes, raw = v["i"], v["o"], v["cl"], v["h"], v["c"]
-    if not (type(rid) is bytes and len(rid) == 16 and _is_node(org) and _is_u64(cl)
-            and type(homes) is dict and len(homes) <= MAX_HOMES and type(raw) is dict and len(raw) <= MAX_COLUMNS):
+    homes, raw = v["h"], v["c"]
+    if not (_row_head_ok(v, homes) and type(raw) is dict and len(raw) <= MAX_COLUMNS):
         return None
-    for k, code in homes.items():
-        if not (_is_ident(k) and _is_node(code)):
-            return None
     cols: dict[str, tuple[Any, Version]] = {}
-    prevs: dict[str, Version] = {}
     idents = _IDENTS
     for k, cell in raw.items():
-        if not (type(cell) is list and (len(cell) == 2 or (with_prevs and len(cell) == 3))
-                and (k in idents or _is_ident(k))):
+        if not (type(cell) is list and len(cell) == 2 and (k in idents or _is_ident(k))):
             return None
         ver = _fast_version(cell[1])
+        ok, value = _plain(cell[0])
+        if ver is None or not ok:
+            return None
+        cols[k] = (value, ver)
+    return SnapshotRow(uuid.UUID(bytes=v["i"]), v["o"], v["cl"], dict(homes), cols)
+
+
+def _snapshot_row_fast_v3(v: Any) -> SnapshotRow | None:
+    """The version-3 snapshot row in ``v`` if every check passes, else None: ``c`` holds the
+    values of the cells written at the row's version ``v`` that replaced nothing known, ``x``
+    every other cell as ``[value, version, prev|nil]`` (R9.2)."""
+    if type(v) is not dict or v.keys() != _ROW_KEYS_V3:
+        return None
+    homes, plain, other = v["h"], v["c"], v["x"]
+    if not (_row_head_ok(v, homes) and type(plain) is dict and type(other) is dict
+            and len(plain) + len(other) <= MAX_COLUMNS):
+        return None
+    idents = _IDENTS
+    cols: dict[str, tuple[Any, Version]] = {}
+    if plain:
+        ver = _fast_version(v["v"])
         if ver is None:
             return None
-        if len(cell) == 3:
+        for k, value in plain.items():
+            if not (k in idents or _is_ident(k)):
+                return None
+            ok, value = _plain(value)
+            if not ok:
+                return None
+            cols[k] = (value, ver)
+    elif v["v"] is not None:
+        return None
+    prevs: dict[str, Version] = {}
+    for k, cell in other.items():
+        if not (type(cell) is list and len(cell) == 3 and (k in idents or _is_ident(k)) and k not in cols):
+            return None
+        ver = _fast_version(cell[1])
+        ok, value = _plain(cell[0])
+        if ver is None or not ok:
+            return None
+        if cell[2] is not None:
             prev = _fast_version(cell[2])
             if prev is None:
                 return None
             prevs[k] = prev
-        value = cell[0]
-        t = type(value)
-        if not (value is None or t is str or t is bool):
-            ok, value = _fast_value(value)
-            if not ok:
-                return None
         cols[k] = (value, ver)
-    return SnapshotRow(uuid.UUID(bytes=rid), org, cl, dict(homes), cols, prevs)
+    return SnapshotRow(uuid.UUID(bytes=v["i"]), v["o"], v["cl"], dict(homes), cols, prevs)
 
 
 def _snapshot_row(v: Any, p: str) -> SnapshotRow:
@@ -342,26 +384,52 @@ def _snapshot_row(v: Any, p: str) -> SnapshotRow:
 
 
 def _snapshot_row_v3(v: Any, p: str) -> SnapshotRow:
-    fast = _snapshot_row_fast(v, True)
-    return fast if fast is not None else _snapshot_row_checked(v, p, True)
+    fast = _snapshot_row_fast_v3(v)
+    return fast if fast is not None else _snapshot_row_checked_v3(v, p)
 
 
-def _snapshot_row_checked(v: Any, p: str, with_prevs: bool = False) -> SnapshotRow:
+def _snapshot_row_head(m: dict, p: str) -> dict[str, Any]:
+    return dict(id=f.uuid_(m["i"], f.sub(p, "id")), org_code=_node(m["o"], f.sub(p, "org_code")),
+                cl=f.causal_length(m["cl"], f.sub(p, "cl")), homes=_homes(m["h"], f.sub(p, "homes")))
+
+
+def _snapshot_row_checked(v: Any, p: str) -> SnapshotRow:
     m = f.fields(v, p, ("i", "o", "cl", "h", "c"))
 
-    def col(x: Any, q: str) -> tuple[Any, Version, Version | None]:
-        if type(x) is not list or not (len(x) == 2 or (with_prevs and len(x) == 3)):
-            raise DecodeError(q, "expected [value, version, prev]" if with_prevs else "expected [value, version]")
-        prev = _version(x[2], f.sub(q, "prev")) if len(x) == 3 else None
+    def col(x: Any, q: str) -> tuple[Any, Version]:
+        if type(x) is not list or len(x) != 2:
+            raise DecodeError(q, "expected [value, version]")
+        return (f.value(x[0], f.sub(q, "value")), _version(x[1], f.sub(q, "version")))
+
+    return SnapshotRow(**_snapshot_row_head(m, p),
+                       cols=f.str_map(m["c"], f.sub(p, "cols"), col, MAX_COLUMNS, key_code="UNKNOWN_COLUMN"))
+
+
+def _snapshot_row_checked_v3(v: Any, p: str) -> SnapshotRow:
+    m = f.fields(v, p, ("i", "o", "cl", "h", "v", "c", "x"))
+    head = _snapshot_row_head(m, p)
+    plain = f.str_map(m["c"], f.sub(p, "cols"), f.value, MAX_COLUMNS, key_code="UNKNOWN_COLUMN")
+    if plain and m["v"] is None:
+        raise DecodeError(f.sub(p, "version"), "cells in c need the row's version")
+    if not plain and m["v"] is not None:
+        raise DecodeError(f.sub(p, "version"), "a row version without cells in c")
+
+    def cell(x: Any, q: str) -> tuple[Any, Version, Version | None]:
+        if type(x) is not list or len(x) != 3:
+            raise DecodeError(q, "expected [value, version, prev|nil]")
+        prev = None if x[2] is None else _version(x[2], f.sub(q, "prev"))
         return (f.value(x[0], f.sub(q, "value")), _version(x[1], f.sub(q, "version")), prev)
 
-    cells = f.str_map(m["c"], f.sub(p, "cols"), col, MAX_COLUMNS, key_code="UNKNOWN_COLUMN")
-    return SnapshotRow(
-        id=f.uuid_(m["i"], f.sub(p, "id")), org_code=_node(m["o"], f.sub(p, "org_code")),
-        cl=f.causal_length(m["cl"], f.sub(p, "cl")), homes=_homes(m["h"], f.sub(p, "homes")),
-        cols={k: (val, ver) for k, (val, ver, _) in cells.items()},
-        prevs={k: prev for k, (_, _, prev) in cells.items() if prev is not None},
-    )
+    other = f.str_map(m["x"], f.sub(p, "other_cols"), cell, MAX_COLUMNS, key_code="UNKNOWN_COLUMN")
+    both = sorted(set(plain) & set(other))
+    if both:
+        raise DecodeError(f.sub(p, "other_cols." + both[0]), "a column in both c and x")
+    if len(plain) + len(other) > MAX_COLUMNS:
+        raise DecodeError(f.sub(p, "cols"), f"more than {MAX_COLUMNS} entries", "BODY_TOO_LARGE")
+    ver = _version(m["v"], f.sub(p, "version")) if plain else None
+    cols: dict[str, tuple[Any, Version]] = {k: (val, ver) for k, val in plain.items()}  # type: ignore[misc]
+    cols.update({k: (val, cv) for k, (val, cv, _) in other.items()})
+    return SnapshotRow(**head, cols=cols, prevs={k: pv for k, (_, _, pv) in other.items() if pv is not None})
 
 
 def _quarantined(v: Any, p: str) -> Quarantined:
@@ -428,14 +496,26 @@ def _row_out(r: SnapshotRow) -> dict[str, Any]:
 
 
 def _row_out_v3(r: SnapshotRow) -> dict[str, Any]:
-    """A snapshot row's wire map from version 3: a cell whose write replaced a known version
-    carries it third."""
-    m = _row_out(r)
-    for k, prev in r.prevs.items():
-        cell = m["c"].get(k)
-        if cell is not None:
-            cell.append(list(prev))
-    return m
+    """A snapshot row's wire map from version 3 (R9.2): the row's version ``v`` is the highest
+    version of a cell whose write replaced nothing known; such cells go in ``c`` as bare
+    values, every other cell in ``x`` as ``[value, version, prev|nil]``."""
+    prevs = r.prevs
+    items = sorted(r.cols.items())
+    if prevs:
+        top = max((cell[1] for k, cell in items if k not in prevs), default=None)
+    else:
+        top = max(cell[1] for _, cell in items) if items else None
+    plain: dict[str, Any] = {}
+    other: dict[str, Any] = {}
+    for k, (val, ver) in items:
+        val = val if type(val) in _SCALARS else _canon(val)
+        if ver == top and k not in prevs:
+            plain[k] = val
+        else:
+            prev = prevs.get(k)
+            other[k] = [val, ver, prev]
+    return {"i": r.id.bytes, "o": r.org_code, "cl": r.cl, "h": _homes_out(r.homes),
+            "v": top if plain else None, "c": plain, "x": other}
 
 
 def _tables_out(t: Mapping[str, TableDecl]) -> dict[str, Any]:

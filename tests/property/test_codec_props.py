@@ -4,6 +4,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Iterator
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -209,17 +210,21 @@ def test_fast_change_reader_agrees_at_every_place_with_every_edge_value() -> Non
         _agree(edited)
 
 
-def test_fast_snapshot_row_reader_agrees_at_every_place_with_every_edge_value() -> None:
-    """The snapshot-row twin of the test above."""
+@pytest.mark.parametrize("version", [2, 3])
+def test_fast_snapshot_row_reader_agrees_at_every_place_with_every_edge_value(version: int) -> None:
+    """The snapshot-row twin of the test above, for the row forms before and from version 3."""
     row = SnapshotRow(uuid.uuid4(), "430102", 3, {"home": "430102", "organiser": "430000"},
                       {"name": ("王芳", Version(3, 0, 0, 10**15, "430100")),
+                       "note": ("", Version(3, 0, 0, 10**15, "430100")),
                        "status": ("已答复", Version(3, 2, 5, 10**15 + 1, "430000")),
-                       "extra": ({"a": [1, 2.5]}, Version(3, 0, -1, 7, "430102"))})
+                       "extra": ({"a": [1, 2.5]}, Version(3, 0, -1, 7, "430102"))},
+                      {"status": Version(3, 2, 4, 10**15 - 5, "430102")})
     chunk = SnapshotChunk("members", 1, (row,), None, True)
-    raw = codec.unpack(codec.encode(chunk))
+    raw = codec.unpack(codec.encode(chunk, version))
     key = next(k for k, v in raw.items() if isinstance(v, list) and v)
     raw = raw[key][0]
-
-    assert codec._snapshot_row_fast(raw) is not None
+    fast, checked = ((codec._snapshot_row_fast, codec._snapshot_row_checked) if version < 3 else
+                     (codec._snapshot_row_fast_v3, codec._snapshot_row_checked_v3))
+    assert fast(raw) is not None
     for edited in [raw, *_every_edit(raw)]:
-        _agree(edited, codec._snapshot_row_fast, codec._snapshot_row_checked)
+        _agree(edited, fast, checked)

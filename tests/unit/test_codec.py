@@ -151,8 +151,18 @@ def test_r9_2_a_cells_prev_travels_from_version_3_and_is_left_out_of_the_digest(
     assert codec.row_digest(v2.rows[0]) == codec.row_digest(row)  # type: ignore[union-attr]
     with pytest.raises(DecodeError):  # a version-2 reader refuses a third element
         codec.decode("snapshot_chunk", codec.encode(chunk, 3), 2)
+    wire = codec.unpack(codec.encode(chunk, 3))["r"][0]
+    assert wire["v"] == list(v0) and wire["c"] == {"note": ""} and wire["x"] == {"status": ["缺席", list(v1), list(v0)]}
     bad = codec.unpack(codec.encode(chunk, 3))
-    bad["r"][0]["c"]["status"][2] = [1, 0, 0]
+    bad["r"][0]["x"]["status"][2] = [1, 0, 0]
     with pytest.raises(DecodeError) as info:
         codec.decode("snapshot_chunk", codec.pack_object(bad), 3)
     assert "prev" in info.value.path
+    bad = codec.unpack(codec.encode(chunk, 3))
+    bad["r"][0]["c"]["status"] = "出席"  # one column twice
+    with pytest.raises(DecodeError):
+        codec.decode("snapshot_chunk", codec.pack_object(bad), 3)
+    bad = codec.unpack(codec.encode(chunk, 3))
+    bad["r"][0]["v"] = None  # bare values without the row's version
+    with pytest.raises(DecodeError):
+        codec.decode("snapshot_chunk", codec.pack_object(bad), 3)
