@@ -139,15 +139,16 @@ async def purge_stale_copies(conn: asyncpg.Connection, schema: Schema, topo: Top
     """Remove live copies in the id range a snapshot chunk covered that the parent did not
     send: rows homed outside this subtree and not created here (caller's transaction,
     ``syncd.applying`` on, sequencer lock held).  Return how many."""
-    got = {r.id for r in rows}
-    recs = await conn.fetch(
-        "SELECT id, org_code, cl, homes, v FROM syncd.rowver WHERE tbl = $1 AND cl % 2 = 1 "
-        "AND ($2::uuid IS NULL OR id > $2) AND ($3::uuid IS NULL OR id <= $3)", table, after_id, next_after_id)
+    recs = await conn.fetch(  # the live rows of the range the chunk did not hold (an anti-join)
+        "SELECT r.id, r.org_code, r.cl, r.homes, r.v FROM syncd.rowver r WHERE r.tbl = $1 AND r.cl % 2 = 1 "
+        "AND ($2::uuid IS NULL OR r.id > $2) AND ($3::uuid IS NULL OR r.id <= $3) "
+        "AND NOT EXISTS (SELECT 1 FROM unnest($4::uuid[]) AS g(id) WHERE g.id = r.id)",
+        table, after_id, next_after_id, [r.id for r in rows])
 
     def mine(code: str) -> bool:
         return _in(topo, code, me)
 
-    stale = [r for r in recs if r["id"] not in got and not mine(r["org_code"])
+    stale = [r for r in recs if not mine(r["org_code"])
              and not created_here(RowVer.from_db(r["org_code"], r["cl"], r["homes"], r["v"]), mine)]
     purged = 0
     for r in stale:
