@@ -126,12 +126,17 @@ def messages() -> list[dict[str, Any]]:
         valid("push", "v1_no_summary", Push(U[1], 3, 100, 102, PUSH.changes, ()),
               "The same batch in version 1: no sm key.", version=1),
         valid("push", "empty", Push(U[5], 0, 0, 0, (), ()), "An empty batch (a heartbeat with no summary)."),
+        valid("push", "v3_insert_and_update", Push(U[1], 3, 99, 101, (
+            change(op="I", pos=100, txn=40, ts=NOW_US - 9_000_000,
+                   cols={"name": ColumnChange("张三"), "status": ColumnChange("在任")}), change()), ()),
+              "Version 3: an insert's columns are bare values in c; the update of name, which replaced a "
+              "version, is in x as [value, round, stage, prev].", version=3),
         invalid("push", "v1_with_summary", "push", codec.encode(PUSH, 2), "DECODE_ERROR",
                 "A version-2 push (with sm) read at version 1.", version=1),
-        invalid("push", "unknown_protocol_version", "push", codec.encode(PUSH), "UNSUPPORTED_VERSION",
+        invalid("push", "unknown_protocol_version", "push", codec.encode(PUSH, 2), "UNSUPPORTED_VERSION",
                 "Decoding at version 4, which this build does not speak.", version=4),
-        invalid("push", "truncated", "push", codec.encode(PUSH)[:60], "DECODE_ERROR", "Cut after 60 bytes."),
-        invalid("push", "trailing_bytes", "push", codec.encode(PUSH) + b"\xc0", "DECODE_ERROR",
+        invalid("push", "truncated", "push", codec.encode(PUSH, 2)[:60], "DECODE_ERROR", "Cut after 60 bytes."),
+        invalid("push", "trailing_bytes", "push", codec.encode(PUSH, 2) + b"\xc0", "DECODE_ERROR",
                 "A nil after the message."),
         invalid("push", "not_a_map", "push", codec.pack_object([1, 2, 3]), "DECODE_ERROR",
                 "The body is an array."),
@@ -153,10 +158,10 @@ def messages() -> list[dict[str, Any]]:
         invalid("push", "bin_value", "push",
                 raw_push([{**cmap(), "c": {"name": {"v": b"\x00\x01", "r": 0, "s": 0, "p": None}}}]),
                 "DECODE_ERROR", "bin is not a JSON value."),
-        invalid("push", "invalid_utf8", "push", codec.encode(PUSH).replace("张三".encode(), b"\xff\xfe\xfd\xfc\xfb\xfa"),
+        invalid("push", "invalid_utf8", "push", codec.encode(PUSH, 2).replace("张三".encode(), b"\xff\xfe\xfd\xfc\xfb\xfa"),
                 "DECODE_ERROR", "A str that is not UTF-8."),
         invalid("push", "declared_10mb_string", "push",
-                codec.encode(PUSH).split(b"\xa1v\xa6")[0] + b"\xa1v\xdb" + (10 * 2**20).to_bytes(4, "big") + b"abc",
+                codec.encode(PUSH, 2).split(b"\xa1v\xa6")[0] + b"\xa1v\xdb" + (10 * 2**20).to_bytes(4, "big") + b"abc",
                 "VALUE_TOO_LARGE", "A value declares a 10 MiB str and the body stops after 3 bytes."),
         invalid("push", "declared_huge_array", "push",
                 b"\x85" + codec.pack_object({"b": U[1].bytes, "e": 3, "f": 100, "to": 102})[1:]
@@ -199,7 +204,7 @@ def messages() -> list[dict[str, Any]]:
 def hostile() -> list[dict[str, Any]]:
     """HC-34: well-formed, correctly signed pushes whose content is invalid."""
     def case(name: str, push: Push, error: str, desc: str) -> dict[str, Any]:
-        data = codec.encode(push)
+        data = codec.encode(push, 2)
         headers = signing.sign_request(signing.Key("k2026", SECRET.encode()), "POST", "/v1/push", data,
                                        NOW_US // 1_000_000, nonce="0f" * 16)
         return dict(family="hostile", case=name, data=data, kind="push", version=2, valid=False,
@@ -225,13 +230,13 @@ def hostile() -> list[dict[str, Any]]:
 
 def signed() -> list[dict[str, Any]]:
     """Request and response signatures (SPEC §11)."""
-    body = codec.encode(PullRequest(250, 3, 500, 60_000))
+    body = codec.encode(PullRequest(250, 3, 500, 60_000), 2)
     key = signing.Key("k2026", SECRET.encode())
     now = NOW_US // 1_000_000
     h = signing.sign_request(key, "POST", "/v1/pull?wait=1", body, now, nonce="a1" * 16)
     base = dict(kind="signed_request", version=2, stage="sign", secret=SECRET, key_id="k2026", peer="430102",
                 method="POST", path="/v1/pull?wait=1", now=now)
-    resp = codec.encode(PullReply((), 250, 250, 3, False))
+    resp = codec.encode(PullReply((), 250, 250, 3, False), 2)
     rh = signing.sign_response(key, "a1" * 16, 200, resp, now)
     rbase = dict(kind="signed_response", version=2, stage="sign", secret=SECRET, key_id="k2026",
                  peer="430100", request_nonce="a1" * 16, status=200, now=now)
@@ -263,7 +268,7 @@ def signed() -> list[dict[str, Any]]:
 
 
 def gzipped() -> list[dict[str, Any]]:
-    body = codec.encode(PUSH)
+    body = codec.encode(PUSH, 2)
     bomb = codec.gzip_body(b"\x00" * 200_000)
     return [
         dict(family="gzip", case="push_ok", data=codec.gzip_body(body), kind="push", version=2, valid=True,

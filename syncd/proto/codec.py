@@ -25,7 +25,7 @@ import gzip
 import hashlib
 import uuid
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 import msgpack
@@ -148,6 +148,33 @@ def _change_checked(v: Any, p: str) -> Change:
         cols=f.str_map(m["c"], f.sub(p, "cols"), _column_change_checked, MAX_COLUMNS, key_code="UNKNOWN_COLUMN"),
         pos=f.integer(m["p"], f.sub(p, "pos")),
     )
+
+
+def _column_cell_checked(v: Any, p: str) -> ColumnChange:
+    """A version-3 ``x`` cell: ``[value, round, stage, prev|nil]``."""
+    if type(v) is not list or len(v) != 4:
+        raise DecodeError(p, "expected [value, round, stage, prev|nil]")
+    return ColumnChange(
+        value=f.value(v[0], f.sub(p, "value")), round=f.integer(v[1], f.sub(p, "round")),
+        stage=f.integer(v[2], f.sub(p, "stage"), -1),
+        prev=None if v[3] is None else _version(v[3], f.sub(p, "prev")),
+    )
+
+
+def _change_checked_v3(v: Any, p: str) -> Change:
+    m = f.fields(v, p, ("t", "i", "o", "op", "cl", "ts", "or", "tx", "h", "c", "x", "p"))
+    plain = f.str_map(m["c"], f.sub(p, "cols"), f.value, MAX_COLUMNS, key_code="UNKNOWN_COLUMN")
+    other = f.str_map(m["x"], f.sub(p, "other_cols"), _column_cell_checked, MAX_COLUMNS, key_code="UNKNOWN_COLUMN")
+    both = sorted(set(plain) & set(other))
+    if both:
+        raise DecodeError(f.sub(p, "other_cols." + both[0]), "a column in both c and x")
+    if len(plain) + len(other) > MAX_COLUMNS:
+        raise DecodeError(f.sub(p, "cols"), f"more than {MAX_COLUMNS} entries", "BODY_TOO_LARGE")
+    m["c"] = {}
+    c = _change_checked({k: x for k, x in m.items() if k != "x"}, p)
+    cols = {k: _tnew(ColumnChange, (val, 0, 0, None)) for k, val in plain.items()}
+    cols.update(other)
+    return replace(c, cols=cols)
 
 
 
@@ -275,6 +302,65 @@ def _change(v: Any, p: str) -> Change:
 
 def _changes(v: Any, p: str) -> tuple[Change, ...]:
     return f.array(v, p, _change, MAX_CHANGES)
+
+
+def _change_fast_v3(v: Any) -> Change | None:
+    """The version-3 change in ``v`` if every check passes, else None: ``c`` holds the bare
+    values of the columns written at round 0, stage 0 that replaced nothing known, ``x``
+    the others as ``[value, round, stage, prev|nil]`` (SPEC §5.1)."""
+    if type(v) is not dict or len(v) != 12:
+        return None
+    try:
+        table, rid, org, op, cl, ts, origin, txn, homes, plain, other, pos = (
+            v["t"], v["i"], v["o"], v["op"], v["cl"], v["ts"], v["or"], v["tx"], v["h"], v["c"], v["x"], v["p"])
+    except KeyError:  # 12 entries but not the 12 keys
+        return None
+    if not (_is_ident(table) and type(rid) is bytes and len(rid) == 16 and _is_node(org) and _is_node(origin)
+            and type(op) is str and op in OPS and type(cl) is int and 0 <= cl <= _I64
+            and type(ts) is int and 0 <= ts <= _I64 and type(txn) is int and 0 <= txn <= _I64
+            and type(pos) is int and 0 <= pos <= _I64):
+        return None
+    if (type(homes) is not dict or len(homes) > MAX_HOMES or type(plain) is not dict or type(other) is not dict
+            or len(plain) + len(other) > MAX_COLUMNS):
+        return None
+    for k, code in homes.items():
+        if not (_is_ident(k) and _is_node(code)):
+            return None
+    cols: dict[str, ColumnChange] = {}
+    idents = _IDENTS
+    for k, value in plain.items():
+        if k not in idents and not _is_ident(k):
+            return None
+        t = type(value)
+        if not (value is None or t is str or t is bool):
+            ok, value = _fast_value(value)
+            if not ok:
+                return None
+        cols[k] = _tnew(ColumnChange, (value, 0, 0, None))
+    for k, m in other.items():
+        if type(m) is not list or len(m) != 4 or (k not in idents and not _is_ident(k)) or k in cols:
+            return None
+        value, rnd, stage, prev = m
+        if not (type(rnd) is int and 0 <= rnd <= _I64 and type(stage) is int and -1 <= stage <= _I64):
+            return None
+        if prev is not None:
+            prev = _fast_version(prev)
+            if prev is None:
+                return None
+        ok, value = _plain(value)
+        if not ok:
+            return None
+        cols[k] = _tnew(ColumnChange, (value, rnd, stage, prev))
+    return Change(table, uuid.UUID(bytes=rid), org, op, cl, ts, origin, txn, dict(homes), cols, pos)
+
+
+def _change_v3(v: Any, p: str) -> Change:
+    fast = _change_fast_v3(v)
+    return fast if fast is not None else _change_checked_v3(v, p)
+
+
+def _changes_v3(v: Any, p: str) -> tuple[Change, ...]:
+    return f.array(v, p, _change_v3, MAX_CHANGES)
 
 
 def _table_decl(v: Any, p: str) -> TableDecl:
@@ -489,6 +575,21 @@ def change_map(c: Change, with_pos: bool = True) -> dict[str, Any]:
     return m
 
 
+def change_map_v3(c: Change) -> dict[str, Any]:
+    """The version-3 wire map of a change: columns at round 0, stage 0 with no prev as bare
+    values in ``c``, the others as ``[value, round, stage, prev|nil]`` in ``x`` (SPEC §5.1)."""
+    plain: dict[str, Any] = {}
+    other: dict[str, Any] = {}
+    for k, (val, rnd, stage, prev) in sorted(c.cols.items()):
+        val = val if type(val) in _SCALARS else _canon(val)
+        if rnd == 0 and stage == 0 and prev is None:
+            plain[k] = val
+        else:
+            other[k] = [val, rnd, stage, prev]
+    return {"t": c.table, "i": c.id.bytes, "o": c.org_code, "op": c.op, "cl": c.cl, "ts": c.ts, "or": c.origin,
+            "tx": c.txn, "h": _homes_out(c.homes), "c": plain, "x": other, "p": c.pos}
+
+
 def _row_out(r: SnapshotRow) -> dict[str, Any]:
     """A snapshot row's wire map before version 3, and the map its digest is taken of (R9.2)."""
     return {"i": r.id.bytes, "o": r.org_code, "cl": r.cl, "h": _homes_out(r.homes),
@@ -523,6 +624,7 @@ def _tables_out(t: Mapping[str, TableDecl]) -> dict[str, Any]:
 
 
 _CHANGES = (_changes, lambda cs: [change_map(c) for c in cs])
+_CHANGES_V3 = (_changes_v3, lambda cs: [change_map_v3(c) for c in cs])
 _UUID = (f.uuid_, _uuid_out)
 _OPT_UUID = (f.optional(f.uuid_), _uuid_out)
 _INT = (_u, _same)
@@ -550,7 +652,8 @@ FIELDS: Mapping[type, tuple[Field, ...]] = {
     ),
     Push: (
         _fl("b", "batch_id", _UUID), _fl("e", "epoch", _INT), _fl("f", "from_pos", _INT),
-        _fl("to", "to_pos", _INT), _fl("ch", "changes", _CHANGES),
+        _fl("to", "to_pos", _INT),
+        _fl("ch", "changes", _CHANGES, until=2), _fl("ch", "changes", _CHANGES_V3, since=3),
         _fl("sm", "summary", (lambda v, p: f.array(v, p, _summary, MAX_SUMMARIES),
                               lambda s: [_canon(x) for x in s]), since=2, absent=()),
     ),
@@ -565,7 +668,8 @@ FIELDS: Mapping[type, tuple[Field, ...]] = {
         _fl("w", "wait_ms", (lambda v, p: f.integer(v, p, 0, MAX_WAIT_MS), _same)),
     ),
     PullReply: (
-        _fl("ch", "changes", _CHANGES), _fl("lp", "last_pos", _INT), _fl("hd", "head", _INT),
+        _fl("ch", "changes", _CHANGES, until=2), _fl("ch", "changes", _CHANGES_V3, since=3),
+        _fl("lp", "last_pos", _INT), _fl("hd", "head", _INT),
         _fl("e", "epoch", _INT), _fl("m", "more", (f.boolean, _same)),
     ),
     SnapshotRequest: (

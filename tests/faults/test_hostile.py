@@ -184,7 +184,7 @@ async def test_hc34_thousands_of_fuzzed_bodies_get_named_4xx_and_apply_nothing(t
     sem = asyncio.Semaphore(8)
 
     async def one(session: aiohttp.ClientSession, kind: str, body: bytes, signed: bool) -> None:
-        path = "/v1/hello" if kind == "hello" else f"/v1/{kind}?v=2"
+        path = "/v1/hello" if kind == "hello" else f"/v1/{kind}?v=3"
         async with sem:
             ans = await post(session, port, path, body, key=EVIL_KEY if signed else None)
         if not (400 <= ans.status < 500 and ans.code):
@@ -212,7 +212,7 @@ async def test_hc34_thousands_of_fuzzed_bodies_get_named_4xx_and_apply_nothing(t
 async def _push(tree: Tree3, p: Push | bytes) -> Answer:
     body = p if isinstance(p, bytes) else codec.encode(p)
     async with aiohttp.ClientSession() as s:
-        return await post(s, tree.nodes[CITY].port or 0, "/v1/push?v=2", body)
+        return await post(s, tree.nodes[CITY].port or 0, "/v1/push?v=3", body)
 
 
 async def test_hc34_future_ts_is_quarantined_by_name(tree: Tree3) -> None:
@@ -274,14 +274,14 @@ async def test_hc34_oversize_body_and_gzip_bomb_are_413_with_bounded_memory(tree
     tracemalloc.start()
     try:
         async with aiohttp.ClientSession() as s:
-            declared = await post(s, port, "/v1/push?v=2", big)
+            declared = await post(s, port, "/v1/push?v=3", big)
             tracemalloc.reset_peak()
 
             async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the server counts
                 for i in range(0, len(big), 1 << 20):
                     yield big[i:i + (1 << 20)]
-            streamed = await post(s, port, "/v1/push?v=2", chunks(), key=None)  # type: ignore[arg-type]
-            bombed = await post(s, port, "/v1/push?v=2", bomb, headers={"Content-Encoding": "gzip"})
+            streamed = await post(s, port, "/v1/push?v=3", chunks(), key=None)  # type: ignore[arg-type]
+            bombed = await post(s, port, "/v1/push?v=3", bomb, headers={"Content-Encoding": "gzip"})
             _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -299,9 +299,9 @@ async def test_hc24_bad_missing_signature_and_stale_time_are_401(tree: Tree3) ->
     port = tree.nodes[CITY].port or 0
     body = codec.encode(push_of(member()))
     async with aiohttp.ClientSession() as s:
-        missing = await post(s, port, "/v1/push?v=2", body, key=None)
-        wrong = await post(s, port, "/v1/push?v=2", body, key=Key(EVIL_KEY.key_id, b"not-the-secret-at-all"))
-        stale = await post(s, port, "/v1/push?v=2", body, now=int(time.time()) - 3600)
+        missing = await post(s, port, "/v1/push?v=3", body, key=None)
+        wrong = await post(s, port, "/v1/push?v=3", body, key=Key(EVIL_KEY.key_id, b"not-the-secret-at-all"))
+        stale = await post(s, port, "/v1/push?v=3", body, now=int(time.time()) - 3600)
     assert (missing.status, missing.code) == (401, "MISSING_SIGNATURE")
     assert (wrong.status, wrong.code) == (401, "BAD_SIGNATURE")
     assert (stale.status, stale.code) == (401, "STALE_TIMESTAMP")
@@ -313,8 +313,8 @@ async def test_hc24_replayed_nonce_refused_also_after_parent_restart(tree: Tree3
     body = codec.encode(PullRequest(0, 0, 10, 0))
     nonce, now = uuid.uuid4().hex, int(time.time())
     async with aiohttp.ClientSession() as s:
-        first = await post(s, port, "/v1/pull?v=2", body, nonce=nonce, now=now)
-        again = await post(s, port, "/v1/pull?v=2", body, nonce=nonce, now=now)
+        first = await post(s, port, "/v1/pull?v=3", body, nonce=nonce, now=now)
+        again = await post(s, port, "/v1/pull?v=3", body, nonce=nonce, now=now)
     # accepted past authentication (a new child may be told MUST_RESYNC, 409, before it has a snapshot)
     assert first.status in (200, 409) and first.code in (None, "MUST_RESYNC")
     assert (again.status, again.code) == (401, "REPLAYED_NONCE")
@@ -324,7 +324,7 @@ async def test_hc24_replayed_nonce_refused_also_after_parent_restart(tree: Tree3
     cfg = dataclasses.replace(cfg, node=dataclasses.replace(cfg.node, listen=f"127.0.0.1:{port}"))
     tree.nodes[CITY] = await Node(cfg, tree.dsns[CITY]).start()
     async with aiohttp.ClientSession() as s:
-        replay = await post(s, port, "/v1/pull?v=2", body, nonce=nonce, now=now)
+        replay = await post(s, port, "/v1/pull?v=3", body, nonce=nonce, now=now)
     assert (replay.status, replay.code) == (401, "REPLAYED_NONCE")
 
 

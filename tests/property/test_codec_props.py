@@ -72,7 +72,7 @@ def test_r4_2_encode_decode_is_identity(msg: object) -> None:
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.sampled_from(sorted(KINDS)), st.binary(max_size=200), st.sampled_from([1, 2]))
+@given(st.sampled_from(sorted(KINDS)), st.binary(max_size=200), st.sampled_from([1, 2, 3]))
 def test_r4_8_any_bytes_decode_or_decode_error(kind: str, data: bytes, version: int) -> None:
     try:
         codec.decode(kind, data, version)
@@ -172,18 +172,21 @@ def _every_edit(raw: object) -> Iterator[object]:
 def test_fast_change_reader_agrees_with_the_checked_one(c: Change, data: st.DataObject) -> None:
     """The inline fast reader of a change accepts only what the checked reader accepts,
     and reads it to the same change; anything else it hands to the checked reader."""
-    raw = codec.unpack(codec.encode(Push(uuid.uuid4(), 1, 0, 1, (c,))))["ch"][0]
+    version = data.draw(st.sampled_from([2, 3]))  # the forms before and from version 3
+    fast_reader, checked_reader, reader = ((codec._change_fast, codec._change_checked, codec._change) if version < 3
+                                           else (codec._change_fast_v3, codec._change_checked_v3, codec._change_v3))
+    raw = codec.unpack(codec.encode(Push(uuid.uuid4(), 1, 0, 1, (c,)), version))["ch"][0]
     if data.draw(st.booleans()):
         raw = _mutate(raw, data)
-    fast = codec._change_fast(raw)
+    fast = fast_reader(raw)
     try:
-        checked = codec._change_checked(raw, "changes[0]")
+        checked = checked_reader(raw, "changes[0]")
     except DecodeError:
         assert fast is None
         return
     assert fast is None or fast == checked
     if raw is not None and not data.draw(st.booleans()):
-        assert codec._change(raw, "changes[0]") == checked
+        assert reader(raw, "changes[0]") == checked
 
 
 def _agree(raw: object, fast_reader: Any = codec._change_fast, checked_reader: Any = codec._change_checked) -> None:
@@ -197,17 +200,21 @@ def _agree(raw: object, fast_reader: Any = codec._change_fast, checked_reader: A
     assert fast is None or fast == checked, raw
 
 
-def test_fast_change_reader_agrees_at_every_place_with_every_edge_value() -> None:
+@pytest.mark.parametrize("version", [2, 3])
+def test_fast_change_reader_agrees_at_every_place_with_every_edge_value(version: int) -> None:
     """Exhaustive twin of the property above: each place of a full change replaced by each
-    edge value (and removed), both readers agree."""
+    edge value (and removed), both readers agree (the forms before and from version 3)."""
     c = Change("members", uuid.uuid4(), "430102", "U", 3, 10**15, "430102", 7, {"home": "430102", "org": "430100"},
                {"name": ColumnChange("王芳", 0, 0, Version(3, 0, 0, 10**15 - 1, "430100")),
                 "status": ColumnChange("已答复", 2, 5, None), "extra": ColumnChange({"a": [1, 2.5]}, 0, -1, None)},
                42)
-    raw = codec.unpack(codec.encode(Push(uuid.uuid4(), 1, 0, 1, (c,))))["ch"][0]
-    _agree(raw)
+    raw = codec.unpack(codec.encode(Push(uuid.uuid4(), 1, 0, 1, (c,)), version))["ch"][0]
+    readers = ((codec._change_fast, codec._change_checked) if version < 3 else
+               (codec._change_fast_v3, codec._change_checked_v3))
+    assert readers[0](raw) is not None
+    _agree(raw, *readers)
     for edited in _every_edit(raw):
-        _agree(edited)
+        _agree(edited, *readers)
 
 
 @pytest.mark.parametrize("version", [2, 3])

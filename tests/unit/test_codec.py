@@ -35,12 +35,19 @@ def test_r4_2_encoding_is_canonical_whatever_the_dict_order() -> None:
 
 
 def test_r4_8_error_path_names_the_field() -> None:
-    m = codec.unpack(codec.encode(Push(uuid.UUID(int=1), 0, 0, 4, [ch(), ch(id=uuid.UUID(int=8))])))
+    m = codec.unpack(codec.encode(Push(uuid.UUID(int=1), 0, 0, 4, [ch(), ch(id=uuid.UUID(int=8))]), 2))
     m["ch"][1]["c"]["status"]["p"] = [1, 0, 0, "x", "430100"]
     with pytest.raises(DecodeError) as info:
-        codec.decode("push", codec.pack_object(m))
+        codec.decode("push", codec.pack_object(m), 2)
     assert info.value.path == "changes[1].cols.status.prev[3]"
     assert info.value.code == "DECODE_ERROR" and info.value.status == 400
+    # version 3: the same column, written over a version, is in x as [value, round, stage, prev]
+    edited = ch(cols={"status": ColumnChange("请假", prev=Version(1, 0, 0, 5, "430102"))})
+    m = codec.unpack(codec.encode(Push(uuid.UUID(int=1), 0, 0, 4, [ch(), edited]), 3))
+    m["ch"][1]["x"]["status"][3] = [1, 0, 0, "x", "430100"]
+    with pytest.raises(DecodeError) as info:
+        codec.decode("push", codec.pack_object(m), 3)
+    assert info.value.path == "changes[1].other_cols.status.prev[3]"
 
 
 def test_r4_8_bool_is_not_an_int_and_ints_fit_bigint() -> None:
@@ -51,7 +58,7 @@ def test_r4_8_bool_is_not_an_int_and_ints_fit_bigint() -> None:
 
 def test_r4_7_real_10mb_string_is_value_too_large() -> None:
     m = codec.unpack(codec.encode(Push(uuid.UUID(int=1), 0, 3, 4, [ch()])))
-    m["ch"][0]["c"]["status"]["v"] = "x" * (10 * 2**20)
+    m["ch"][0]["x"]["status"][0] = "x" * (10 * 2**20)
     with pytest.raises(DecodeError) as info:
         codec.decode("push", codec.pack_object(m))
     assert info.value.code == "VALUE_TOO_LARGE"
@@ -76,7 +83,7 @@ def test_r4_6_deep_nesting_is_a_decode_error() -> None:
     for _ in range(40):
         v = [v]
     m = codec.unpack(codec.encode(Push(uuid.UUID(int=1), 0, 3, 4, [ch()])))
-    m["ch"][0]["c"]["status"]["v"] = v
+    m["ch"][0]["x"]["status"][0] = v
     with pytest.raises(DecodeError):
         codec.decode("push", codec.pack_object(m))
 
