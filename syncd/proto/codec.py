@@ -170,8 +170,7 @@ def _change_checked_v3(v: Any, p: str) -> Change:
         raise DecodeError(f.sub(p, "other_cols." + both[0]), "a column in both c and x")
     if len(plain) + len(other) > MAX_COLUMNS:
         raise DecodeError(f.sub(p, "cols"), f"more than {MAX_COLUMNS} entries", "BODY_TOO_LARGE")
-    m["c"] = {}
-    c = _change_checked({k: x for k, x in m.items() if k != "x"}, p)
+    c = _change_checked({**{k: x for k, x in m.items() if k != "x"}, "c": {}}, p)  # never the caller's map
     cols = {k: _tnew(ColumnChange, (val, 0, 0, None)) for k, val in plain.items()}
     cols.update(other)
     return replace(c, cols=cols)
