@@ -21,7 +21,6 @@ batch (DESIGN §6).  Everything here is pure; topology lookups raise
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Iterable, Literal, Mapping
 
@@ -193,7 +192,9 @@ def project(change: Change, behind: Iterable[str], topo: Topology) -> Change | N
         return None
     if len(keep) == len(change.cols):  # type: ignore[arg-type]
         return change
-    return dataclasses.replace(change, cols={c: change.cols[c] for c in keep})  # type: ignore[union-attr]
+    c = change  # the constructor, not dataclasses.replace (which looks the fields up on every call)
+    return Change(c.table, c.id, c.org_code, c.op, c.cl, c.ts, c.origin, c.txn, c.homes,
+                  {n: c.cols[n] for n in keep}, c.pos)  # type: ignore[union-attr]
 
 
 _MISSING = object()
