@@ -249,6 +249,29 @@ def _fast_value(x: Any) -> tuple[bool, Any]:
 
 
 
+def _change_head_ok(table: Any, rid: Any, org: Any, op: Any, cl: Any, ts: Any, origin: Any, txn: Any,
+                    homes: Any, pos: Any) -> bool:
+    """The fields of a change other than its columns are valid (both fast readers)."""
+    if not (_is_ident(table) and type(rid) is bytes and len(rid) == 16 and _is_node(org) and _is_node(origin)
+            and type(op) is str and op in OPS and type(cl) is int and 0 <= cl <= _I64
+            and type(ts) is int and 0 <= ts <= _I64 and type(txn) is int and 0 <= txn <= _I64
+            and type(pos) is int and 0 <= pos <= _I64 and type(homes) is dict and len(homes) <= MAX_HOMES):
+        return False
+    return all(_is_ident(k) and _is_node(code) for k, code in homes.items())
+
+
+def _fast_cell(value: Any, rnd: Any, stage: Any, prev: Any) -> ColumnChange | None:
+    """A column change from its four checked parts, or None (both fast readers)."""
+    if not (type(rnd) is int and 0 <= rnd <= _I64 and type(stage) is int and -1 <= stage <= _I64):
+        return None
+    if prev is not None:
+        prev = _fast_version(prev)
+        if prev is None:
+            return None
+    ok, value = _plain(value)
+    return _tnew(ColumnChange, (value, rnd, stage, prev)) if ok else None
+
+
 def _change_fast(v: Any) -> Change | None:
     """The change in ``v`` if every check passes, else None (never raises).
 
@@ -260,37 +283,21 @@ def _change_fast(v: Any) -> Change | None:
             v["t"], v["i"], v["o"], v["op"], v["cl"], v["ts"], v["or"], v["tx"], v["h"], v["c"], v["p"])
     except KeyError:  # 11 entries but not the 11 keys
         return None
-    if not (_is_ident(table) and type(rid) is bytes and len(rid) == 16 and _is_node(org) and _is_node(origin)
-            and type(op) is str and op in OPS and type(cl) is int and 0 <= cl <= _I64
-            and type(ts) is int and 0 <= ts <= _I64 and type(txn) is int and 0 <= txn <= _I64
-            and type(pos) is int and 0 <= pos <= _I64):
+    if not (_change_head_ok(table, rid, org, op, cl, ts, origin, txn, homes, pos)
+            and type(raw) is dict and len(raw) <= MAX_COLUMNS):
         return None
-    if type(homes) is not dict or len(homes) > MAX_HOMES or type(raw) is not dict or len(raw) > MAX_COLUMNS:
-        return None
-    for k, code in homes.items():
-        if not (_is_ident(k) and _is_node(code)):
-            return None
     cols: dict[str, ColumnChange] = {}
     idents = _IDENTS
     for k, m in raw.items():
         if type(m) is not dict or len(m) != 4 or (k not in idents and not _is_ident(k)):
             return None
         try:
-            value, rnd, stage, prev = m["v"], m["r"], m["s"], m["p"]
+            cc = _fast_cell(m["v"], m["r"], m["s"], m["p"])
         except KeyError:
             return None
-        if not (type(rnd) is int and 0 <= rnd <= _I64 and type(stage) is int and -1 <= stage <= _I64):
+        if cc is None:
             return None
-        if prev is not None:
-            prev = _fast_version(prev)
-            if prev is None:
-                return None
-        t = type(value)
-        if not (value is None or t is str or t is bool):
-            ok, value = _fast_value(value)
-            if not ok:
-                return None
-        cols[k] = _tnew(ColumnChange, (value, rnd, stage, prev))
+        cols[k] = cc
     return Change(table, uuid.UUID(bytes=rid), org, op, cl, ts, origin, txn, dict(homes), cols, pos)
 
 
@@ -314,20 +321,12 @@ def _change_fast_v3(v: Any) -> Change | None:
             v["t"], v["i"], v["o"], v["op"], v["cl"], v["ts"], v["or"], v["tx"], v["h"], v["c"], v["x"], v["p"])
     except KeyError:  # 12 entries but not the 12 keys
         return None
-    if not (_is_ident(table) and type(rid) is bytes and len(rid) == 16 and _is_node(org) and _is_node(origin)
-            and type(op) is str and op in OPS and type(cl) is int and 0 <= cl <= _I64
-            and type(ts) is int and 0 <= ts <= _I64 and type(txn) is int and 0 <= txn <= _I64
-            and type(pos) is int and 0 <= pos <= _I64):
+    if not (_change_head_ok(table, rid, org, op, cl, ts, origin, txn, homes, pos)
+            and type(plain) is dict and type(other) is dict and len(plain) + len(other) <= MAX_COLUMNS):
         return None
-    if (type(homes) is not dict or len(homes) > MAX_HOMES or type(plain) is not dict or type(other) is not dict
-            or len(plain) + len(other) > MAX_COLUMNS):
-        return None
-    for k, code in homes.items():
-        if not (_is_ident(k) and _is_node(code)):
-            return None
     cols: dict[str, ColumnChange] = {}
     idents = _IDENTS
-    for k, value in plain.items():
+    for k, value in plain.items():  # inline: the bulk of a catch-up's columns
         if k not in idents and not _is_ident(k):
             return None
         t = type(value)
@@ -339,17 +338,10 @@ def _change_fast_v3(v: Any) -> Change | None:
     for k, m in other.items():
         if type(m) is not list or len(m) != 4 or (k not in idents and not _is_ident(k)) or k in cols:
             return None
-        value, rnd, stage, prev = m
-        if not (type(rnd) is int and 0 <= rnd <= _I64 and type(stage) is int and -1 <= stage <= _I64):
+        cc = _fast_cell(*m)
+        if cc is None:
             return None
-        if prev is not None:
-            prev = _fast_version(prev)
-            if prev is None:
-                return None
-        ok, value = _plain(value)
-        if not ok:
-            return None
-        cols[k] = _tnew(ColumnChange, (value, rnd, stage, prev))
+        cols[k] = cc
     return Change(table, uuid.UUID(bytes=rid), org, op, cl, ts, origin, txn, dict(homes), cols, pos)
 
 

@@ -61,6 +61,19 @@ async def no_conflicts_or_quarantine(t: Tree) -> None:
             f"quarantined at {code}: {await t.db(code).fetch('SELECT code, reason FROM syncd.quarantine')}"
 
 
+async def mark_resync(t: Tree, parent: str, child: str) -> None:
+    """``parent`` answers ``child``'s next pull MUST_RESYNC (what a city does to its children
+    after its own bootstrap)."""
+    await t.db(parent).execute(
+        "INSERT INTO syncd.cursors (peer, kind, pos) VALUES ($1, 'truncated', $2) "
+        "ON CONFLICT (peer, kind) DO UPDATE SET pos = excluded.pos", child, RESYNC_ALWAYS)
+
+
+async def resynced_by_pull(t: Tree, code: str) -> bool:
+    links = t.nodes[code].links
+    return any(r["channel"] == "pull" for r in links.resyncs) and (links.snapshot_state or {}).get("state") == "done"
+
+
 async def add_member(conn: asyncpg.Connection, org: str, name: str, id_no: str | None = None,
                      mobile: str | None = None, work_unit: str | None = None) -> uuid.UUID:
     return await conn.fetchval(
@@ -401,16 +414,9 @@ async def test_hc22_resync_keeps_home_personal_data_and_unpushed_writes(tree: Tr
     y2 = await add_member(yl, "430104", "麓二", "430104198504042222", "13500000002")
     # 长沙市 resynchronised from 湖南省: its children must resync by pull (what the city does after
     # its own bootstrap, HC-22's "MUST_RESYNC on pull")
-    await t.db("430100").execute(
-        "INSERT INTO syncd.cursors (peer, kind, pos) VALUES ('430104', 'truncated', $1) "
-        "ON CONFLICT (peer, kind) DO UPDATE SET pos = excluded.pos", RESYNC_ALWAYS)
+    await mark_resync(t, "430100", "430104")
     await t.start("430104")
-    links = t.nodes["430104"].links
-
-    async def resynced() -> bool:
-        return any(r["channel"] == "pull" for r in links.resyncs) \
-            and (links.snapshot_state or {}).get("state") == "done"
-    await wait(t, resynced)
+    await wait(t, lambda: resynced_by_pull(t, "430104"))
 
     async def converged() -> bool:
         return await at(t, "members", y2, ["430000"]) and await n(
@@ -446,18 +452,11 @@ async def test_hc17_an_edit_met_in_a_resync_snapshot_is_the_same_one_conflict_ev
     await wait(t, versioned_at_county)
     await prov.execute("UPDATE attendance SET status = '缺席' WHERE id = $1", aid)
     await t.stop("430104")
-    await cs.execute(  # 长沙市 will answer 岳麓区's next pull with MUST_RESYNC
-        "INSERT INTO syncd.cursors (peer, kind, pos) VALUES ('430104', 'truncated', $1) "
-        "ON CONFLICT (peer, kind) DO UPDATE SET pos = excluded.pos", RESYNC_ALWAYS)
+    await mark_resync(t, "430100", "430104")  # 长沙市 will answer 岳麓区's next pull with MUST_RESYNC
     await t.start("430100")
     await wait(t, lambda: n(t, "430100", "SELECT count(*) FROM attendance WHERE id = $1 AND status = '缺席'", aid))
     await t.start("430104")
-    links = t.nodes["430104"].links
-
-    async def resynced() -> bool:
-        return any(r["channel"] == "pull" for r in links.resyncs) \
-            and (links.snapshot_state or {}).get("state") == "done"
-    await wait(t, resynced)
+    await wait(t, lambda: resynced_by_pull(t, "430104"))
 
     codes = ["430104", "430100", "430000"]
 
@@ -492,9 +491,7 @@ async def test_hc22_excess_snapshot_requests_get_503_and_later_complete(cluster:
             assert refused.value.code == "SNAPSHOT_BUSY" and refused.value.status == 503 and refused.value.retryable
             # 岳麓区's daemon is told to resync and meets the same answer, retrying by itself
             since = time.time()
-            await t.db("430100").execute(
-                "INSERT INTO syncd.cursors (peer, kind, pos) VALUES ('430104', 'truncated', $1) "
-                "ON CONFLICT (peer, kind) DO UPDATE SET pos = excluded.pos", RESYNC_ALWAYS)
+            await mark_resync(t, "430100", "430104")
             links = t.nodes["430104"].links
 
             async def waiting() -> bool:
