@@ -429,12 +429,14 @@ def _snapshot_row_fast_v3(v: Any) -> SnapshotRow | None:
         ver = _fast_version(v["v"])
         if ver is None:
             return None
-        for k, value in plain.items():
+        for k, value in plain.items():  # inline: most of a snapshot's cells
             if not (k in idents or _is_ident(k)):
                 return None
-            ok, value = _plain(value)
-            if not ok:
-                return None
+            t = type(value)
+            if not (value is None or t is str or t is bool):
+                ok, value = _fast_value(value)
+                if not ok:
+                    return None
             cols[k] = (value, ver)
     elif v["v"] is not None:
         return None
@@ -593,10 +595,11 @@ def _row_out_v3(r: SnapshotRow) -> dict[str, Any]:
     values, every other cell in ``x`` as ``[value, version, prev|nil]``."""
     prevs = r.prevs
     items = sorted(r.cols.items())
-    if prevs:
-        top = max((cell[1] for k, cell in items if k not in prevs), default=None)
-    else:
-        top = max(cell[1] for _, cell in items) if items else None
+    top = None
+    for k, cell in items:  # the highest version of a cell that replaced nothing known
+        ver = cell[1]
+        if (top is None or ver > top) and k not in prevs:
+            top = ver
     plain: dict[str, Any] = {}
     other: dict[str, Any] = {}
     for k, (val, ver) in items:
