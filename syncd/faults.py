@@ -25,7 +25,8 @@ Named points (where they are, what has happened when the process dies there):
     and the pull cursor are committed, the in-memory cursor is not updated.
 ``before_push_cursor_save``
     ``peer.ChildLinks._push_once``, before the push cursor is stored: the parent has
-    acknowledged the batch but the child's stored push cursor is behind.
+    acknowledged the batch but the child's stored push cursor is behind (and the batch's
+    audit row and ``acked_max``, written in the same transaction, are not committed).
 
 ``mid_snapshot_chunk``
     ``peer.ChildLinks.bootstrap``, after a snapshot chunk is merged and before it and

@@ -306,14 +306,15 @@ class ChildLinks:
             if out:
                 self.metrics.sent.labels(self.parent).inc(len(out))
                 self.push_acked = max(reply.acked_pos, self.push_acked)
-                async with self.pool.acquire() as conn, conn.transaction():
-                    await audit.record(conn, self.parent, "sent", str(batch_id), out)
-                    await conn.execute("UPDATE syncd.links SET acked_max = greatest(acked_max, $2) WHERE peer = $1",
-                                       self.parent, self.push_acked)
         self.push_cursor = cut[-1]["pos"]
         self.push_watch.observe(self.push_cursor)
-        fault_point("before_push_cursor_save")
-        async with self.pool.acquire() as conn:
+        # the batch's audit row, the parent's acknowledgement and the push cursor: one commit
+        async with self.pool.acquire() as conn, conn.transaction():
+            if out:
+                await audit.record(conn, self.parent, "sent", str(batch_id), out)
+                await conn.execute("UPDATE syncd.links SET acked_max = greatest(acked_max, $2) WHERE peer = $1",
+                                   self.parent, self.push_acked)
+            fault_point("before_push_cursor_save")
             await conn.execute(
                 "INSERT INTO syncd.cursors (peer, kind, pos) VALUES ($1, 'push', $2) "
                 "ON CONFLICT (peer, kind) DO UPDATE SET pos = excluded.pos, updated_at = now()",
