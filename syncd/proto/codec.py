@@ -26,7 +26,7 @@ import hashlib
 import uuid
 import zlib
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import msgpack
 
@@ -57,6 +57,7 @@ MAX_WAIT_MS = 300_000  #: longest pull long-poll
 MAX_TEXT = 4096  #: reasons and hints
 
 _UNPACK_LIMITS = {"str": MAX_VALUE_BYTES, "bin": MAX_BIN_LEN, "array": MAX_CHANGES, "map": MAX_MAP_LEN}
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -161,15 +162,21 @@ def _column_cell_checked(v: Any, p: str) -> ColumnChange:
     )
 
 
-def _change_checked_v3(v: Any, p: str) -> Change:
-    m = f.fields(v, p, ("t", "i", "o", "op", "cl", "ts", "or", "tx", "h", "c", "x", "p"))
-    plain = f.str_map(m["c"], f.sub(p, "cols"), f.value, MAX_COLUMNS, key_code="UNKNOWN_COLUMN")
-    other = f.str_map(m["x"], f.sub(p, "other_cols"), _column_cell_checked, MAX_COLUMNS, key_code="UNKNOWN_COLUMN")
+def _check_split(plain: Mapping[str, Any], other: Mapping[str, Any], p: str) -> None:
+    """A version-3 change's or snapshot row's ``c`` and ``x`` name each column once, and
+    at most MAX_COLUMNS in all."""
     both = sorted(set(plain) & set(other))
     if both:
         raise DecodeError(f.sub(p, "other_cols." + both[0]), "a column in both c and x")
     if len(plain) + len(other) > MAX_COLUMNS:
         raise DecodeError(f.sub(p, "cols"), f"more than {MAX_COLUMNS} entries", "BODY_TOO_LARGE")
+
+
+def _change_checked_v3(v: Any, p: str) -> Change:
+    m = f.fields(v, p, ("t", "i", "o", "op", "cl", "ts", "or", "tx", "h", "c", "x", "p"))
+    plain = f.str_map(m["c"], f.sub(p, "cols"), f.value, MAX_COLUMNS, key_code="UNKNOWN_COLUMN")
+    other = f.str_map(m["x"], f.sub(p, "other_cols"), _column_cell_checked, MAX_COLUMNS, key_code="UNKNOWN_COLUMN")
+    _check_split(plain, other, p)
     c = _change_checked({**{k: x for k, x in m.items() if k != "x"}, "c": {}}, p)  # never the caller's map
     cols = {k: _tnew(ColumnChange, (val, 0, 0, None)) for k, val in plain.items()}
     cols.update(other)
@@ -249,15 +256,19 @@ def _fast_value(x: Any) -> tuple[bool, Any]:
 
 
 
+def _homes_ok(homes: Any) -> bool:
+    """A change's or snapshot row's homes are valid (the fast readers)."""
+    return (type(homes) is dict and len(homes) <= MAX_HOMES
+            and all(_is_ident(k) and _is_node(code) for k, code in homes.items()))
+
+
 def _change_head_ok(table: Any, rid: Any, org: Any, op: Any, cl: Any, ts: Any, origin: Any, txn: Any,
                     homes: Any, pos: Any) -> bool:
     """The fields of a change other than its columns are valid (both fast readers)."""
-    if not (_is_ident(table) and type(rid) is bytes and len(rid) == 16 and _is_node(org) and _is_node(origin)
+    return (_is_ident(table) and type(rid) is bytes and len(rid) == 16 and _is_node(org) and _is_node(origin)
             and type(op) is str and op in OPS and type(cl) is int and 0 <= cl <= _I64
             and type(ts) is int and 0 <= ts <= _I64 and type(txn) is int and 0 <= txn <= _I64
-            and type(pos) is int and 0 <= pos <= _I64 and type(homes) is dict and len(homes) <= MAX_HOMES):
-        return False
-    return all(_is_ident(k) and _is_node(code) for k, code in homes.items())
+            and type(pos) is int and 0 <= pos <= _I64 and _homes_ok(homes))
 
 
 def _fast_cell(value: Any, rnd: Any, stage: Any, prev: Any) -> ColumnChange | None:
@@ -301,9 +312,15 @@ def _change_fast(v: Any) -> Change | None:
     return Change(table, uuid.UUID(bytes=rid), org, op, cl, ts, origin, txn, dict(homes), cols, pos)
 
 
-def _change(v: Any, p: str) -> Change:
-    fast = _change_fast(v)
-    return fast if fast is not None else _change_checked(v, p)
+def _fast_or_checked(fast: Callable[[Any], T | None], checked: Callable[[Any, str], T]) -> Callable[[Any, str], T]:
+    """A reader trying ``fast`` first; when it gives up, ``checked`` reads again and names the problem."""
+    def read(v: Any, p: str) -> T:
+        got = fast(v)
+        return got if got is not None else checked(v, p)
+    return read
+
+
+_change = _fast_or_checked(_change_fast, _change_checked)
 
 
 def _changes(v: Any, p: str) -> tuple[Change, ...]:
@@ -345,9 +362,7 @@ def _change_fast_v3(v: Any) -> Change | None:
     return Change(table, uuid.UUID(bytes=rid), org, op, cl, ts, origin, txn, dict(homes), cols, pos)
 
 
-def _change_v3(v: Any, p: str) -> Change:
-    fast = _change_fast_v3(v)
-    return fast if fast is not None else _change_checked_v3(v, p)
+_change_v3 = _fast_or_checked(_change_fast_v3, _change_checked_v3)
 
 
 def _changes_v3(v: Any, p: str) -> tuple[Change, ...]:
@@ -379,10 +394,7 @@ _ROW_KEYS_V3 = frozenset(("i", "o", "cl", "h", "v", "c", "x"))
 def _row_head_ok(v: dict, homes: Any) -> bool:
     """The id, org_code, cl and homes of a snapshot row map are valid (fast readers)."""
     rid = v["i"]
-    if not (type(rid) is bytes and len(rid) == 16 and _is_node(v["o"]) and _is_u64(v["cl"])
-            and type(homes) is dict and len(homes) <= MAX_HOMES):
-        return False
-    return all(_is_ident(k) and _is_node(code) for k, code in homes.items())
+    return type(rid) is bytes and len(rid) == 16 and _is_node(v["o"]) and _is_u64(v["cl"]) and _homes_ok(homes)
 
 
 def _plain(value: Any) -> tuple[bool, Any]:
@@ -457,16 +469,6 @@ def _snapshot_row_fast_v3(v: Any) -> SnapshotRow | None:
     return SnapshotRow(uuid.UUID(bytes=v["i"]), v["o"], v["cl"], dict(homes), cols, prevs)
 
 
-def _snapshot_row(v: Any, p: str) -> SnapshotRow:
-    fast = _snapshot_row_fast(v)
-    return fast if fast is not None else _snapshot_row_checked(v, p)
-
-
-def _snapshot_row_v3(v: Any, p: str) -> SnapshotRow:
-    fast = _snapshot_row_fast_v3(v)
-    return fast if fast is not None else _snapshot_row_checked_v3(v, p)
-
-
 def _snapshot_row_head(m: dict, p: str) -> dict[str, Any]:
     return dict(id=f.uuid_(m["i"], f.sub(p, "id")), org_code=_node(m["o"], f.sub(p, "org_code")),
                 cl=f.causal_length(m["cl"], f.sub(p, "cl")), homes=_homes(m["h"], f.sub(p, "homes")))
@@ -500,15 +502,15 @@ def _snapshot_row_checked_v3(v: Any, p: str) -> SnapshotRow:
         return (f.value(x[0], f.sub(q, "value")), _version(x[1], f.sub(q, "version")), prev)
 
     other = f.str_map(m["x"], f.sub(p, "other_cols"), cell, MAX_COLUMNS, key_code="UNKNOWN_COLUMN")
-    both = sorted(set(plain) & set(other))
-    if both:
-        raise DecodeError(f.sub(p, "other_cols." + both[0]), "a column in both c and x")
-    if len(plain) + len(other) > MAX_COLUMNS:
-        raise DecodeError(f.sub(p, "cols"), f"more than {MAX_COLUMNS} entries", "BODY_TOO_LARGE")
+    _check_split(plain, other, p)
     ver = _version(m["v"], f.sub(p, "version")) if plain else None
     cols: dict[str, tuple[Any, Version]] = {k: (val, ver) for k, val in plain.items()}  # type: ignore[misc]
     cols.update({k: (val, cv) for k, (val, cv, _) in other.items()})
     return SnapshotRow(**head, cols=cols, prevs={k: pv for k, (_, _, pv) in other.items() if pv is not None})
+
+
+_snapshot_row = _fast_or_checked(_snapshot_row_fast, _snapshot_row_checked)
+_snapshot_row_v3 = _fast_or_checked(_snapshot_row_fast_v3, _snapshot_row_checked_v3)
 
 
 def _quarantined(v: Any, p: str) -> Quarantined:
