@@ -15,7 +15,8 @@ Named points (where they are, what has happened when the process dies there):
     written inside the apply transaction but nothing is committed.
 ``before_cursor_commit``
     ``store.apply.apply_batch``, right before ``UPDATE syncd.cursors``: rows, conflicts
-    and relay queue written, cursor not moved, transaction not committed.
+    and relay queue written, cursor not moved, parked changes not retried yet,
+    transaction not committed.
 ``after_commit_before_response``
     ``node.ParentService.on_push``, after ``apply_batch`` returned: the push is
     committed at the parent but the child never gets the reply (it must resend, and
@@ -24,9 +25,10 @@ Named points (where they are, what has happened when the process dies there):
     ``peer.ChildLinks._pull_once``, after ``apply_batch`` returned: the pulled batch
     and the pull cursor are committed, the in-memory cursor is not updated.
 ``before_push_cursor_save``
-    ``peer.ChildLinks._push_once``, before the push cursor is stored: the parent has
+    ``peer.ChildLinks._save_push``, before the push cursor is stored: the parent has
     acknowledged the batch but the child's stored push cursor is behind (and the batch's
-    audit row and ``acked_max``, written in the same transaction, are not committed).
+    audit row and ``acked_max``, written by the same statement, are not).  The save runs
+    while the next batch is read and sent, so that batch may have reached the parent too.
 
 ``mid_snapshot_chunk``
     ``peer.ChildLinks.bootstrap``, after a snapshot chunk is merged and before it and

@@ -206,9 +206,7 @@ class ParentService:
                 await self._store_summaries(conn, child, msg.summary)
 
             async def record(conn: asyncpg.Connection) -> None:  # in the batch's transaction
-                await audit.record(conn, child, "received", str(msg.batch_id), msg.changes)
-                if msg.changes and msg.changes[-1].pos == msg.to_pos:  # for the next hello (HC-7)
-                    await linkstate.save_hash(conn, child, msg.changes[-1])
+                await linkstate.received(conn, child, str(msg.batch_id), msg.changes, msg.to_pos)
 
             started = time.perf_counter()
             res = await apply_batch(conn, self.ctx, child, "applied", "from_child", list(msg.changes),

@@ -53,6 +53,13 @@ log = structlog.get_logger("syncd.peer")
 PUSH_IDLE_S = 5.0
 
 
+_SAVE_PUSH_CURSOR = ("INSERT INTO syncd.cursors (peer, kind, pos) VALUES ($1, 'push', $2) "
+                     "ON CONFLICT (peer, kind) DO UPDATE SET pos = excluded.pos, updated_at = now()")
+#: the push cursor and the parent's acknowledgement (with the batch's audit row: one statement)
+_SAVE_ACKED = ("WITH acked AS (UPDATE syncd.links SET acked_max = greatest(acked_max, $3) WHERE peer = $1) "
+               + _SAVE_PUSH_CURSOR)
+
+
 def same_group(a: Any, b: Any) -> bool:
     """Two consecutive log entries (changes or log records) a batch must not separate: one
     origin transaction, or the changes of one row in an upward snapshot (they share a
@@ -112,6 +119,7 @@ class ChildLinks:
     _summary_sent: float = float("-inf")  # when the last summary was computed (loop time)
     _summary_ready: tuple[dict, ...] | None = None  # computed in the background, not sent yet
     _summary_task: asyncio.Task[None] | None = None
+    _push_saving: asyncio.Task[None] | None = None  # the last push's bookkeeping, committing
 
     def __post_init__(self) -> None:
         t = self.cfg.tuning
@@ -243,6 +251,10 @@ class ChildLinks:
 
     async def _start_push(self) -> None:
         """After hello: where pushing starts (SPEC R7.1, R8.5)."""
+        try:
+            await self.settle_push()  # the stored cursor and acked_max are read below
+        except Exception as e:  # noqa: BLE001 — it failed with the link; the parent's cursor rules
+            log.warning("push_save_failed", link=self.push_health.name, error=str(e))
         reply = await self.hello("push")
         self._push_epoch = self.epoch
         self.push_acked = reply.push_cursor
@@ -274,9 +286,9 @@ class ChildLinks:
         limit = self.cfg.tuning.batch_max_changes
         async with self.pool.acquire() as conn:
             # the cut is found on (pos, origin, txn) alone; only what goes up is decoded
-            heads = await conn.fetch("SELECT pos, origin, txn FROM syncd.log WHERE pos > $1 ORDER BY pos LIMIT $2",
-                                     self.push_cursor, limit * 2)
-            first = await conn.fetchval("SELECT log_first FROM syncd.node")
+            heads = await conn.fetch("SELECT pos, origin, txn, (SELECT log_first FROM syncd.node) AS first "
+                                     "FROM syncd.log WHERE pos > $1 ORDER BY pos LIMIT $2", self.push_cursor, limit * 2)
+            first = heads[0]["first"] if heads else await conn.fetchval("SELECT log_first FROM syncd.node")
             cut = cut_batch(heads, limit)
             recs = [] if not cut else await conn.fetch(
                 f"SELECT {CHANGE_COLUMNS} FROM syncd.log WHERE pos > $1 AND pos <= $2 "
@@ -308,18 +320,35 @@ class ChildLinks:
                 self.push_acked = max(reply.acked_pos, self.push_acked)
         self.push_cursor = cut[-1]["pos"]
         self.push_watch.observe(self.push_cursor)
-        # the batch's audit row, the parent's acknowledgement and the push cursor: one commit
-        async with self.pool.acquire() as conn, conn.transaction():
-            if out:
-                await audit.record(conn, self.parent, "sent", str(batch_id), out)
-                await conn.execute("UPDATE syncd.links SET acked_max = greatest(acked_max, $2) WHERE peer = $1",
-                                   self.parent, self.push_acked)
-            fault_point("before_push_cursor_save")
-            await conn.execute(
-                "INSERT INTO syncd.cursors (peer, kind, pos) VALUES ($1, 'push', $2) "
-                "ON CONFLICT (peer, kind) DO UPDATE SET pos = excluded.pos, updated_at = now()",
-                self.parent, self.push_cursor)
+        # the bookkeeping commits while the next batch is read and sent (one at a time, in order)
+        await self.settle_push()
+        self._push_saving = asyncio.create_task(self._save_push(
+            self.push_cursor, self.push_acked, (str(batch_id), out) if out else None))
         return len(heads) > len(cut) or len(heads) == limit * 2
+
+    async def _save_push(self, cursor: int, acked: int, sent: tuple[str, list[Change]] | None) -> None:
+        """The batch's audit row, the parent's acknowledgement and the push cursor: one commit.
+
+        Nothing waits for it but the next save and the next hello (:meth:`settle_push`): the
+        parent holds the batch already, and what a crash before this commit loses is what
+        ``before_push_cursor_save`` loses — the push cursor and ``acked_max`` stay behind, the
+        next hello starts from the parent's cursor, and the parent drops what it has (R7.1)."""
+        fault_point("before_push_cursor_save")
+        async with self.pool.acquire() as conn:
+            if sent is None:
+                await conn.execute(_SAVE_PUSH_CURSOR, self.parent, cursor)
+            else:
+                await audit.record_then(conn, self.parent, "sent", *sent, _SAVE_ACKED, self.parent, cursor, acked)
+
+    async def settle_push(self) -> None:
+        """Wait for the last push's bookkeeping to commit; raise what it raised."""
+        task = self._push_saving
+        if task is not None:
+            try:
+                await asyncio.shield(task)
+            finally:
+                if task.done() and self._push_saving is task:
+                    self._push_saving = None
 
     async def push_loop(self, stop: asyncio.Event) -> None:
         """Push whenever the log moved (``wake_push``: set in-process by the sequencer, by
@@ -354,18 +383,19 @@ class ChildLinks:
         finally:
             if self._summary_task is not None:
                 self._summary_task.cancel()
+            if self._push_saving is not None:  # a stopping node still stores what was acknowledged
+                await asyncio.gather(self._push_saving, return_exceptions=True)
 
     async def _retry_parked_if_any(self) -> None:
         """Parked changes also get a try when the link is idle (their target may have come by
         a snapshot, or the tree may be known now)."""
-        from syncd.store.sequencer import lock
+        from syncd.store.sequencer import lock_applying
 
         async with self.pool.acquire() as conn:
             if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM syncd.parked)"):
                 return
             async with conn.transaction():
-                await conn.execute("SET LOCAL syncd.applying = 'on'")
-                await lock(conn)
+                await lock_applying(conn)
                 await retry_parked(conn, self.ctx)
         self._applied()
 
@@ -386,10 +416,8 @@ class ChildLinks:
                     raise SyncdError("HELLO_REQUIRED", f"link epoch moved to {self.epoch}")
 
                 async def record(conn: asyncpg.Connection) -> None:  # in the batch's transaction
-                    await audit.record(conn, self.parent, "received",
-                                       f"pull ({self.pull_cursor}, {reply.last_pos}]", reply.changes)
-                    if reply.changes and reply.changes[-1].pos == reply.last_pos:  # for the next hello (HC-7)
-                        await linkstate.save_hash(conn, self.parent, reply.changes[-1])
+                    await linkstate.received(conn, self.parent, f"pull ({self.pull_cursor}, {reply.last_pos}]",
+                                             reply.changes, reply.last_pos)
 
                 started = time.perf_counter()
                 res = await apply_batch(conn, self.ctx, self.parent, "pull", "from_parent",
@@ -404,7 +432,7 @@ class ChildLinks:
     async def bootstrap(self) -> None:
         """Load (or resume) a snapshot of everything this node is entitled to, then pull from p₀."""
         from syncd.node import now_us
-        from syncd.store.sequencer import lock
+        from syncd.store.sequencer import lock_applying
         from syncd.store.snapshot import Progress, clear_progress, progress
 
         async with self.pool.acquire() as conn:
@@ -436,8 +464,7 @@ class ChildLinks:
                     await asyncio.gather(ahead, return_exceptions=True)
             log.info("snapshot_table_done", link=self.pull_health.name, table=t.name, rows=p.rows)
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SET LOCAL syncd.applying = 'on'")
-            await lock(conn)
+            await lock_applying(conn)
             await retry_parked(conn, self.ctx)  # changes that waited for the tree or a FK target
             await conn.execute(
                 "INSERT INTO syncd.cursors (peer, kind, pos) VALUES ($1, 'pull', $2) "
@@ -468,12 +495,11 @@ class ChildLinks:
 
     async def _merge_chunk(self, table: str, p: Progress, chunk: SnapshotChunk, position: int) -> Progress:
         """Merge one snapshot chunk and its progress in one transaction; the new progress."""
-        from syncd.store.sequencer import lock
+        from syncd.store.sequencer import lock_applying
         from syncd.store.snapshot import Progress, merge_chunk, save_progress
 
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SET LOCAL syncd.applying = 'on'")
-            await lock(conn)
+            await lock_applying(conn)
             await merge_chunk(conn, self.ctx, self.parent, table, chunk.rows)
             await audit.record_rows(conn, self.parent, "received",
                                     audit.snapshot_batch(table, p.after_id, chunk.next_after_id), table, chunk.rows)

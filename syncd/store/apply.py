@@ -40,7 +40,7 @@ from syncd.store.conflicts import close_seen
 from syncd.store import opaque
 from syncd.store.fastpath import Staged, apply_fast, relay_staged, stage_batch
 from syncd.store.log import add_pending, dumps, encode_cols, loads
-from syncd.store.sequencer import lock
+from syncd.store.sequencer import lock_applying
 from syncd.store.versioning import RowVer, Versioner, claim_captures, load_rowver, save_rowver
 from syncd.topology import Topology, TopologyError
 
@@ -89,9 +89,13 @@ def change_from_json(raw: str | dict[str, Any]) -> Change:
 
 
 async def _cursor(conn: asyncpg.Connection, peer: str, kind: str) -> int:
-    await conn.execute("INSERT INTO syncd.cursors (peer, kind) VALUES ($1, $2) ON CONFLICT DO NOTHING", peer, kind)
-    return int(await conn.fetchval(
-        "SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = $2 FOR UPDATE", peer, kind))
+    """The link's cursor, locked for the transaction (created at 0 on a link's first batch)."""
+    sql = "SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = $2 FOR UPDATE"
+    pos = await conn.fetchval(sql, peer, kind)
+    if pos is None:
+        await conn.execute("INSERT INTO syncd.cursors (peer, kind) VALUES ($1, $2) ON CONFLICT DO NOTHING", peer, kind)
+        pos = await conn.fetchval(sql, peer, kind)
+    return int(pos)
 
 
 async def quarantine(conn: asyncpg.Connection, peer: str, c: Change, code: str, reason: str) -> None:
@@ -514,13 +518,13 @@ async def apply_batch(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ki
     link's audit row and hash commit with the batch, one commit instead of three."""
     result = ApplyResult()
     async with conn.transaction():
-        await conn.execute("SET LOCAL syncd.applying = 'on'")
         cursor = await _cursor(conn, peer, kind)
         if to_pos <= cursor:
             result.duplicate, result.cursor = True, cursor
             return result
         fresh = [c for c in changes if c.pos > cursor]
-        await lock(conn)
+        fk_parked = 0
+        await lock_applying(conn)
         ctx.topo = await current_topology(conn, ctx.topo, fresh)
         ok, refused = _authorise(ctx, peer, direction, fresh, now_us)
         for c, code, reason in refused:
@@ -537,17 +541,19 @@ async def apply_batch(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ki
             parked = await merge_rows(conn, ctx, peer, ok, result, staged)
             fault_point("after_copy")
             await park(conn, peer, parked)
-            result.parked = len(parked)
+            fk_parked = len(parked)
+            result.parked += fk_parked
             await record_conflicts(conn, result.conflicts, {str(c.id): c.org_code for c in ok})
             await close_seen(conn, ok)
             # relay what is new here (HC-12: whether or not it applied); a version this node
             # already held was relayed when it first came, so it is not logged twice (HC-35)
             await relay_staged(conn, staged, [c for c in ok if id(c) not in result.duplicates])
-            if await conn.fetchval("SELECT count(*) FROM syncd.parked") > len(parked):
-                result.applied += await retry_parked(conn, ctx)
         fault_point("before_cursor_commit")
-        await conn.execute("UPDATE syncd.cursors SET pos = $3, updated_at = now() WHERE peer = $1 AND kind = $2",
-                           peer, kind, to_pos)
+        held = await conn.fetchval(  # with the changes parked now (and before): one round trip
+            "UPDATE syncd.cursors SET pos = $3, updated_at = now() WHERE peer = $1 AND kind = $2 "
+            "RETURNING (SELECT count(*) FROM syncd.parked)", peer, kind, to_pos)
+        if ok and held > fk_parked:  # something parked before may apply now
+            result.applied += await retry_parked(conn, ctx)
         result.cursor = to_pos
         if also is not None:
             await also(conn)

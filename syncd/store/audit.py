@@ -14,6 +14,7 @@ named ``snapshot <table> (<after id>, <next id>]`` at both ends.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -67,6 +68,27 @@ async def record(conn: asyncpg.Connection, peer: str, direction: AuditDirection,
                          personal_columns(changes, schema))
 
 
+async def record_then(conn: asyncpg.Connection, peer: str, direction: AuditDirection,
+                      batch_id: uuid.UUID | str | None, changes: Sequence[Change],
+                      then: str, *args: object, schema: Schema = SCHEMA) -> None:
+    """Write the audit row of one batch (none for an empty one) and run the statement ``then``
+    (parameters ``$1…`` are ``args``; it may start with ``WITH``) in one statement: one round
+    trip, and atomic on its own (it needs no transaction around it)."""
+    if not changes:
+        await conn.execute(then, *args)
+        return
+    row = _row(peer, direction, batch_id, batch_tables(changes), len(changes), personal_columns(changes, schema))
+    then = _shift(then, len(row))
+    rest = then[len("WITH "):] if then[:5].upper() == "WITH " else then
+    joint = ", " if rest is not then else " "
+    await conn.execute(f"WITH audited AS ({_INSERT}){joint}{rest}", *row, *args)
+
+
+def _shift(sql: str, by: int) -> str:
+    """``sql`` with its parameters renumbered ``$n`` → ``$(n + by)``."""
+    return re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + by}", sql)
+
+
 def snapshot_batch(table: str, after_id: uuid.UUID | None, next_after_id: uuid.UUID | None) -> str:
     """The name of a snapshot chunk in the audit, the same string at both ends."""
     return f"snapshot {table} ({after_id or 'start'}, {next_after_id or 'end'}]"
@@ -82,17 +104,25 @@ async def record_rows(conn: asyncpg.Connection, peer: str, direction: AuditDirec
     return await _insert(conn, peer, direction, batch_id, {table: len(rows)}, len(rows), personal)
 
 
-async def _insert(conn: asyncpg.Connection, peer: str, direction: AuditDirection, batch_id: uuid.UUID | str | None,
-                  tables: dict[str, int], count: int, personal: list[str]) -> int | None:
+_INSERT = ("INSERT INTO syncd.audit (peer, direction, batch_id, tables, changes, personal_columns) "
+           "VALUES ($1, $2, $3, $4::jsonb, $5, $6::jsonb)")
+
+
+def _row(peer: str, direction: AuditDirection, batch_id: uuid.UUID | str | None, tables: dict[str, int],
+         count: int, personal: list[str]) -> tuple[object, ...]:
+    """The parameters of :data:`_INSERT`."""
     if direction not in ("sent", "received"):
         raise ValueError(f"audit direction must be 'sent' or 'received', not {direction!r}")
+    return (peer, direction, str(batch_id) if batch_id is not None else None,
+            json.dumps(tables, ensure_ascii=False), count, json.dumps(personal))
+
+
+async def _insert(conn: asyncpg.Connection, peer: str, direction: AuditDirection, batch_id: uuid.UUID | str | None,
+                  tables: dict[str, int], count: int, personal: list[str]) -> int | None:
+    row = _row(peer, direction, batch_id, tables, count, personal)
     if not count:
         return None
-    return int(await conn.fetchval(
-        "INSERT INTO syncd.audit (peer, direction, batch_id, tables, changes, personal_columns) "
-        "VALUES ($1, $2, $3, $4::jsonb, $5, $6::jsonb) RETURNING id",
-        peer, direction, str(batch_id) if batch_id is not None else None,
-        json.dumps(tables, ensure_ascii=False), count, json.dumps(personal)))
+    return int(await conn.fetchval(_INSERT + " RETURNING id", *row))
 
 
 @dataclass(frozen=True)

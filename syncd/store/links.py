@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Sequence
 
 import asyncpg
 import structlog
@@ -22,6 +23,7 @@ import structlog
 from syncd.proto import codec
 from syncd.proto.change import Change
 from syncd.routing import project
+from syncd.store import audit
 from syncd.store.log import change_from_record
 from syncd.topology import Topology
 
@@ -57,10 +59,24 @@ async def load(conn: asyncpg.Connection, peer: str, *, for_update: bool = False,
                      bytes(r["hash"]) if r["hash"] is not None else None, r["acked_max"], r["upward"])
 
 
+_SAVE_HASH = "UPDATE syncd.links SET hash_pos = $2, hash = $3, updated_at = now() WHERE peer = $1 AND hash_pos <= $2"
+
+
 async def save_hash(conn: asyncpg.Connection, peer: str, change: Change) -> None:
     """Remember the last change received over the link (its position in the sender's log)."""
-    await conn.execute("UPDATE syncd.links SET hash_pos = $2, hash = $3, updated_at = now() "
-                       "WHERE peer = $1 AND hash_pos <= $2", peer, change.pos, codec.change_hash(change))
+    await conn.execute(_SAVE_HASH, peer, change.pos, codec.change_hash(change))
+
+
+async def received(conn: asyncpg.Connection, peer: str, batch_id: str, changes: Sequence[Change],
+                   last_pos: int) -> None:
+    """A batch received from ``peer`` (pushed or pulled), in its apply's transaction: its audit
+    row, and the hash of its last change when that is the batch's end, for the next hello
+    (HC-7) — one statement."""
+    if changes and changes[-1].pos == last_pos:
+        await audit.record_then(conn, peer, "received", batch_id, changes,
+                                _SAVE_HASH, peer, last_pos, codec.change_hash(changes[-1]))
+    else:
+        await audit.record(conn, peer, "received", batch_id, changes)
 
 
 async def new_epoch(conn: asyncpg.Connection, child: str, at_least: int, incarnation: uuid.UUID | None,

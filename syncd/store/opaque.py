@@ -82,12 +82,11 @@ async def missing_columns(conn: asyncpg.Connection, schema: Schema) -> list[str]
 async def promote(conn: asyncpg.Connection, schema: Schema) -> dict[str, int]:
     """Write held values of columns the tables now have into the tables; rows written per
     ``table.column``.  One transaction, sequencer lock held, triggers standing aside."""
-    from syncd.store.sequencer import lock
+    from syncd.store.sequencer import lock_applying
 
     done: dict[str, int] = {}
     async with conn.transaction():
-        await conn.execute("SET LOCAL syncd.applying = 'on'")
-        await lock(conn)
+        await lock_applying(conn)
         held_cols = await conn.fetch("SELECT DISTINCT tbl, jsonb_object_keys(vals) AS col FROM syncd.opaque")
         for r in held_cols:
             tbl, col = r["tbl"], r["col"]

@@ -31,7 +31,7 @@ from syncd.store.apply import (ApplyContext, ApplyResult, change_from_json, curr
                                merge_rows, park)
 from syncd.store.conflicts import close_seen
 from syncd.store.log import add_pending
-from syncd.store.sequencer import lock
+from syncd.store.sequencer import lock_applying
 
 #: the one code given to changes that were authorised (and so already queued for relay, HC-12)
 #: but failed a local constraint; every other code was refused before relay
@@ -96,8 +96,7 @@ async def release_quarantined(conn: asyncpg.Connection, ctx: ApplyContext, qid: 
     a released change raises ``ALREADY_RELEASED``; an unknown id ``UNKNOWN_QUARANTINE``."""
     now = now_us if now_us is not None else time.time_ns() // 1000
     async with conn.transaction():
-        await conn.execute("SET LOCAL syncd.applying = 'on'")
-        await lock(conn)
+        await lock_applying(conn)
         rec = await conn.fetchrow("SELECT * FROM syncd.quarantine WHERE id = $1 FOR UPDATE", qid)
         if rec is None:
             raise QuarantineError("UNKNOWN_QUARANTINE", f"no quarantined change {qid} at {ctx.me}",

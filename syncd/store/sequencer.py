@@ -79,13 +79,26 @@ SELECT * FROM logged ORDER BY pos
 #: capture or pending row committed after it comes with its own wake-up.  ``min(serial)`` reads
 #: the primary key's first live entry: a plain ``EXISTS`` scanned the heap through every dead
 #: row a large tick left behind until autovacuum came (5 ms a turn after a 2k-change batch).
-_ANYTHING = ("SELECT (SELECT min(serial) FROM syncd.pending) IS NOT NULL "
-             "OR (SELECT min(serial) FROM syncd.capture) IS NOT NULL")
+_ANYTHING = ("SELECT (SELECT min(serial) FROM syncd.pending) IS NOT NULL AS pending, "
+             "(SELECT min(serial) FROM syncd.capture) IS NOT NULL AS captured")
+
+#: The sequencer lock, then the node row locked: one round trip.  The lock is taken in an
+#: uncorrelated sub-select, which PostgreSQL runs once (an InitPlan) before it reads the row,
+#: so the order is the one every other holder of both keeps (the lock first).
+_LOCK_NODE = ("SELECT id, epoch, hlc, head FROM syncd.node "
+              "WHERE (SELECT true FROM pg_advisory_xact_lock($1)) FOR UPDATE")
 
 
 async def lock(conn: asyncpg.Connection) -> None:
     """Take the sequencer lock for the rest of the current transaction."""
     await conn.execute("SELECT pg_advisory_xact_lock($1)", SEQUENCER_LOCK)
+
+
+async def lock_applying(conn: asyncpg.Connection) -> None:
+    """Take the sequencer lock and mark the current transaction's writes as syncd's own
+    (``syncd.applying = on``: the capture triggers skip them), in one round trip."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1), set_config('syncd.applying', 'on', true)",
+                       SEQUENCER_LOCK)
 
 
 @dataclass
@@ -107,18 +120,18 @@ class Sequencer:
     backends: set[int] = field(default_factory=set)
     health: LoopHealth = field(default_factory=lambda: LoopHealth("sequencer", cap_s=5.0, failed_cap_s=10.0))
 
-    async def tick(self, conn: asyncpg.Connection) -> TickResult:
-        """Move pending changes and version captures, in one transaction."""
+    async def tick(self, conn: asyncpg.Connection, pending: bool = True, captured: bool = True) -> TickResult:
+        """Move pending changes and version captures, in one transaction (``pending`` /
+        ``captured`` False: that queue was seen empty just before, leave it for the next tick)."""
         async with conn.transaction():
-            await lock(conn)
-            node = await conn.fetchrow("SELECT id, epoch, hlc, head FROM syncd.node FOR UPDATE")
+            node = await conn.fetchrow(_LOCK_NODE, SEQUENCER_LOCK)
             me = self.me or node["id"]
             head = node["head"]
             # received changes move inside PostgreSQL, already encoded; Python sees only what
             # the outbox rule needs (committees rows whole: they may extend the tree)
-            moved = await conn.fetch(_MOVE_PENDING, self.batch, head, node["epoch"])
+            moved = await conn.fetch(_MOVE_PENDING, self.batch, head, node["epoch"]) if pending else []
             items: list[tuple[Change, str | None]] = [(change_from_record(r), r["received_from"]) for r in moved]
-            caps = await claim_captures(conn, self.batch)
+            caps = await claim_captures(conn, self.batch) if captured else []
             versioner = Versioner(self.schema, me, self.id_hash_key)
             changes, hlc = await versioner.run(conn, caps, node["hlc"])
             if moved:
@@ -165,15 +178,17 @@ class Sequencer:
     async def _turn(self, conn: asyncpg.Connection) -> None:
         """Tick while there is something to do: once for what is committed now, again only
         while ticks come back full (what commits later brings its own wake-up)."""
-        if not await conn.fetchval(_ANYTHING):
+        queues = await conn.fetchrow(_ANYTHING)
+        if not (queues["pending"] or queues["captured"]):
             return
         self.backends.add(conn.get_server_pid())
+        r = await self.tick(conn, queues["pending"], queues["captured"])
         while True:
-            r = await self.tick(conn)
             if r.total and self.on_logged is not None:
                 self.on_logged(r)
             if not r.full:
                 return
+            r = await self.tick(conn)
 
     async def run(self, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
         """Tick on every wake-up (capture NOTIFY, :meth:`wake`) until ``stop``; with none, look
