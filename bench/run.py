@@ -7,7 +7,6 @@ for ceilings and syncd), the chosen scenarios in order, a table on stdout and
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import json
 import os
@@ -26,6 +25,7 @@ warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
 
 from bench import bootstrap, capture, catchup, ceilings, latency, scale, tree137  # noqa: E402
 from bench.harness import SETTINGS, SIZES, BenchCluster, Run  # noqa: E402
+from syncd import aio  # noqa: E402
 
 #: scenario -> the function measuring it (memory is measured inside the catch-up run)
 SCENARIOS: dict[str, Any] = {
@@ -165,7 +165,7 @@ def cli(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt  # so the cluster is stopped on SIGTERM too
 
     signal.signal(signal.SIGTERM, _interrupt)
-    asyncio.run(main(a.size, only, a.out, a.pg_dir))
+    aio.run(main(a.size, only, a.out, a.pg_dir))  # the daemon's event loop (uvloop): nodes run in this process
     return 0
 
 

@@ -22,6 +22,7 @@ warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
 
 import asyncpg  # noqa: E402
 
+from syncd import aio  # noqa: E402
 from syncd.config import Config, ConfigError, load_config  # noqa: E402
 from syncd.log import configure  # noqa: E402
 
@@ -593,7 +594,7 @@ def _report(message: str, hint: str) -> None:
 
 def run_command(func: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace) -> int:
     try:
-        return asyncio.run(func(args))
+        return aio.run(func(args))
     except ConfigError as e:
         print(f"syncd: error: bad config {e.source}:", file=sys.stderr)
         for path, value, msg in e.problems:

@@ -4,12 +4,18 @@ import warnings
 
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
 
-from typing import AsyncIterator, Iterator  # noqa: E402
+from typing import Any, AsyncIterator, Callable, Iterator  # noqa: E402
 
 import asyncpg  # noqa: E402
 import pytest  # noqa: E402
 
+from syncd.aio import loop_factory  # noqa: E402
 from tests.pg import Cluster  # noqa: E402
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """Async tests run on the event loop the daemon runs on (``syncd.aio``: uvloop)."""
+    return {"daemon_loop": loop_factory()}
 
 
 @pytest.fixture(scope="session")
