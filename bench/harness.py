@@ -9,6 +9,7 @@ objects in this process, HTTP on loopback), reusing ``tests.pg``/``tests.tree``.
 from __future__ import annotations
 
 import asyncio
+import os
 import csv
 import random
 import time
@@ -23,7 +24,7 @@ import asyncpg
 from syncd.store.embedded import EmbeddedPostgres
 from syncd.store.sequencer import Sequencer
 from tests.pg import Cluster
-from tests.tree import HASH_KEY, Tree
+from tests.tree import HASH_KEY, TREE_TUNING, Tree
 
 #: One set of settings for the ceilings and for syncd (printed beside the results).
 SETTINGS = {
@@ -161,10 +162,23 @@ def chain() -> dict[str, tuple[str, str, str | None]]:
     return {c: full[c] for c in ("430000", "430100", "430102", "430104")}
 
 
+def sequencer_interval_ms() -> int:
+    """The sequencer's safety-net poll the bench's nodes run with: ``BENCH_SEQUENCER_INTERVAL_MS``,
+    else the tests' 50 ms (``tests.tree``; every run since the bench began), not the shipped
+    1 s.  A node is woken by NOTIFY either way; on this VM the busier 50 ms poll still made
+    every step of an idle sample ~5-10 % faster, the application's own commit too — a
+    CPU wake-up effect, not a missed notification (README, Benchmarks, session 6)."""
+    raw = os.environ.get("BENCH_SEQUENCER_INTERVAL_MS")
+    return int(raw) if raw else int(TREE_TUNING["sequencer_interval_ms"])
+
+
 async def build_tree(cluster: BenchCluster, tree: dict[str, tuple[str, str, str | None]],
                      before_start: Callable[[Tree], Awaitable[None]] | None = None,
                      **tuning: Any) -> Tree:
-    """``tests.tree.Tree.setup`` with a hook between creating the databases and starting the nodes."""
+    """``tests.tree.Tree.setup`` with a hook between creating the databases and starting the
+    nodes; the tests' tuning, the sequencer interval :func:`sequencer_interval_ms` unless
+    ``tuning`` names one."""
+    tuning.setdefault("sequencer_interval_ms", sequencer_interval_ms())
     t = await Tree(cluster, tree, tuning=tuning).prepare()
     if before_start is not None:
         await before_start(t)

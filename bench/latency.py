@@ -9,15 +9,14 @@ Idle: the probe alone.  Under load: meanwhile 岳麓区 (same city) writes backg
 rows in 1k-row transactions at ``load_rate`` rows/s.  A sample never seen within 30 s after
 the last write is counted as lost.
 
-The nodes run with the tests' tuning (``tests.tree``: ``sequencer_interval_ms`` 50);
-``BENCH_SEQUENCER_INTERVAL_MS`` sets another interval, e.g. the shipped default, to see
-what a deployment would (the interval is a safety-net poll since issue #9, it was the
-relay delay per hop before).
+The nodes run with the tests' tuning (``tests.tree.TREE_TUNING``: ``sequencer_interval_ms``
+50); ``BENCH_SEQUENCER_INTERVAL_MS`` sets another for every scenario, e.g. the shipped 1000
+(``bench.harness.sequencer_interval_ms``; the interval is a safety-net poll since issue #9,
+it was the relay delay per hop before).
 """
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from typing import Any
@@ -82,9 +81,7 @@ async def run(r: Run) -> None:
     async def trigger(t: Any) -> None:
         await t.db("430000").execute(SEEN_SQL)
 
-    interval = os.environ.get("BENCH_SEQUENCER_INTERVAL_MS")
-    tuning = {"sequencer_interval_ms": int(interval)} if interval else {}
-    t = await build_tree(r.cluster, chain(), before_start=trigger, **tuning)
+    t = await build_tree(r.cluster, chain(), before_start=trigger)
     arrivals = await Arrivals().attach(t.dsns["430000"])
     try:
         await asyncio.sleep(2.0)  # hellos done, committees settled

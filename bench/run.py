@@ -24,7 +24,7 @@ from typing import Any
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
 
 from bench import bootstrap, capture, catchup, ceilings, latency, scale, tree137  # noqa: E402
-from bench.harness import SETTINGS, SIZES, BenchCluster, Run  # noqa: E402
+from bench.harness import SETTINGS, SIZES, BenchCluster, Run, sequencer_interval_ms  # noqa: E402
 from syncd import aio  # noqa: E402
 
 #: scenario -> the function measuring it (memory is measured inside the catch-up run)
@@ -101,6 +101,8 @@ async def main(size: str, only: list[str] | None, out_dir: Path, pg_dir: Path | 
         settings = await cluster.show()
         print(f"syncd bench, size {size}, PostgreSQL settings (ceilings and syncd alike):", flush=True)
         print("  " + ", ".join(f"{k}={v}" for k, v in settings.items()), flush=True)
+        print(f"  nodes: sequencer_interval_ms={sequencer_interval_ms()} (scale: 200), event loop "
+              f"{aio.loop_factory().__module__}", flush=True)
         done: set[Any] = set()
         need = list(chosen)
         if any(s in need for s in ("catchup", "memory", "scale", "bootstrap")) and "ceilings" not in need:
@@ -138,7 +140,7 @@ async def main(size: str, only: list[str] | None, out_dir: Path, pg_dir: Path | 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{today}-{size}.json"
     doc = {
-        "date": today, "size": size, "params": run.size.__dict__, "seconds": round(time.perf_counter() - started, 1),
+        "date": today, "size": size, "params": {**run.size.__dict__, "sequencer_interval_ms": sequencer_interval_ms()}, "seconds": round(time.perf_counter() - started, 1),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "postgresql_settings": settings, "scenarios": scenarios,
         "results": [r.as_dict() for r in run.results], "ceilings_rows_per_s": run.rates,

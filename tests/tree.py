@@ -34,6 +34,11 @@ def secret(child: str) -> str:
     return f"link-secret-for-{child}-0123456789"
 
 
+#: what the test trees run with: quick polls and retries, so a test waits seconds, not minutes
+TREE_TUNING: dict[str, Any] = {"sequencer_interval_ms": 50, "pull_wait_s": 2.0, "retry_cap_s": 1.0,
+                               "failed_probe_s": 2.0}
+
+
 def node_config(code: str, tree: dict[str, tuple[str, str, str | None]], parent_url: str | None,
                 listen: str = "127.0.0.1:0", **tuning: Any) -> Config:
     name, _, parent = tree[code]
@@ -41,8 +46,7 @@ def node_config(code: str, tree: dict[str, tuple[str, str, str | None]], parent_
         "node": {"id": code, "name": name, "listen": listen, "dsn": "unused",
                  "id_hash_key": HASH_KEY},
         "children": [{"id": c, "secret": secret(c)} for c, (_, _, p) in tree.items() if p == code],
-        "tuning": {"sequencer_interval_ms": 50, "pull_wait_s": 2.0, "retry_cap_s": 1.0,
-                   "failed_probe_s": 2.0, **tuning},
+        "tuning": {**TREE_TUNING, **tuning},
         "log": {"format": "json", "level": "warning"},
     }
     if parent is not None:
