@@ -149,3 +149,29 @@ async def test_hc4_local_write_not_overwritten_by_losing_apply(cluster: Cluster)
         await county.close()
         await writer.close()
         await cluster.drop(dsn)
+
+
+async def test_a_batch_counts_every_change_it_parks_those_from_an_unknown_committee_too(cluster: Cluster) -> None:
+    src = await cluster.new_node_db("430000", prefix="src")
+    prov = await asyncpg.connect(src)
+    dsn = await cluster.new_node_db("430100", prefix="city")
+    city = await asyncpg.connect(dsn)
+    try:
+        start = await prov.fetchval("SELECT head FROM syncd.node")
+        await prov.execute("INSERT INTO activities (org_code, kind, title, starts_at) VALUES "
+                           "('430000', '全体会议', '全体会议', now()), ('430000', '视察', '视察', now())")
+        await Sequencer(me="430000").drain(prov)
+        known, other = [c for c in await read_log(prov, start) if c.table == "activities"]
+        # the tree has not brought 439999 here yet: that change waits (UNKNOWN_NODE), the other applies
+        unknown = replace(other, origin="439999", org_code="439999",
+                          homes={k: "439999" for k in other.homes})
+        res = await apply_batch(city, _ctx("430100"), "430000", "pull", "from_parent", [known, unknown],
+                                unknown.pos, _now())
+        assert (res.parked, res.quarantined) == (1, [])
+        assert [r["reason"] for r in await city.fetch("SELECT reason FROM syncd.parked")] == ["UNKNOWN_NODE"]
+        assert await city.fetchval("SELECT count(*) FROM activities WHERE id = $1", known.id) == 1
+    finally:
+        await city.close()
+        await prov.close()
+        await cluster.drop(dsn)
+        await cluster.drop(src)
