@@ -101,7 +101,7 @@ async def main(size: str, only: list[str] | None, out_dir: Path, pg_dir: Path | 
         settings = await cluster.show()
         print(f"syncd bench, size {size}, PostgreSQL settings (ceilings and syncd alike):", flush=True)
         print("  " + ", ".join(f"{k}={v}" for k, v in settings.items()), flush=True)
-        print(f"  nodes: sequencer_interval_ms={sequencer_interval_ms()} (scale: 200), event loop "
+        print(f"  nodes: sequencer_interval_ms={sequencer_interval_ms()} (scale: {scale.SEQUENCER_INTERVAL_MS}), event loop "
               f"{aio.loop_factory().__module__}", flush=True)
         done: set[Any] = set()
         need = list(chosen)

@@ -21,6 +21,8 @@ from bench.harness import (SEEN_SQL, Arrivals, Run, build_tree, count, hunan, in
                            percentile, wait_until)
 
 SCENARIO = "scale"
+#: the sequencer poll of this scenario's nodes (the others: ``bench.harness.sequencer_interval_ms``)
+SEQUENCER_INTERVAL_MS = 200
 
 
 async def run(r: Run) -> None:
@@ -38,7 +40,7 @@ async def run(r: Run) -> None:
             await insert_members(t.db(c), rows)
 
     t0 = time.perf_counter()
-    t = await build_tree(r.cluster, tree, before_start=prepare, sequencer_interval_ms=200)
+    t = await build_tree(r.cluster, tree, before_start=prepare, sequencer_interval_ms=SEQUENCER_INTERVAL_MS)
     r.add(SCENARIO, f"tree of {len(tree)} nodes built and started ({len(cities)} cities, {len(counties)} counties)",
           time.perf_counter() - t0, "s")
     arrivals = await Arrivals().attach(t.dsns["430000"])

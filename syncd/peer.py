@@ -53,11 +53,9 @@ log = structlog.get_logger("syncd.peer")
 PUSH_IDLE_S = 5.0
 
 
-_SAVE_PUSH_CURSOR = ("INSERT INTO syncd.cursors (peer, kind, pos) VALUES ($1, 'push', $2) "
-                     "ON CONFLICT (peer, kind) DO UPDATE SET pos = excluded.pos, updated_at = now()")
 #: the push cursor and the parent's acknowledgement (with the batch's audit row: one statement)
 _SAVE_ACKED = ("WITH acked AS (UPDATE syncd.links SET acked_max = greatest(acked_max, $3) WHERE peer = $1) "
-               + _SAVE_PUSH_CURSOR)
+               + linkstate.SAVE_PUSH_CURSOR)
 
 
 def same_group(a: Any, b: Any) -> bool:
@@ -336,7 +334,7 @@ class ChildLinks:
         fault_point("before_push_cursor_save")
         async with self.pool.acquire() as conn:
             if sent is None:
-                await conn.execute(_SAVE_PUSH_CURSOR, self.parent, cursor)
+                await conn.execute(linkstate.SAVE_PUSH_CURSOR, self.parent, cursor)
             else:
                 await audit.record_then(conn, self.parent, "sent", *sent, _SAVE_ACKED, self.parent, cursor, acked)
 

@@ -59,6 +59,10 @@ async def load(conn: asyncpg.Connection, peer: str, *, for_update: bool = False,
                      bytes(r["hash"]) if r["hash"] is not None else None, r["acked_max"], r["upward"])
 
 
+#: store a child's push cursor towards its parent (``$1`` parent, ``$2`` position)
+SAVE_PUSH_CURSOR = ("INSERT INTO syncd.cursors (peer, kind, pos) VALUES ($1, 'push', $2) "
+                    "ON CONFLICT (peer, kind) DO UPDATE SET pos = excluded.pos, updated_at = now()")
+
 _SAVE_HASH = "UPDATE syncd.links SET hash_pos = $2, hash = $3, updated_at = now() WHERE peer = $1 AND hash_pos <= $2"
 
 

@@ -184,9 +184,7 @@ async def adopt_epoch(conn: asyncpg.Connection, parent: str, epoch: int, parent_
         await lock(conn)  # the head moves: no sequencer tick in between
         head = await conn.fetchval("UPDATE syncd.node SET head = greatest(head, $1), epoch = epoch + $2 "
                                    "RETURNING head", push_cursor, 1 if rewound else 0)
-        await conn.execute(
-            "INSERT INTO syncd.cursors (peer, kind, pos) VALUES ($1, 'push', $2) ON CONFLICT (peer, kind) "
-            "DO UPDATE SET pos = excluded.pos, updated_at = now()", parent, head)
+        await conn.execute(links.SAVE_PUSH_CURSOR, parent, head)
         await conn.execute("DELETE FROM syncd.cursors WHERE peer = $1 AND kind = 'pull'", parent)
         await conn.execute("DELETE FROM syncd.snapshot_progress WHERE peer = $1", parent)
         await conn.execute("UPDATE syncd.links SET hash_pos = 0, hash = NULL, acked_max = $2, upward = true "
