@@ -2,13 +2,31 @@
 from __future__ import annotations
 
 import json
+from typing import AsyncIterator
 
 import asyncpg
 import pytest
 
-from tests.tree import Tree
+from syncd.store.sequencer import Sequencer
+from tests.pg import Cluster
+from tests.tree import SMALL_TREE, Tree
 
 pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+async def tree(cluster: Cluster) -> AsyncIterator[Tree]:
+    """The six-node tree, the province's committees rows versioned before any daemon starts:
+    a child that asked before the province's sequencer got to them would be served none (they
+    would come by pull instead), and there would be no committees chunk to audit."""
+    t = Tree(cluster, SMALL_TREE)
+    try:
+        await t.prepare()
+        await Sequencer(me="430000").drain(t.db("430000"))
+        await t.start_all()
+        yield t
+    finally:
+        await t.close()
 
 
 async def snapshot_audit(conn: asyncpg.Connection, peer: str, direction: str) -> list[tuple[str, str, int, str]]:
