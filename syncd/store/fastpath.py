@@ -24,14 +24,14 @@ that both paths leave identical rows and versions.
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import asyncpg
 
 from syncd.proto.change import OP_INSERT, OP_UPDATE, Change
 from syncd.proto.messages import SnapshotRow
 from syncd.schema.declarations import Table
-from syncd.store.log import dumps, encode_homes, log_record
+from syncd.store.log import dumps, encode_homes
 
 if TYPE_CHECKING:
     from syncd.store.apply import ApplyContext, ApplyResult
@@ -40,11 +40,13 @@ Key = tuple[str, uuid.UUID]
 
 #: One applied batch, staged once: the fast path merges from it and the relay queue
 #: (``syncd.pending``) is filled from it in SQL, so a change's columns are encoded once.
+#: ``cols`` (relayed as is) and ``vals`` (read once into a row) are json, validated text;
+#: ``homes`` and ``vers`` are jsonb, as ``syncd.rowver`` keeps them (parsed once, here).
 _STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS syncd_batch (
     ord integer NOT NULL, tbl text NOT NULL, id uuid NOT NULL, org_code text NOT NULL, op "char" NOT NULL,
     cl integer NOT NULL, ts bigint NOT NULL, origin text NOT NULL, txn bigint NOT NULL, homes jsonb NOT NULL,
-    cols jsonb NOT NULL, received_from text, vals jsonb NOT NULL, vers jsonb NOT NULL
+    cols json NOT NULL, received_from text, vals json NOT NULL, vers jsonb NOT NULL
 ) ON COMMIT DELETE ROWS
 """
 _STAGE_COLUMNS = ("ord", "tbl", "id", "org_code", "op", "cl", "ts", "origin", "txn", "homes", "cols",
@@ -53,7 +55,7 @@ _STAGE_COLUMNS = ("ord", "tbl", "id", "org_code", "op", "cl", "ts", "origin", "t
 Staged = dict[int, int]
 
 _RELAY = ("INSERT INTO syncd.pending (tbl, id, org_code, op, cl, ts, origin, txn, homes, cols, received_from) "
-          "SELECT tbl, id, org_code, op, cl, ts, origin, txn, homes, cols, received_from FROM syncd_batch "
+          "SELECT tbl, id, org_code, op, cl, ts, origin, txn, homes::json, cols, received_from FROM syncd_batch "
           "WHERE ord = ANY($1::int[]) ORDER BY ord")
 
 
@@ -61,19 +63,31 @@ async def stage_batch(conn: asyncpg.Connection, changes: Sequence[Change], recei
     """Stage ``changes`` (replacing what was staged before in this transaction) with one COPY."""
     await conn.execute(_STAGE + "; DELETE FROM syncd_batch")  # one round trip (simple query protocol)
     await conn.copy_records_to_table("syncd_batch", columns=_STAGE_COLUMNS, records=[
-        (i, *log_record(0, 0, c, received_from)[2:], *_values_versions(c)) for i, c in enumerate(changes, 1)])
+        _stage_record(i, c, received_from) for i, c in enumerate(changes, 1)])
     return {id(c): i for i, c in enumerate(changes, 1)}
 
 
-def _values_versions(c: Change) -> tuple[str, str]:
-    """A change's column values ``{col: value}`` and the versions it gives its row
-    ``{col: [cl, round, stage, ts, origin, prev]}`` (as ``syncd.rowver`` stores them), as
-    JSON.  Built here rather than in SQL: per row, ``jsonb_each`` + ``jsonb_object_agg``
-    cost PostgreSQL ~60 µs for a members row, these two encodes ~10 µs of Python."""
+def _stage_record(ord_: int, c: Change, received_from: str | None) -> tuple[Any, ...]:
+    """A change as a row of ``syncd_batch``: the log's fields (:func:`syncd.store.log.log_record`),
+    then its column values ``{col: value}`` and the versions it gives its row
+    ``{col: [cl, round, stage, ts, origin, prev]}`` (as ``syncd.rowver`` stores them).
+
+    The three documents come from one pass over the columns, as plain lists: orjson calls
+    back into Python for every named tuple it meets (~1 µs each, 17 a members row, three
+    times), which cost more than building them.  Built here rather than in SQL: per row,
+    ``jsonb_each`` + ``jsonb_object_agg`` cost PostgreSQL ~60 µs for a members row."""
     cl, ts, origin = c.cl, c.ts, c.origin
-    cols = c.cols
-    return (dumps({k: cc[0] for k, cc in cols.items()}),
-            dumps({k: [cl, cc[1], cc[2], ts, origin, cc[3]] for k, cc in cols.items()}))
+    cols: dict[str, list[Any]] = {}
+    vals: dict[str, Any] = {}
+    vers: dict[str, list[Any]] = {}
+    for k, (value, rnd, stage, prev) in c.cols.items():
+        if prev is not None:
+            prev = list(prev)
+        cols[k] = [value, rnd, stage, prev]
+        vals[k] = value
+        vers[k] = [cl, rnd, stage, ts, origin, prev]
+    return (ord_, c.table, c.id, c.org_code, c.op.encode(), cl, ts, origin, c.txn, encode_homes(c.homes),
+            dumps(cols), received_from, dumps(vals), dumps(vers))
 
 
 async def relay_staged(conn: asyncpg.Connection, staged: Staged, changes: Sequence[Change]) -> None:
@@ -82,8 +96,9 @@ async def relay_staged(conn: asyncpg.Connection, staged: Staged, changes: Sequen
         await conn.execute(_RELAY, [staged[id(c)] for c in changes])
 
 
-#: the staged change's (or snapshot row's) values as a record of the target table
-_VALUES = "jsonb_populate_record(NULL::{table}, s.vals || jsonb_build_object('id', s.id, 'org_code', s.org_code))"
+#: the staged change's (or snapshot row's) values as a record of the target table (its id and
+#: org_code are the stage's own columns: :func:`_select`)
+_VALUES = "json_populate_record(NULL::{table}, s.vals)"
 
 _NEW_VERSIONS = ("INSERT INTO syncd.rowver (tbl, id, org_code, cl, homes, v) SELECT s.tbl, s.id, s.org_code, s.cl, "
                  "s.homes, s.vers FROM syncd_batch s WHERE s.ord = ANY($1::int[])")
@@ -93,8 +108,8 @@ _FF_VERSIONS = """
 UPDATE syncd.rowver rv SET v = rv.v || s.vers, homes = s.homes
 FROM syncd_batch s
 WHERE s.ord = ANY($1::int[]) AND rv.tbl = s.tbl AND rv.id = s.id AND rv.cl = s.cl
-  AND NOT EXISTS (SELECT 1 FROM jsonb_each(s.cols) AS e(k, v)
-                  WHERE rv.v ? e.k AND (rv.v -> e.k) - 5 IS DISTINCT FROM e.v -> 3)
+  AND NOT EXISTS (SELECT 1 FROM json_each(s.cols) AS e(k, v)
+                  WHERE rv.v ? e.k AND (rv.v -> e.k) - 5 IS DISTINCT FROM (e.v -> 3)::jsonb)
 RETURNING rv.id
 """
 
@@ -108,6 +123,11 @@ def _insert_columns(t: Table, carried: Iterable[str]) -> list[str]:
 
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def _select(names: Iterable[str]) -> str:
+    """The select list giving ``names`` from a stage row ``s`` and its values ``x``."""
+    return ", ".join(f"s.{n}" if n in ("id", "org_code") else f"x.{_q(n)}" for n in names)
 
 
 def _classify(changes: Sequence[Change], existing: set[Key], held: dict[Key, int],
@@ -142,7 +162,7 @@ async def _insert_new(conn: asyncpg.Connection, t: Table, group: list[Change], s
     try:
         async with conn.transaction():
             await conn.execute(
-                f"INSERT INTO {table} ({', '.join(map(_q, cols))}) SELECT {', '.join('x.' + _q(n) for n in cols)} "
+                f"INSERT INTO {table} ({', '.join(map(_q, cols))}) SELECT {_select(cols)} "
                 f"FROM syncd_batch s, {_VALUES.format(table=table)} AS x WHERE s.ord = ANY($1::int[])", ords)
             await conn.execute(_NEW_VERSIONS, ords)
     except asyncpg.PostgresError:
@@ -210,7 +230,7 @@ async def apply_fast(conn: asyncpg.Connection, ctx: "ApplyContext", changes: Seq
 
 _SNAP_STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS syncd_snap_stage (
-    id uuid NOT NULL, org_code text NOT NULL, cl integer NOT NULL, homes jsonb NOT NULL, vals jsonb NOT NULL,
+    id uuid NOT NULL, org_code text NOT NULL, cl integer NOT NULL, homes jsonb NOT NULL, vals json NOT NULL,
     vers jsonb NOT NULL
 ) ON COMMIT DELETE ROWS
 """
@@ -219,7 +239,7 @@ _SNAP_VERSIONS = ("INSERT INTO syncd.rowver (tbl, id, org_code, cl, homes, v) "
 
 
 def _snapshot_values(r: SnapshotRow) -> tuple[str, str]:
-    """A snapshot row's values and versions as JSON (:func:`_values_versions`), each version
+    """A snapshot row's values and versions as JSON (as :func:`_stage_record`), each version
     with the one its write replaced where the row carries it (else null)."""
     cols, prevs = r.cols, r.prevs
     return (dumps({k: vv[0] for k, vv in cols.items()}),
@@ -239,7 +259,7 @@ async def insert_snapshot_rows(conn: asyncpg.Connection, t: Table, rows: Sequenc
     try:
         async with conn.transaction():
             await conn.execute(
-                f"INSERT INTO {table} ({', '.join(map(_q, cols))}) SELECT {', '.join('x.' + _q(n) for n in cols)} "
+                f"INSERT INTO {table} ({', '.join(map(_q, cols))}) SELECT {_select(cols)} "
                 f"FROM syncd_snap_stage s, {_VALUES.format(table=table)} AS x")
             await conn.execute(_SNAP_VERSIONS, t.name)
     except asyncpg.PostgresError:

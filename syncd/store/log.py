@@ -1,7 +1,8 @@
 """The change log: rows of ``syncd.log`` and ``syncd.pending`` <-> :class:`Change`.
 
-Column changes are stored as jsonb ``{col: [value, round, stage, prev]}`` with
-``prev`` a 5-array version or null; ``homes`` as ``{route: home}``.
+Column changes are stored as json ``{col: [value, round, stage, prev]}`` with ``prev`` a
+5-array version or null; ``homes`` as ``{route: home}`` (json, not jsonb: written, moved
+and read back whole, never queried inside — migration 0008).
 """
 from __future__ import annotations
 
@@ -92,8 +93,9 @@ def loads(text: str, inexact: Callable[[Any], bool] = _huge) -> Any:
 
 
 def encode_cols(change: Change) -> str:
-    cols = change.cols
-    return dumps(cols if type(cols) is dict else dict(cols))  # named tuples: arrays
+    """``{col: [value, round, stage, prev]}`` as JSON; the named tuples as plain lists first
+    (orjson would call back into Python for each)."""
+    return dumps({k: [v, r, s, None if p is None else list(p)] for k, (v, r, s, p) in change.cols.items()})
 
 
 def _huge_value(cols: dict[str, list[Any]]) -> bool:

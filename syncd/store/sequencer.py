@@ -69,7 +69,7 @@ WITH moved AS (
            cols, received_from
     FROM moved
     RETURNING pos, tbl, id, org_code, op, cl, ts, origin, txn, homes, received_from,
-              CASE WHEN tbl = 'committees' THEN cols ELSE '{}'::jsonb END AS cols
+              CASE WHEN tbl = 'committees' THEN cols ELSE '{}'::json END AS cols
 )
 SELECT * FROM logged ORDER BY pos
 """

@@ -202,7 +202,7 @@ class DaemonTree:
 DUPLICATES_SQL = """
 SELECT origin, tbl, id, col, cl, ts, count(*) AS n
 FROM (SELECT origin, tbl, id, cl, ts, k AS col
-      FROM syncd.log, jsonb_object_keys(CASE WHEN cols = '{}'::jsonb THEN '{"":null}'::jsonb ELSE cols END) k) x
+      FROM syncd.log, json_object_keys(CASE WHEN cols::text = '{}' THEN '{"":null}'::json ELSE cols END) k) x
 GROUP BY origin, tbl, id, col, cl, ts HAVING count(*) > 1
 """
 
