@@ -29,9 +29,9 @@ def _versions_sql(table: str, org_expr: str) -> str:
     """rowver rows for every row of ``table`` at the province: version 1 of each column it holds."""
     t = SCHEMA[table]
     held = [c.name for c in t.shipped if not c.personal]
-    pairs = ", ".join(f"'{c}', jsonb_build_array(1, 0, 0, $1::bigint, {org_expr}, NULL)" for c in held)
+    pairs = ", ".join(f"'{c}', json_build_array(1, 0, 0, $1::bigint, {org_expr}, NULL)" for c in held)
     return (f"INSERT INTO syncd.rowver (tbl, id, org_code, cl, homes, v) "
-            f"SELECT '{table}', x.id, x.org_code, 1, {{homes}}, jsonb_build_object({pairs}) FROM {table} x")
+            f"SELECT '{table}', x.id, x.org_code, 1, {{homes}}, json_build_object({pairs}) FROM {table} x")
 
 
 async def _seed(t: Tree, members: int, activities: int) -> None:

@@ -40,13 +40,13 @@ Key = tuple[str, uuid.UUID]
 
 #: One applied batch, staged once: the fast path merges from it and the relay queue
 #: (``syncd.pending``) is filled from it in SQL, so a change's columns are encoded once.
-#: ``cols`` (relayed as is) and ``vals`` (read once into a row) are json, validated text;
-#: ``homes`` and ``vers`` are jsonb, as ``syncd.rowver`` keeps them (parsed once, here).
+#: ``cols`` (relayed as is), ``vals`` (read once into a row) and ``vers`` (kept as is in
+#: ``syncd.rowver.v``) are json, validated text; ``homes`` is jsonb, as ``syncd.rowver`` keeps it.
 _STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS syncd_batch (
     ord integer NOT NULL, tbl text NOT NULL, id uuid NOT NULL, org_code text NOT NULL, op "char" NOT NULL,
     cl integer NOT NULL, ts bigint NOT NULL, origin text NOT NULL, txn bigint NOT NULL, homes jsonb NOT NULL,
-    cols json NOT NULL, received_from text, vals json NOT NULL, vers jsonb NOT NULL
+    cols json NOT NULL, received_from text, vals json NOT NULL, vers json NOT NULL
 ) ON COMMIT DELETE ROWS
 """
 _STAGE_COLUMNS = ("ord", "tbl", "id", "org_code", "op", "cl", "ts", "origin", "txn", "homes", "cols",
@@ -103,13 +103,17 @@ _VALUES = "json_populate_record(NULL::{table}, s.vals)"
 _NEW_VERSIONS = ("INSERT INTO syncd.rowver (tbl, id, org_code, cl, homes, v) SELECT s.tbl, s.id, s.org_code, s.cl, "
                  "s.homes, s.vers FROM syncd_batch s WHERE s.ord = ANY($1::int[])")
 
-#: fast-forward: same cl, and every carried column's prev is the version held (or none is held)
+#: fast-forward: same cl, and every carried column's prev is the version held (or none is held).
+#: The held versions are read as jsonb once a row (``OFFSET 0`` keeps the sub-select from being
+#: merged into the update, which would parse them again at every reference).
 _FF_VERSIONS = """
-UPDATE syncd.rowver rv SET v = rv.v || s.vers, homes = s.homes
-FROM syncd_batch s
-WHERE s.ord = ANY($1::int[]) AND rv.tbl = s.tbl AND rv.id = s.id AND rv.cl = s.cl
-  AND NOT EXISTS (SELECT 1 FROM json_each(s.cols) AS e(k, v)
-                  WHERE rv.v ? e.k AND (rv.v -> e.k) - 5 IS DISTINCT FROM (e.v -> 3)::jsonb)
+UPDATE syncd.rowver rv SET v = (f.held || f.vers::jsonb)::json, homes = f.homes
+FROM (SELECT r.tbl, r.id, r.v::jsonb AS held, s.vers, s.homes, s.cols
+      FROM syncd_batch s JOIN syncd.rowver r ON r.tbl = s.tbl AND r.id = s.id AND r.cl = s.cl
+      WHERE s.ord = ANY($1::int[]) OFFSET 0) f
+WHERE rv.tbl = f.tbl AND rv.id = f.id
+  AND NOT EXISTS (SELECT 1 FROM json_each(f.cols) AS e(k, v)
+                  WHERE f.held ? e.k AND (f.held -> e.k) - 5 IS DISTINCT FROM (e.v -> 3)::jsonb)
 RETURNING rv.id
 """
 
@@ -231,7 +235,7 @@ async def apply_fast(conn: asyncpg.Connection, ctx: "ApplyContext", changes: Seq
 _SNAP_STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS syncd_snap_stage (
     id uuid NOT NULL, org_code text NOT NULL, cl integer NOT NULL, homes jsonb NOT NULL, vals json NOT NULL,
-    vers jsonb NOT NULL
+    vers json NOT NULL
 ) ON COMMIT DELETE ROWS
 """
 _SNAP_VERSIONS = ("INSERT INTO syncd.rowver (tbl, id, org_code, cl, homes, v) "

@@ -100,7 +100,7 @@ async def promote(conn: asyncpg.Connection, schema: Schema) -> dict[str, int]:
                     f"UPDATE {name} t SET {q} = x.{q} FROM syncd.opaque o "
                     f"JOIN syncd.rowver rv ON rv.tbl = o.tbl AND rv.id = o.id, "
                     f"jsonb_populate_record(NULL::{name}, o.vals) x "
-                    "WHERE o.tbl = $1 AND o.vals ? $2 AND rv.v ? $2 AND t.id = o.id", tbl, col)
+                    "WHERE o.tbl = $1 AND o.vals ? $2 AND rv.v::jsonb ? $2 AND t.id = o.id", tbl, col)
             except asyncpg.PostgresError as e:  # nothing is promoted; the daemon does not start half-upgraded
                 raise PromoteError(f"OPAQUE_PROMOTE_FAILED: held values of {tbl}.{col} do not fit the upgraded "
                                    f"column ({type(e).__name__}); they stay held. Check that this node's migration "

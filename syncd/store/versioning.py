@@ -234,7 +234,7 @@ async def save_rowver(conn: asyncpg.Connection, state: Mapping[tuple[str, uuid.U
     rows = [(k[0], k[1], *rv.to_db()) for k, rv in state.items()]
     await conn.execute(  # one statement for the whole batch (executemany costs a round trip per row)
         "INSERT INTO syncd.rowver (tbl, id, org_code, cl, homes, v) "
-        "SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::int[], $5::jsonb[], $6::jsonb[]) "
+        "SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::int[], $5::jsonb[], $6::json[]) "
         "ON CONFLICT (tbl, id) DO UPDATE SET cl = excluded.cl, homes = excluded.homes, v = excluded.v",
         *[list(col) for col in zip(*rows)])
 

@@ -54,7 +54,7 @@ async def _make_backlog(conn: asyncpg.Connection, n: int) -> None:
                  n AS (SELECT hlc FROM syncd.node)
             INSERT INTO syncd.rowver (tbl, id, org_code, cl, homes, v)
             SELECT t.tbl, c.id, t.org_code, t.cl, t.homes,
-                   (SELECT jsonb_object_agg(e.k, jsonb_set(e.v, '{3}', to_jsonb(n.hlc + c.g))) FROM jsonb_each(t.v) e(k, v))
+                   (SELECT jsonb_object_agg(e.k, jsonb_set(e.v, '{3}', to_jsonb(n.hlc + c.g))) FROM jsonb_each(t.v::jsonb) e(k, v))::json
             FROM clone c, t, n""")
         await conn.execute("UPDATE syncd.node SET head = head + $1, hlc = hlc + $1", n)
 

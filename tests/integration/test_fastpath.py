@@ -96,7 +96,7 @@ async def _state(conn: asyncpg.Connection, ids: list[uuid.UUID]) -> dict[str, An
         "rows": [dict(r) for r in await conn.fetch(
             "SELECT id, org_code, name, gender, party, work_unit FROM members WHERE id = ANY($1) ORDER BY id", ids)],
         "versions": [dict(r) for r in await conn.fetch(
-            "SELECT id, org_code, cl, homes, v FROM syncd.rowver WHERE id = ANY($1) ORDER BY id", ids)],
+            "SELECT id, org_code, cl, homes, v::jsonb AS v FROM syncd.rowver WHERE id = ANY($1) ORDER BY id", ids)],
         "conflicts": [dict(r) for r in await conn.fetch(
             "SELECT id, col, winner, loser FROM syncd.conflicts WHERE row_id = ANY($1) ORDER BY id", ids)],
         "quarantine": [r["c"] for r in await conn.fetch(

@@ -69,7 +69,7 @@ async def test_hc4_local_writes_racing_incoming_changes_many_times(tree: Tree) -
         rows = {tuple(await tree.db(c).fetchrow("SELECT status, sign_in_at FROM attendance WHERE id = $1", aid))
                 for c in NODES}
         # leave_reason is personal: its version stays at 芙蓉区 (HC-14)
-        vers = {await tree.db(c).fetchval("SELECT (v - 'leave_reason')::text FROM syncd.rowver WHERE id = $1", aid)
+        vers = {await tree.db(c).fetchval("SELECT (v::jsonb - 'leave_reason')::text FROM syncd.rowver WHERE id = $1", aid)
                 for c in NODES}
         return len(rows) == 1 and len(vers) == 1
     try:

@@ -139,7 +139,7 @@ async def test_hc8_proposal_workflow_rehandling_reaches_every_level(tree: Tree) 
     async def answered_again() -> bool:
         # the second 已答复 (round 2), not the first one passing by on its way (round 1)
         for c in ("430102", "430100", "430000"):
-            rank = await tree.db(c).fetchval("SELECT v->'status' FROM syncd.rowver WHERE tbl = 'proposals' "
+            rank = await tree.db(c).fetchval("SELECT v::jsonb->'status' FROM syncd.rowver WHERE tbl = 'proposals' "
                                              "AND id = $1", pid)
             status = await tree.db(c).fetchval("SELECT status FROM proposals WHERE id = $1", pid)
             if status != "已答复" or rank is None or not rank.startswith("[1, 2,"):  # cl 1, round 2
@@ -147,7 +147,7 @@ async def test_hc8_proposal_workflow_rehandling_reaches_every_level(tree: Tree) 
         return True
     await eventually(answered_again)
     rank = await tree.db("430000").fetchval(
-        "SELECT v->'status' FROM syncd.rowver WHERE tbl = 'proposals' AND id = $1", pid)
+        "SELECT v::jsonb->'status' FROM syncd.rowver WHERE tbl = 'proposals' AND id = $1", pid)
     assert '"430102"' in rank and rank.startswith("[1, 2, 13,")  # cl 1, round 2, 已答复
 
 
