@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import cProfile
+import gc
 import io
 import os
 import pstats
@@ -65,12 +66,23 @@ class RssSampler:
 class CpuMeter:
     """CPU seconds spent by this process (every node's Python) and by the cluster's
     PostgreSQL processes (backends, walwriter, checkpointer …) between start and stop.
-    A backend that exits in between loses its share (the pools keep theirs open)."""
+    A backend that exits in between loses its share (the pools keep theirs open).
+    Also the cyclic garbage collector's runs in this process and their time (``gc_runs``,
+    ``gc_s``): at the young-generation threshold of 50,000 a catch-up collected once a batch,
+    ~9 % of its Python (``syncd.node.GC_GEN0_THRESHOLD``)."""
 
     def __init__(self, cluster: Any) -> None:
         pid_file = cluster.pg.pgdata / "postmaster.pid"
         self.postmaster = psutil.Process(int(pid_file.read_text().split()[0]))
         self.me = psutil.Process(os.getpid())
+        self.gc_runs, self.gc_s, self._gc_t0 = 0, 0.0, 0.0
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_t0 = time.perf_counter()
+        else:
+            self.gc_runs += 1
+            self.gc_s += time.perf_counter() - self._gc_t0
 
     def _pg(self) -> dict[int, float]:
         out = {}
@@ -88,8 +100,11 @@ class CpuMeter:
 
     def start(self) -> None:
         self.py0, self.pg0 = self._py(), self._pg()
+        gc.callbacks.append(self._on_gc)
 
     def stop(self) -> tuple[float, float]:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
         py, pg = self._py() - self.py0, self._pg()
         return py, sum(v - self.pg0.get(pid, 0.0) for pid, v in pg.items())
 
@@ -178,6 +193,7 @@ async def run(r: Run) -> None:
         r.add(SCENARIO, "  CPU while the city caught up: Python (all nodes, one process)", py_s / secs * 100, "% of a core")
         r.add(SCENARIO, "  CPU while the city caught up: PostgreSQL (all backends)", pg_s / secs * 100, "% of a core")
         r.add(SCENARIO, "  CPU per 1k rows: Python / PostgreSQL", py_s / n * 1000, f"s / {pg_s / n * 1000:.2f} s")
+        r.add(SCENARIO, "  Python's garbage collector meanwhile: time in it / runs", cpu.gc_s, f"s / {cpu.gc_runs}")
         await wait_until(lambda: _has(prov, "430102", n), timeout, POLL_S)
         two = time.perf_counter() - t0
         r.add(SCENARIO, f"{n} inserts → province (two hops, via the city's relay)", n / two, "rows/s",

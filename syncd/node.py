@@ -437,7 +437,12 @@ def make_fanout(cfg: Config, topo_ref: "TopologyRef", ctx_ref: Any) -> Any:
 #: Young-generation threshold while a node runs.  A batch makes tens of thousands of
 #: short-lived objects; at CPython's default (700) the collector runs every few hundred
 #: rows and walks the batch each time, which cost up to 4× in decide() (README, Benchmarks).
-GC_GEN0_THRESHOLD = 50_000
+#: The count is objects made minus objects freed, so it peaks with the batches alive at once:
+#: at 50,000 a 2,000-change batch still set it off once a batch (~50 ms a run, ~1 s of a
+#: 20k-row catch-up's ~10 s of Python); at 200,000 it did not run once.  What waits for it is
+#: garbage in reference cycles only (everything else is freed at once), so memory stays put
+#: (bench: peak RSS during the catch-up and the bootstrap).
+GC_GEN0_THRESHOLD = 200_000
 
 
 def tune_gc(freeze: bool = False) -> None:
