@@ -30,14 +30,14 @@ from syncd.retry import LoopHealth
 from syncd.store.retention import retention_loop
 from syncd.faults import fault_point
 from syncd.merge import clock_check
-from syncd.proto.change import Change
+from syncd.proto.change import StoredChange
 from syncd.proto.messages import (PROTOCOL_VERSION, SUPPORTED_VERSIONS, Hello, HelloReply, PullReply,
                                   PullRequest, Push, PushReply, Quarantined, SnapshotChunk, SnapshotRequest,
                                   TableDecl, VerifyReply, VerifyRequest)
 from syncd.routing import next_hops, project
 from syncd.schema.declarations import SCHEMA, Schema
 from syncd.store.apply import ApplyContext, apply_batch, current_topology
-from syncd.store.log import CHANGE_COLUMNS, change_from_record
+from syncd.store.log import CHANGE_COLUMNS, stored_from_record
 from syncd.stall import CursorWatch, apply_stall, child_link_stall, parent_link_stall
 from syncd.status import Metrics, add_routes
 from syncd.store.sequencer import Sequencer, TickResult
@@ -262,9 +262,9 @@ class ParentService:
         return out
 
     async def _read_outbox(self, conn: asyncpg.Connection, child: str, after: int,
-                           limit: int) -> list[Change]:
+                           limit: int) -> list[StoredChange]:
         recs = await conn.fetch(OUTBOX_READ, child, after, limit + 1)
-        changes = [change_from_record(r) for r in recs]
+        changes = [stored_from_record(r) for r in recs]
         if len(changes) > limit:  # cut only at an origin-transaction boundary, never inside a row's run
             from syncd.peer import same_group
 
@@ -411,24 +411,33 @@ def make_fanout(cfg: Config, topo_ref: "TopologyRef", ctx_ref: Any) -> Any:
     """
     children = {c.id for c in cfg.children}
 
-    async def fanout(conn: asyncpg.Connection, items: Any) -> list[list[str]]:
+    async def fanout(conn: asyncpg.Connection, items: Any) -> list[tuple[str, ...]]:
         changes = [c for c, _ in items]
         topo = await current_topology(conn, topo_ref.topo, changes)
         if topo is not topo_ref.topo:
             topo_ref.topo = topo
             if ctx_ref() is not None:
                 ctx_ref().topo = topo
-        out = []
+        out: list[tuple[str, ...]] = []
+        memo = topo.memo  # the children depend on the table, homes and sender only: a batch repeats a few
         for change, received_from in items:
             if received_from == UPWARD:  # an upward snapshot goes to the parent only
-                out.append([])
+                out.append(())
                 continue
-            try:
-                hops = next_hops(change.table, change.homes, cfg.node.id, topo, received_from)
-            except TopologyError:
-                log.error("fanout_unknown_node", table=change.table, id=str(change.id))
-                hops = []
-            out.append([h for h in hops if h in children])
+            key = ("fanout", change.table, tuple(change.homes.items()), received_from)
+            hops = memo.get(key)
+            if hops is None:
+                try:
+                    hops = tuple(h for h in next_hops(change.table, change.homes, cfg.node.id, topo, received_from)
+                                 if h in children)
+                except TopologyError:
+                    log.error("fanout_unknown_node", table=change.table, id=str(change.id))
+                    out.append(())
+                    continue
+                if len(memo) > 100_000:
+                    memo.clear()
+                memo[key] = hops
+            out.append(hops)
         return out
 
     return fanout

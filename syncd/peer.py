@@ -26,7 +26,7 @@ import structlog
 from syncd.config import Config
 from syncd.errors import SyncdError
 from syncd.faults import fault_point
-from syncd.proto.change import Change
+from syncd.proto.change import Change, StoredChange
 from syncd.proto.validate import check_tables
 from syncd.proto.messages import (PROTOCOL_VERSION, SUPPORTED_VERSIONS, Hello, HelloReply, PullRequest, Push,
                                   SnapshotChunk, SnapshotRequest)
@@ -37,7 +37,7 @@ from syncd.routing import project
 from syncd.store import audit
 from syncd.store import links as linkstate
 from syncd.store.apply import ApplyContext, apply_batch, current_topology, retry_parked
-from syncd.store.log import CHANGE_COLUMNS, change_from_record
+from syncd.store.log import CHANGE_COLUMNS, stored_from_record
 from syncd.store.resync import UPWARD_TXN_BASE, adopt_epoch, purge_stale_copies, queue_upward_snapshot
 from syncd.store.retention import RESYNC_ALWAYS
 from syncd.transport.base import ParentLink
@@ -67,7 +67,7 @@ def same_group(a: Any, b: Any) -> bool:
 
 
 def _txn_of(e: Any) -> tuple[str, int]:
-    return (e.origin, e.txn) if isinstance(e, Change) else (e["origin"], e["txn"])
+    return (e.origin, e.txn) if isinstance(e, (Change, StoredChange)) else (e["origin"], e["txn"])
 
 
 def cut_batch(entries: Sequence[Any], max_changes: int) -> list[Any]:
@@ -300,7 +300,7 @@ class ChildLinks:
         if not heads:
             await self._heartbeat()
             return False
-        entries = [change_from_record(r) for r in recs]
+        entries = [stored_from_record(r) for r in recs]
         async with self.pool.acquire() as conn:
             topo = self.ctx.topo = await current_topology(conn, self.ctx.topo, entries)
         behind = topo.behind(self.cfg.node.id, self.parent)
@@ -324,7 +324,7 @@ class ChildLinks:
             self.push_cursor, self.push_acked, (str(batch_id), out) if out else None))
         return len(heads) > len(cut) or len(heads) == limit * 2
 
-    async def _save_push(self, cursor: int, acked: int, sent: tuple[str, list[Change]] | None) -> None:
+    async def _save_push(self, cursor: int, acked: int, sent: tuple[str, list[StoredChange]] | None) -> None:
         """The batch's audit row, the parent's acknowledgement and the push cursor: one commit.
 
         Nothing waits for it but the next save and the next hello (:meth:`settle_push`): the

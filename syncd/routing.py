@@ -22,15 +22,17 @@ batch (DESIGN §6).  Everything here is pure; topology lookups raise
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Literal, Mapping
+from typing import Iterable, Literal, Mapping, TypeVar
 
-from syncd.proto.change import OP_DELETE, OP_INSERT, OPS, Change
+from syncd.proto.change import OP_DELETE, OP_INSERT, OPS, Change, StoredChange
 from syncd.schema.declarations import HOME, SCHEMA, Column, Table
 from syncd.topology import Topology, TopologyError
 
 Direction = Literal["from_child", "from_parent"]
 
 # Refusal codes (quarantine reasons); SPEC's error table names the same strings.
+C = TypeVar("C", Change, StoredChange)
+
 FORBIDDEN_SCOPE = "FORBIDDEN_SCOPE"  # origin not where the link says it can be
 NOT_A_NEIGHBOUR = "NOT_A_NEIGHBOUR"  # sender is not the parent/child the direction names
 HOME_MISMATCH = "HOME_MISMATCH"  # homes['home'] differs from org_code
@@ -172,8 +174,9 @@ def columns_for(
     return tuple(out)
 
 
-def project(change: Change, behind: Iterable[str], topo: Topology) -> Change | None:
-    """The change as it may cross a link, or None when nothing of it may.
+def project(change: C, behind: Iterable[str], topo: Topology) -> C | None:
+    """The change (a :class:`Change` or a :class:`StoredChange`, returned as the same kind) as
+    it may cross a link, or None when nothing of it may.
 
     None when the row reaches nothing behind the link, or when an update has no
     column left after dropping those outside their reach.  Inserts and deletes
@@ -193,20 +196,20 @@ def project(change: Change, behind: Iterable[str], topo: Topology) -> Change | N
     if len(keep) == len(change.cols):  # type: ignore[arg-type]
         return change
     c = change  # the constructor, not dataclasses.replace (which looks the fields up on every call)
-    return Change(c.table, c.id, c.org_code, c.op, c.cl, c.ts, c.origin, c.txn, c.homes,
+    return type(c)(c.table, c.id, c.org_code, c.op, c.cl, c.ts, c.origin, c.txn, c.homes,
                   {n: c.cols[n] for n in keep}, c.pos)  # type: ignore[union-attr]
 
 
 _MISSING = object()
 
 
-def _project_columns(change: Change, behind: frozenset[str], topo: Topology) -> tuple[str, ...] | None:
+def _project_columns(change: Change | StoredChange, behind: frozenset[str], topo: Topology) -> tuple[str, ...] | None:
     """The columns of ``change`` that may cross, or None when nothing of it may."""
     t = _table(change.table)
     row_reach = reach(t, change.homes, topo)
     if not row_reach & behind:
         return None
-    keep = columns_for(t, change, change.org_code, behind, topo, row_reach)
+    keep = columns_for(t, tuple(change.cols), change.org_code, behind, topo, row_reach)
     if not keep and change.op not in (OP_INSERT, OP_DELETE) and change.cols:
         return None
     return keep

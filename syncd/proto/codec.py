@@ -32,7 +32,7 @@ import msgpack
 
 from syncd.errors import CODE_RE, SyncdError
 from syncd.proto import fields as f
-from syncd.proto.change import OPS, Change, ColumnChange, Version
+from syncd.proto.change import OPS, Change, ColumnChange, StoredChange, Version
 from syncd.proto.fields import DecodeError
 from syncd.proto.messages import (
     KINDS, PROTOCOL_VERSION, SUPPORTED_VERSIONS, ErrorReply, Hello, HelloReply, IdRange,
@@ -555,14 +555,15 @@ def _homes_out(homes: Mapping[str, Any]) -> dict[str, Any]:
     return dict(sorted(homes.items())) if all(type(x) is str for x in homes.values()) else _canon(homes)
 
 
-def change_map(c: Change, with_pos: bool = True) -> dict[str, Any]:
-    """The wire map of a change (without ``p`` for :func:`change_hash`)."""
+def change_map(c: Change | StoredChange, with_pos: bool = True) -> dict[str, Any]:
+    """The wire map of a change (without ``p`` for :func:`change_hash`); a column is read by
+    index, so a :class:`StoredChange` (prevs as lists) maps as its :class:`Change` would."""
     m: dict[str, Any] = {
         "t": c.table, "i": c.id.bytes, "o": c.org_code, "op": c.op, "cl": c.cl, "ts": c.ts,
         "or": c.origin, "tx": c.txn,
         "h": _homes_out(c.homes),
         "c": {k: {"v": cc[0] if type(cc[0]) in _SCALARS else _canon(cc[0]), "r": cc[1], "s": cc[2],
-                  "p": None if cc[3] is None else list(cc[3])}
+                  "p": list(cc[3]) if cc[3] else None}
               for k, cc in sorted(c.cols.items())},
     }
     if with_pos:
@@ -570,17 +571,18 @@ def change_map(c: Change, with_pos: bool = True) -> dict[str, Any]:
     return m
 
 
-def change_map_v3(c: Change) -> dict[str, Any]:
+def change_map_v3(c: Change | StoredChange) -> dict[str, Any]:
     """The version-3 wire map of a change: columns at round 0, stage 0 with no prev as bare
-    values in ``c``, the others as ``[value, round, stage, prev|nil]`` in ``x`` (SPEC §5.1)."""
+    values in ``c``, the others as ``[value, round, stage, prev|nil]`` in ``x`` (SPEC §5.1).
+    A :class:`StoredChange` maps as its :class:`Change` would (a prev a list, not a Version)."""
     plain: dict[str, Any] = {}
     other: dict[str, Any] = {}
     for k, (val, rnd, stage, prev) in sorted(c.cols.items()):
         val = val if type(val) in _SCALARS else _canon(val)
-        if rnd == 0 and stage == 0 and prev is None:
+        if rnd == 0 and stage == 0 and not prev:
             plain[k] = val
         else:
-            other[k] = [val, rnd, stage, prev]
+            other[k] = [val, rnd, stage, prev or None]
     return {"t": c.table, "i": c.id.bytes, "o": c.org_code, "op": c.op, "cl": c.cl, "ts": c.ts, "or": c.origin,
             "tx": c.txn, "h": _homes_out(c.homes), "c": plain, "x": other, "p": c.pos}
 

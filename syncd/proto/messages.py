@@ -91,7 +91,7 @@ class Push:
     epoch: int
     from_pos: int
     to_pos: int
-    changes: tuple[Change, ...]
+    changes: tuple[Change, ...]  # a sender's may be StoredChange: the same wire map (codec)
     summary: tuple[Mapping[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
@@ -130,7 +130,7 @@ class PullRequest:
 
 @dataclass(frozen=True)
 class PullReply:
-    changes: tuple[Change, ...]
+    changes: tuple[Change, ...]  # a sender's may be StoredChange: the same wire map (codec)
     last_pos: int  # the cursor to store once the changes are applied
     head: int  # the parent's newest position for this child
     epoch: int

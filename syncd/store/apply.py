@@ -154,7 +154,7 @@ def with_committees(topo: Topology, changes: Sequence[Change]) -> Topology:
     if not extra:
         return topo
     for ch in extra:
-        vals = {k: v.value for k, v in ch.cols.items()}
+        vals = {k: v[0] for k, v in ch.cols.items()}  # a ColumnChange or a stored list
         code = vals.get("code")
         if code is None:
             continue

@@ -31,10 +31,10 @@ import structlog
 
 from syncd.config import Secret
 from syncd.retry import LoopHealth
-from syncd.proto.change import Change
+from syncd.proto.change import Change, StoredChange
 from syncd.schema.declarations import SCHEMA, Schema
 from syncd.store.listen import Listener
-from syncd.store.log import append_log, change_from_record
+from syncd.store.log import append_log, stored_from_record
 from syncd.store.versioning import Versioner, claim_captures
 
 SEQUENCER_LOCK = 0x5379_6E63_0002  # 'Sync' 2: positions and versions
@@ -110,7 +110,7 @@ class Sequencer:
     interval_s: float = 0.2
     #: for each logged (change, received_from): the children whose outboxes get it (HC-37)
     fanout: Callable[[asyncpg.Connection, Sequence[tuple[Change, str | None]]],
-                     Awaitable[list[list[str]]]] | None = None
+                     Awaitable[list[tuple[str, ...]]]] | None = None
     #: called in-process with the tick's result after a tick of :meth:`run` logged anything
     #: (committed): wakes this node's push loop and long polls without a NOTIFY round trip
     on_logged: Callable[[TickResult], None] | None = None
@@ -130,7 +130,8 @@ class Sequencer:
             # received changes move inside PostgreSQL, already encoded; Python sees only what
             # the outbox rule needs (committees rows whole: they may extend the tree)
             moved = await conn.fetch(_MOVE_PENDING, self.batch, head, node["epoch"]) if pending else []
-            items: list[tuple[Change, str | None]] = [(change_from_record(r), r["received_from"]) for r in moved]
+            items: list[tuple[Change | StoredChange, str | None]] = [
+                (stored_from_record(r), r["received_from"]) for r in moved]
             caps = await claim_captures(conn, self.batch) if captured else []
             versioner = Versioner(self.schema, me, self.id_hash_key)
             changes, hlc = await versioner.run(conn, caps, node["hlc"])
