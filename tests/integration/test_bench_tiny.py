@@ -55,6 +55,8 @@ def test_bench_tiny_writes_every_scenario_with_numbers(tmp_path: Path) -> None:
         return any(all(w in m for w in words) for m in measures)
     assert some("1-row transactions") and some("1k-row transactions")  # capture overhead, both
     assert some("relay on, populated table")  # catch-up at a city that has a parent
+    assert some("every node its own daemon process")  # the same catch-up in a deployment's shape
+    assert set(doc["catchup_processes"]["cpu_s_per_1k"]) == {"430000", "430100", "430102"}
     assert some("entitled to", "members", "attendance")  # bootstrap with its volume stated
     assert some("fan-in") and some("sign-in burst")
     assert "verdict" in proc.stdout and "bootstrap" in proc.stdout
