@@ -97,7 +97,7 @@ async def resolve(conn: asyncpg.Connection, conflict_id: str, take: Literal["loc
         if chosen == here:  # an unchanged value ships nothing: record an explicit capture of the cell
             await conn.execute(
                 "INSERT INTO syncd.capture (stmt_ts, tbl, op, row_id, old, new) "
-                f'SELECT clock_timestamp(), $2, \'U\', t.id, to_jsonb(t) - $3, to_jsonb(t) '
+                f'SELECT clock_timestamp(), $2, \'U\', t.id, (to_jsonb(t) - $3)::json, to_json(t) '
                 f'FROM public."{c.table}" t WHERE t.id = $1', c.row_id, c.table, col)
         await conn.execute(
             "UPDATE syncd.conflicts SET resolved_at = now(), resolution = $2 WHERE id = $1",

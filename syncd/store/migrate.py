@@ -101,7 +101,7 @@ async def _seed_existing_rows(conn: asyncpg.Connection, schema: Schema, node_id:
     for t in schema.tables:
         status = await conn.execute(
             f"""INSERT INTO syncd.capture (stmt_ts, tbl, op, row_id, old, new)
-                SELECT clock_timestamp(), $1, 'I', t.id, NULL, to_jsonb(t) FROM public."{t.name}" t
+                SELECT clock_timestamp(), $1, 'I', t.id, NULL, to_json(t) FROM public."{t.name}" t
                  WHERE t.org_code = $2
                    AND NOT EXISTS (SELECT 1 FROM syncd.rowver r WHERE r.tbl = $1 AND r.id = t.id)
                    AND NOT EXISTS (SELECT 1 FROM syncd.capture c WHERE c.tbl = $1 AND c.row_id = t.id)

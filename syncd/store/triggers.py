@@ -3,8 +3,9 @@
 Per replicated table, three AFTER statement triggers (INSERT / UPDATE / DELETE,
 with transition tables) check the write against the declarations (HC-9, HC-16)
 and append the row images to ``syncd.capture`` — an append, nothing more
-(DESIGN §4).  An UPDATE is captured as op ``u``: ``new`` the full new image, ``old``
-the names of the shipped columns it changed (a JSON array); op ``U`` with a full old
+(DESIGN §4), as ``json`` (``to_json``: text, no jsonb tree per row; migration 0010).  An
+UPDATE is captured as op ``u``: ``new`` the full new image, ``old`` the names of the shipped
+columns it changed (a JSON array); op ``U`` with a full old
 image (written by earlier releases and by conflict resolution) is read the same way.  A BEFORE row trigger with a WHEN clause refuses changes of the
 immutable keys (HC-6) and a BEFORE TRUNCATE trigger refuses TRUNCATE (HC-29).
 Triggers are ``ENABLE ALWAYS`` so ``session_replication_role = replica`` does not
@@ -100,13 +101,13 @@ def _capture_fn(t: Table, op: str) -> str:
     fn = f"syncd.{_q('cap_' + t.name + '_' + op.lower())}"
     if op == "I":
         check = _check_block(t, update=False)
-        ins = (f"SELECT ts, '{t.name}', 'I', n.id, NULL, to_jsonb(n) FROM new_rows n")
+        ins = (f"SELECT ts, '{t.name}', 'I', n.id, NULL, to_json(n) FROM new_rows n")
     elif op == "U":
         check = _check_block(t, update=True)
         # op 'u': old is the names of the shipped columns the statement changed, not a second
         # full image (to_jsonb of the old row doubled what an UPDATE wrote: 3× a plain UPDATE)
         diff = ", ".join(f"CASE WHEN n.{_q(c)} IS DISTINCT FROM o.{_q(c)} THEN '{c}' END" for c in t.shipped_names)
-        ins = (f"SELECT ts, '{t.name}', 'u', n.id, to_jsonb(array_remove(ARRAY[{diff}]::text[], NULL)), to_jsonb(n) "
+        ins = (f"SELECT ts, '{t.name}', 'u', n.id, to_json(array_remove(ARRAY[{diff}]::text[], NULL)), to_json(n) "
                "FROM new_rows n JOIN old_rows o USING (id) WHERE n IS DISTINCT FROM o")
     else:
         check = f"""
@@ -116,7 +117,7 @@ def _capture_fn(t: Table, op: str) -> str:
                 "only its home deletes it, not %s', bad.id, bad.org_code, me)",
                 'Delete the row at its home committee; copies elsewhere are read-only.')}
     END IF;"""
-        ins = f"SELECT ts, '{t.name}', 'D', o.id, to_jsonb(o), NULL FROM old_rows o"
+        ins = f"SELECT ts, '{t.name}', 'D', o.id, to_json(o), NULL FROM old_rows o"
     return f"""
 CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $fn$
 DECLARE

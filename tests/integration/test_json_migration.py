@@ -57,3 +57,36 @@ async def test_log_queue_and_versions_written_as_jsonb_survive_the_upgrade(clust
     finally:
         await conn.close()
         await cluster.drop(dsn)
+
+
+async def test_captures_written_as_jsonb_survive_migration_10_and_new_ones_are_json(cluster: Cluster) -> None:
+    """Migration 0010: the capture triggers' row images become json; a capture queued before
+    the upgrade (jsonb, as schema 9 wrote it) is versioned after it as before."""
+    dsn = await cluster.new_database("capmig", migrated=False)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await init_node(conn, ME, target=9)
+        assert await conn.fetchval("SELECT data_type FROM information_schema.columns WHERE table_schema = 'syncd' "
+                                   "AND table_name = 'capture' AND column_name = 'new'") == "jsonb"
+        await conn.execute("INSERT INTO members (org_code, name, work_unit) VALUES ($1, '李四', '湘雅医院')", ME)
+        rid = await conn.fetchval("SELECT id FROM members")
+        assert await conn.fetchval("SELECT new->>'work_unit' FROM syncd.capture WHERE tbl = 'members'") == "湘雅医院"  # jsonb inside
+
+        res = await init_node(conn, ME)
+        assert 10 in res.migrations_applied and await schema_version(conn) == LATEST
+        for column in ("old", "new"):
+            assert await conn.fetchval("SELECT data_type FROM information_schema.columns WHERE table_schema = "
+                                       "'syncd' AND table_name = 'capture' AND column_name = $1", column) == "json"
+        await conn.execute("UPDATE members SET work_unit = '中南大学' WHERE id = $1", rid)
+        op, old = await conn.fetchrow("SELECT op, old::text FROM syncd.capture ORDER BY serial DESC LIMIT 1")
+        assert (op, old) == (b"u", '["work_unit"]')  # the trigger now writes json text
+
+        head = await conn.fetchval("SELECT head FROM syncd.node")
+        await Sequencer(me=ME).drain(conn)  # (the default score rules were captured too)
+        ins, upd = [change_from_record(r) for r in await conn.fetch(
+            "SELECT * FROM syncd.log WHERE pos > $1 AND tbl = 'members' ORDER BY pos", head)]
+        assert (ins.op, ins.id, ins.cols["name"].value, ins.cols["work_unit"].value) == ("I", rid, "李四", "湘雅医院")
+        assert (upd.op, set(upd.cols), upd.cols["work_unit"].value) == ("U", {"work_unit"}, "中南大学")
+    finally:
+        await conn.close()
+        await cluster.drop(dsn)
