@@ -86,6 +86,8 @@ class CpuMeter:
         self.postmaster = psutil.Process(int(pid_file.read_text().split()[0]))
         self.me = psutil.Process(os.getpid())
         self.gc_runs, self.gc_s, self._gc_t0 = 0, 0.0, 0.0
+        self.kinds: dict[int, str] = {}  # PostgreSQL pid -> what it is (its process title)
+        self.pg_by_kind: dict[str, float] = {}
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
@@ -100,6 +102,8 @@ class CpuMeter:
             try:
                 t = p.cpu_times()
                 out[p.pid] = t.user + t.system
+                if p.pid not in self.kinds:
+                    self.kinds[p.pid] = _pg_kind(p)
             except psutil.Error:
                 pass
         return out
@@ -116,7 +120,39 @@ class CpuMeter:
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
         py, pg = self._py() - self.py0, self._pg()
+        self.pg_by_kind = {}
+        for pid, v in pg.items():
+            kind = self.kinds.get(pid, "backend")
+            self.pg_by_kind[kind] = self.pg_by_kind.get(kind, 0.0) + v - self.pg0.get(pid, 0.0)
         return py, sum(v - self.pg0.get(pid, 0.0) for pid, v in pg.items())
+
+    def pg_kinds_text(self, per: int) -> str:
+        """PostgreSQL's CPU by process kind, seconds per ``per`` thousand rows (what moved a run's
+        total: a checkpoint beside the backends doing syncd's statements; an autovacuum worker
+        that exited before :meth:`stop` is not in it, :func:`autovacuums` counts those)."""
+        return ", ".join(f"{k} {v / per:.3f}" for k, v in sorted(self.pg_by_kind.items(), key=lambda kv: -kv[1])
+                         if v >= 0.0005 * per)
+
+
+async def autovacuums(conns: list[Any]) -> int:
+    """Autovacuum and autoanalyze runs so far on the tables of the databases of ``conns``."""
+    total = 0
+    for c in conns:
+        total += await c.fetchval("SELECT coalesce(sum(autovacuum_count + autoanalyze_count), 0)::bigint "
+                                  "FROM pg_stat_all_tables")
+    return total
+
+
+def _pg_kind(p: psutil.Process) -> str:
+    """A PostgreSQL process's kind from its title ("postgres: autovacuum worker db", …)."""
+    try:
+        title = " ".join(p.cmdline())
+    except psutil.Error:
+        return "backend"
+    for kind in ("autovacuum", "checkpointer", "walwriter", "background writer", "walsummarizer", "logger"):
+        if kind in title:
+            return kind
+    return "backend" if "postgres:" in title else "postmaster"
 
 
 async def _offline(r: Run, t: Tree, write: Any, label: str) -> float:
@@ -188,6 +224,7 @@ async def run(r: Run) -> None:
         rss.start()
         base = rss.peak
         cpu = CpuMeter(r.cluster)
+        vacuums = await autovacuums([prov, city, county])
         cpu.start()
         t0 = time.perf_counter()
         await t.start("430102")
@@ -204,6 +241,9 @@ async def run(r: Run) -> None:
         r.add(SCENARIO, "  CPU while the city caught up: PostgreSQL (all backends)", pg_s / secs * 100, "% of a core")
         r.add(SCENARIO, "  CPU per 1k rows: Python / PostgreSQL", py_s / n * 1000, f"s / {pg_s / n * 1000:.2f} s")
         r.add(SCENARIO, "  Python's garbage collector meanwhile: time in it / runs", cpu.gc_s, f"s / {cpu.gc_runs}")
+        r.add(SCENARIO, "  PostgreSQL meanwhile: CPU per 1k rows by process kind; autovacuum runs", cpu.pg_by_kind.get(
+            "backend", 0.0) / n * 1000, f"s ({cpu.pg_kinds_text(n // 1000 or 1)}); "
+            f"{await autovacuums([prov, city, county]) - vacuums} autovacuum/analyze runs")
         await wait_until(lambda: _has(prov, "430102", n), timeout, POLL_S)
         two = time.perf_counter() - t0
         r.add(SCENARIO, f"{n} inserts → province (two hops, via the city's relay)", n / two, "rows/s",
@@ -268,6 +308,7 @@ async def _as_processes(r: Run, tree: dict[str, tuple[str, str, str | None]], n:
         await asyncio.sleep(max(0.0, DOWN_AT_LEAST_S - (time.perf_counter() - down)))
         await r.cluster.checkpoint()
         cpu = CpuMeter(r.cluster)
+        vacuums = await autovacuums([prov, city, county])
         cpu.start()
         procs = {c: psutil.Process(d.proc.pid) for c, d in t.daemons.items() if d.proc and d.proc.returncode is None}
         before = {c: _cpu_s(p) for c, p in procs.items()}
@@ -289,10 +330,15 @@ async def _as_processes(r: Run, tree: dict[str, tuple[str, str, str | None]], n:
         names = {"430102": "county (sends)", "430100": "city (applies, relays)", "430000": "province (applies)"}
         for code in ("430102", "430100", "430000"):  # until the province has them too: both hops
             r.add(SCENARIO, f"  CPU per 1k rows, both hops: daemon {code} {names[code]}", spent[code] / n * 1000, "s")
-        r.add(SCENARIO, "  CPU per 1k rows, both hops: PostgreSQL (all backends)", pg_s / n * 1000, "s")
+        vacuums = await autovacuums([prov, city, county]) - vacuums
+        r.add(SCENARIO, "  CPU per 1k rows, both hops: PostgreSQL (all processes)", pg_s / n * 1000,
+              f"s ({cpu.pg_kinds_text(n // 1000 or 1)}); {vacuums} autovacuum/analyze runs")
         r.extra["catchup_processes"] = {"rows": n, "seconds": round(secs, 3),
                                         "cpu_s_per_1k": {c: round(v / n * 1000, 4) for c, v in spent.items()},
-                                        "postgresql_cpu_s_per_1k": round(pg_s / n * 1000, 4)}
+                                        "postgresql_cpu_s_per_1k": round(pg_s / n * 1000, 4),
+                                        "postgresql_by_kind_s_per_1k": {k: round(v / n * 1000, 4)
+                                                                        for k, v in cpu.pg_by_kind.items()},
+                                        "autovacuum_runs": vacuums}
     finally:
         await t.close()
 
