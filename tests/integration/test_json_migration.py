@@ -16,13 +16,17 @@ from tests.pg import Cluster
 ME = "430102"
 
 
+async def _type_of(conn: asyncpg.Connection, table: str, column: str) -> str:
+    return str(await conn.fetchval("SELECT data_type FROM information_schema.columns WHERE table_schema = 'syncd' "
+                                   "AND table_name = $1 AND column_name = $2", table, column))
+
+
 async def test_log_queue_and_versions_written_as_jsonb_survive_the_upgrade(cluster: Cluster) -> None:
     dsn = await cluster.new_database("jsonmig", migrated=False)
     conn = await asyncpg.connect(dsn)
     try:
         await init_node(conn, ME, target=7)
-        assert await conn.fetchval("SELECT data_type FROM information_schema.columns WHERE table_schema = 'syncd' "
-                                   "AND table_name = 'log' AND column_name = 'cols'") == "jsonb"
+        assert await _type_of(conn, "log", "cols") == "jsonb"
         head = await conn.fetchval("SELECT head FROM syncd.node")
         rid, other = uuid.uuid4(), uuid.uuid4()
         # what a schema-7 node wrote: jsonb documents, normalised by PostgreSQL
@@ -40,8 +44,7 @@ async def test_log_queue_and_versions_written_as_jsonb_survive_the_upgrade(clust
         res = await init_node(conn, ME)
         assert res.migrations_applied == list(range(8, LATEST + 1)) and await schema_version(conn) == LATEST
         for table, column in (("log", "cols"), ("log", "homes"), ("pending", "cols"), ("rowver", "v")):
-            assert await conn.fetchval("SELECT data_type FROM information_schema.columns WHERE table_schema = "
-                                       "'syncd' AND table_name = $1 AND column_name = $2", table, column) == "json"
+            assert await _type_of(conn, table, column) == "json"
 
         expected = {"name": ColumnChange("张三", 0, 0, None),
                     "work_unit": ColumnChange("中南大学", 1, 0, Version(1, 0, 0, 1700000000000000, ME))}
@@ -66,17 +69,14 @@ async def test_captures_written_as_jsonb_survive_migration_10_and_new_ones_are_j
     conn = await asyncpg.connect(dsn)
     try:
         await init_node(conn, ME, target=9)
-        assert await conn.fetchval("SELECT data_type FROM information_schema.columns WHERE table_schema = 'syncd' "
-                                   "AND table_name = 'capture' AND column_name = 'new'") == "jsonb"
+        assert await _type_of(conn, "capture", "new") == "jsonb"
         await conn.execute("INSERT INTO members (org_code, name, work_unit) VALUES ($1, '李四', '湘雅医院')", ME)
         rid = await conn.fetchval("SELECT id FROM members")
         assert await conn.fetchval("SELECT new->>'work_unit' FROM syncd.capture WHERE tbl = 'members'") == "湘雅医院"  # jsonb inside
 
         res = await init_node(conn, ME)
         assert 10 in res.migrations_applied and await schema_version(conn) == LATEST
-        for column in ("old", "new"):
-            assert await conn.fetchval("SELECT data_type FROM information_schema.columns WHERE table_schema = "
-                                       "'syncd' AND table_name = 'capture' AND column_name = $1", column) == "json"
+        assert [await _type_of(conn, "capture", c) for c in ("old", "new")] == ["json", "json"]
         await conn.execute("UPDATE members SET work_unit = '中南大学' WHERE id = $1", rid)
         op, old = await conn.fetchrow("SELECT op, old::text FROM syncd.capture ORDER BY serial DESC LIMIT 1")
         assert (op, old) == (b"u", '["work_unit"]')  # the trigger now writes json text
