@@ -39,6 +39,7 @@ from syncd.proto.messages import SnapshotRow
 from syncd.schema.declarations import Schema, Table
 from syncd.store import links
 from syncd.store.log import add_pending
+from syncd.store.snapshot import id_range
 from syncd.store.versioning import RowVer, id_card_hash
 from syncd.topology import Topology, TopologyError
 
@@ -108,10 +109,11 @@ async def queue_upward_snapshot(conn: asyncpg.Connection, schema: Schema, topo: 
     for t in schema.tables:  # foreign-key order, as the parent applies
         after: uuid.UUID | None = None
         while True:
+            bounds, args = id_range(after, None, 3)
             recs = await conn.fetch(
                 f'SELECT r.id, r.org_code, r.cl, r.homes, r.v, to_jsonb(x) AS j FROM syncd.rowver r '
-                f'LEFT JOIN public."{t.name}" x ON x.id = r.id WHERE r.tbl = $1 AND ($2::uuid IS NULL OR r.id > $2) '
-                "ORDER BY r.id LIMIT $3", t.name, after, _CHUNK)
+                f'LEFT JOIN public."{t.name}" x ON x.id = r.id WHERE r.tbl = $1{bounds} '
+                "ORDER BY r.id LIMIT $2", t.name, _CHUNK, *args)
             if not recs:
                 break
             items: list[tuple[Change, str | None]] = []
@@ -139,11 +141,11 @@ async def purge_stale_copies(conn: asyncpg.Connection, schema: Schema, topo: Top
     """Remove live copies in the id range a snapshot chunk covered that the parent did not
     send: rows homed outside this subtree and not created here (caller's transaction,
     ``syncd.applying`` on, sequencer lock held).  Return how many."""
+    bounds, args = id_range(after_id, next_after_id, 3)
     recs = await conn.fetch(  # the live rows of the range the chunk did not hold (an anti-join)
-        "SELECT r.id, r.org_code, r.cl, r.homes, r.v FROM syncd.rowver r WHERE r.tbl = $1 AND r.cl % 2 = 1 "
-        "AND ($2::uuid IS NULL OR r.id > $2) AND ($3::uuid IS NULL OR r.id <= $3) "
-        "AND NOT EXISTS (SELECT 1 FROM unnest($4::uuid[]) AS g(id) WHERE g.id = r.id)",
-        table, after_id, next_after_id, [r.id for r in rows])
+        f"SELECT r.id, r.org_code, r.cl, r.homes, r.v FROM syncd.rowver r WHERE r.tbl = $1 AND r.cl % 2 = 1{bounds} "
+        "AND NOT EXISTS (SELECT 1 FROM unnest($2::uuid[]) AS g(id) WHERE g.id = r.id)",
+        table, [r.id for r in rows], *args)
 
     def mine(code: str) -> bool:
         return _in(topo, code, me)
