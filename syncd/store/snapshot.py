@@ -99,7 +99,9 @@ async def read_chunk(conn: asyncpg.Connection, schema: Schema, topo: Topology, m
     bounds, args = id_range(after_id, None, 3)
     recs = await conn.fetch(
         f'SELECT r.id, r.org_code, r.cl, r.homes, r.v, to_jsonb(x) AS j, o.vals FROM syncd.rowver r '
-        f'LEFT JOIN public."{t.name}" x ON x.id = r.id '
+        # the bound again on the joined table: PostgreSQL does not carry r.id > $3 over x.id = r.id,
+        # and a merge join would scan the table from its first row at every chunk
+        f'LEFT JOIN public."{t.name}" x ON x.id = r.id{bounds.replace("r.id", "x.id")} '
         "LEFT JOIN syncd.opaque o ON o.tbl = r.tbl AND o.id = r.id "
         f"WHERE r.tbl = $1{bounds} ORDER BY r.id LIMIT $2",
         table, limit, *args)
