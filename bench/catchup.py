@@ -51,8 +51,10 @@ POLL_S = 0.2
 
 
 class RssSampler:
-    def __init__(self) -> None:
-        self.proc = psutil.Process(os.getpid())
+    """Peak resident memory of a process (this one unless ``pid``), sampled every 50 ms."""
+
+    def __init__(self, pid: int | None = None) -> None:
+        self.proc = psutil.Process(pid or os.getpid())
         self.peak = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -286,7 +288,8 @@ async def run(r: Run) -> None:
     await _as_processes(r, tree, n, timeout)
 
 
-def _cpu_s(proc: psutil.Process) -> float:
+def process_cpu_s(proc: psutil.Process) -> float:
+    """User + system CPU seconds of ``proc`` so far."""
     t = proc.cpu_times()
     return t.user + t.system
 
@@ -311,17 +314,17 @@ async def _as_processes(r: Run, tree: dict[str, tuple[str, str, str | None]], n:
         vacuums = await autovacuums([prov, city, county])
         cpu.start()
         procs = {c: psutil.Process(d.proc.pid) for c, d in t.daemons.items() if d.proc and d.proc.returncode is None}
-        before = {c: _cpu_s(p) for c, p in procs.items()}
+        before = {c: process_cpu_s(p) for c, p in procs.items()}
         await t.daemons["430102"].start()
         # the clock starts at the county's first /healthz: an interpreter's start-up is not the
         # catch-up (the in-process nodes pay none); its first push follows its hello after that
         t0 = time.perf_counter()
         procs["430102"] = psutil.Process(t.daemons["430102"].proc.pid)  # type: ignore[union-attr]
-        before["430102"] = _cpu_s(procs["430102"])
+        before["430102"] = process_cpu_s(procs["430102"])
         await wait_until(lambda: _has(city, "430102", n), timeout, POLL_S)
         secs = time.perf_counter() - t0
         await wait_until(lambda: _has(prov, "430102", n), timeout, POLL_S)  # the CPU of both hops
-        spent = {c: _cpu_s(p) - before[c] for c, p in procs.items()}
+        spent = {c: process_cpu_s(p) - before[c] for c, p in procs.items()}
         _, pg_s = cpu.stop()
         rate = n / secs
         ratio = r.ratio_to("copy_single", rate)
