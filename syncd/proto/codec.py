@@ -257,9 +257,25 @@ def _fast_value(x: Any) -> tuple[bool, Any]:
 
 
 def _homes_ok(homes: Any) -> bool:
-    """A change's or snapshot row's homes are valid (the fast readers)."""
-    return (type(homes) is dict and len(homes) <= MAX_HOMES
-            and all(_is_ident(k) and _is_node(code) for k, code in homes.items()))
+    """A change's or snapshot row's homes are valid (the fast readers); the answer for a
+    homes map already seen is remembered (a batch repeats a handful of them)."""
+    if type(homes) is not dict or len(homes) > MAX_HOMES:
+        return False
+    key = tuple(homes.items())
+    try:
+        ok = _HOMES_SEEN.get(key)
+    except TypeError:  # an unhashable route or code: not a node code
+        return False
+    if ok is None:
+        ok = all(_is_ident(k) and _is_node(code) for k, code in homes.items())
+        if len(_HOMES_SEEN) >= 4096:
+            _HOMES_SEEN.clear()
+        # a key equal to another of other types (1 == True) is never all strings: both invalid
+        _HOMES_SEEN[key] = ok
+    return ok
+
+
+_HOMES_SEEN: dict[tuple[tuple[Any, Any], ...], bool] = {}
 
 
 def _change_head_ok(table: Any, rid: Any, org: Any, op: Any, cl: Any, ts: Any, origin: Any, txn: Any,

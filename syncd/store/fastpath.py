@@ -161,7 +161,7 @@ def _classify(changes: Sequence[Change], existing: set[Key], held: dict[Key, int
 async def _insert_new(conn: asyncpg.Connection, t: Table, group: list[Change], staged: Staged) -> bool:
     """Insert new rows of ``t`` and their versions; False (nothing written) if it fails."""
     table = f'public."{t.name}"'
-    cols = _insert_columns(t, (n for c in group for n in c.cols))
+    cols = _insert_columns(t, set().union(*[c.cols.keys() for c in group]))
     ords = [staged[id(c)] for c in group]
     try:
         async with conn.transaction():
@@ -259,7 +259,7 @@ async def insert_snapshot_rows(conn: asyncpg.Connection, t: Table, rows: Sequenc
                                      records=[(r.id, r.org_code, r.cl, encode_homes(r.homes), *_snapshot_values(r))
                                               for r in rows])
     table = f'public."{t.name}"'
-    cols = _insert_columns(t, (n for r in rows for n in r.cols))
+    cols = _insert_columns(t, set().union(*[r.cols.keys() for r in rows]))
     try:
         async with conn.transaction():
             await conn.execute(

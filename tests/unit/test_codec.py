@@ -50,6 +50,21 @@ def test_r4_8_error_path_names_the_field() -> None:
     assert info.value.path == "changes[1].other_cols.status.prev[3]"
 
 
+def test_r4_8_homes_are_checked_every_time_though_their_answer_is_remembered() -> None:
+    """A valid homes map seen before does not let an invalid one of equal value through."""
+    good = codec.unpack(codec.encode(Push(uuid.UUID(int=1), 0, 0, 4, [ch()]), 3))
+    assert codec.decode("push", codec.pack_object(good), 3).changes[0].homes == ch().homes
+    for bad in ({"home": 430102}, {"home": True}, {"home": ["430102"]}, {"home": {"a": "430102"}},
+                {"home": "430102", "bad key": "430100"}, {f"r{i}": "430102" for i in range(17)}):
+        for _ in range(2):  # the second time from the remembered answer
+            m = codec.unpack(codec.encode(Push(uuid.UUID(int=1), 0, 0, 4, [ch()]), 3))
+            m["ch"][0]["h"] = {**ch().homes, **bad}  # the valid map's keys, a value changed
+            with pytest.raises(DecodeError) as info:
+                codec.decode("push", codec.pack_object(m), 3)
+            assert info.value.path.startswith("changes[0].homes"), (bad, info.value.path)
+    assert codec.decode("push", codec.pack_object(good), 3).changes[0].homes == ch().homes
+
+
 def test_r4_8_bool_is_not_an_int_and_ints_fit_bigint() -> None:
     for bad in (True, 2**63, -1, 1.0):
         with pytest.raises(DecodeError):
