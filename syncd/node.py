@@ -542,6 +542,7 @@ class Node:
                                 t.clock_soft_ms * 1000, t.clock_hard_ms * 1000)
         self.sequencer = make_sequencer(self.cfg, self.topo_ref, lambda: self.ctx, self.schema)
         self.sequencer.on_logged = self._logged
+        self.ctx.sequencer = self.sequencer  # an apply logs its relayed changes itself when it can
         self.tasks.append(asyncio.create_task(self._listen_loop()))
         self.tasks.append(asyncio.create_task(self.sequencer.run(self.pool, self.stop_event)))
         self.tasks.append(asyncio.create_task(retention_loop(self.pool, self.cfg, self.stop_event,

@@ -15,10 +15,12 @@ stand aside):
    record truly concurrent conflicts, write the rows in foreign-key order (each
    row under a savepoint: a foreign-key miss is parked and retried by itself,
    any other constraint failure is poison and quarantined, HC-11);
-5. queue every authorised change for relay with ``received_from`` — whether or
+5. log every authorised change for relay with ``received_from`` — whether or
    not it applied here (HC-12) — and advance the cursor.
 
-Positions are never assigned here; the sequencer moves the queued changes (HC-2).
+Positions are assigned by the sequencer (HC-2): when its relay queue is empty, in this
+transaction (``ApplyContext.sequencer``, :meth:`~syncd.store.sequencer.Sequencer.log_now`,
+under the lock taken in step 2), else it moves them from the queue after this commits.
 """
 from __future__ import annotations
 
@@ -38,9 +40,9 @@ from syncd.routing import Direction, check_origin
 from syncd.schema.declarations import Schema, Table
 from syncd.store.conflicts import close_seen
 from syncd.store import opaque
-from syncd.store.fastpath import Staged, apply_fast, relay_staged, stage_batch
+from syncd.store.fastpath import Staged, apply_fast, log_staged, relay_staged, stage_batch
 from syncd.store.log import add_pending, dumps, encode_cols, loads
-from syncd.store.sequencer import lock_applying
+from syncd.store.sequencer import Sequencer, TickResult, lock_applying
 from syncd.store.versioning import RowVer, Versioner, claim_captures, load_rowver, save_rowver
 from syncd.topology import Topology, TopologyError
 
@@ -72,6 +74,9 @@ class ApplyContext:
     #: merge new rows and fast-forward updates set-based in SQL (syncd.store.fastpath);
     #: False sends every change through decide() (the differential test's reference)
     fast_path: bool = True
+    #: the node's sequencer: a batch's relayed changes are logged in its own transaction when
+    #: the relay queue is empty (None: always queued in ``syncd.pending`` for a tick)
+    sequencer: Sequencer | None = None
 
 
 def change_to_json(c: Change) -> str:
@@ -517,6 +522,7 @@ async def apply_batch(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ki
     ``also`` runs in the same transaction when the batch was new (not for a duplicate): the
     link's audit row and hash commit with the batch, one commit instead of three."""
     result = ApplyResult()
+    logged: TickResult | None = None
     async with conn.transaction():
         cursor = await _cursor(conn, peer, kind)
         if to_pos <= cursor:
@@ -547,7 +553,7 @@ async def apply_batch(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ki
             await close_seen(conn, ok)
             # relay what is new here (HC-12: whether or not it applied); a version this node
             # already held was relayed when it first came, so it is not logged twice (HC-35)
-            await relay_staged(conn, staged, [c for c in ok if id(c) not in result.duplicates])
+            logged = await _relay(conn, ctx, staged, [c for c in ok if id(c) not in result.duplicates], peer)
         fault_point("before_cursor_commit")
         held = await conn.fetchval(  # with the changes parked now (and before): one round trip
             "UPDATE syncd.cursors SET pos = $3, updated_at = now() WHERE peer = $1 AND kind = $2 "
@@ -557,4 +563,21 @@ async def apply_batch(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ki
         result.cursor = to_pos
         if also is not None:
             await also(conn)
+    if logged is not None and ctx.sequencer is not None and ctx.sequencer.on_logged is not None:
+        ctx.sequencer.on_logged(logged)  # committed: wake the push loop and the children's long polls
     return result
+
+
+async def _relay(conn: asyncpg.Connection, ctx: ApplyContext, staged: Staged, changes: list[Change],
+                 peer: str) -> TickResult | None:
+    """Log ``changes`` for relay: straight into the log when the sequencer's queue is empty
+    (what it logged, for :attr:`Sequencer.on_logged` after commit), else queued behind it."""
+    if not changes:
+        return None
+    if ctx.sequencer is not None:
+        logged = await ctx.sequencer.log_now(conn, [(c, peer) for c in changes],
+                                             lambda conn, head, epoch: log_staged(conn, staged, changes, head, epoch))
+        if logged is not None:
+            return logged
+    await relay_staged(conn, staged, changes)
+    return None

@@ -96,6 +96,20 @@ async def relay_staged(conn: asyncpg.Connection, staged: Staged, changes: Sequen
         await conn.execute(_RELAY, [staged[id(c)] for c in changes])
 
 
+#: staged changes into the log at $2 + 1 … in the order of $1, epoch $3 (``Sequencer.log_now``)
+_LOG_STAGED = ("INSERT INTO syncd.log (pos, epoch, tbl, id, org_code, op, cl, ts, origin, txn, homes, cols, "
+               "received_from) SELECT $2 + k.n, $3, s.tbl, s.id, s.org_code, s.op, s.cl, s.ts, s.origin, s.txn, "
+               "s.homes::json, s.cols, s.received_from "
+               "FROM unnest($1::int[]) WITH ORDINALITY AS k(ord, n) JOIN syncd_batch s ON s.ord = k.ord")
+
+
+async def log_staged(conn: asyncpg.Connection, staged: Staged, changes: Sequence[Change], head: int,
+                     epoch: int) -> None:
+    """Write staged ``changes`` into the log after ``head``, in the order given (the caller
+    holds the sequencer lock and moves the head)."""
+    await conn.execute(_LOG_STAGED, [staged[id(c)] for c in changes], head, epoch)
+
+
 #: the staged change's (or snapshot row's) values as a record of the target table (its id and
 #: org_code are the stage's own columns: :func:`_select`)
 _VALUES = "json_populate_record(NULL::{table}, s.vals)"

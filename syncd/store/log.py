@@ -193,7 +193,7 @@ async def append_log(conn: asyncpg.Connection, first_pos: int, epoch: int,
 
 
 async def add_pending(conn: asyncpg.Connection, items: Sequence[tuple[Change, str | None]]) -> None:
-    """Queue versioned changes for the sequencer (apply never assigns positions, HC-2)."""
+    """Queue versioned changes for the sequencer, which gives them positions (HC-2)."""
     if not items:
         return
     await conn.copy_records_to_table(

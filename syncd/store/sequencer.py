@@ -3,8 +3,12 @@
 One tick is one transaction holding a transaction-scoped advisory lock until
 commit: it moves the queued versioned changes (``syncd.pending``, written by
 apply) and then versions the committed captures, giving them dense increasing
-positions after ``syncd.node.head``.  Nothing else assigns positions, so a reader
-never finds a change appearing below a position it has already passed.  No
+positions after ``syncd.node.head``.  An apply holds the same lock for its whole
+transaction; when the queue is empty it has the sequencer log its relayed changes
+there and then (:meth:`Sequencer.log_now`: no queue row written and deleted, no
+second commit before the children hear of them).  Nothing else assigns positions,
+and whoever does holds the lock until commit, so a reader never finds a change
+appearing below a position it has already passed.  No
 snapshot-xmin rule is involved: an idle transaction anywhere on the instance
 does not hold it back.  Two daemons on one database serialise on the lock.
 
@@ -73,6 +77,16 @@ WITH moved AS (
 )
 SELECT * FROM logged ORDER BY pos
 """
+
+#: The log's head and whether the relay queue is empty, the node row locked (an apply's
+#: transaction, holding the sequencer lock already: :meth:`Sequencer.log_now`)
+_HEAD_IF_IDLE = ("SELECT epoch, head, (SELECT min(serial) FROM syncd.pending) IS NULL AS idle "
+                 "FROM syncd.node FOR UPDATE")
+
+#: The new head and clock, and ``NOTIFY syncd_log, '<head>'`` at commit, in one round trip (the
+#: payload, a head, marks the sequencer's own notification: a bootstrap's has none)
+_MOVE_HEAD = ("UPDATE syncd.node SET head = $1, hlc = greatest(hlc, $2) "
+              "FROM (SELECT pg_notify('syncd_log', $3)) AS notified")
 
 #: Anything for a tick to do?  Read-only (no xid, no WAL, no lock): an idle node's turn costs
 #: this one query.  Only committed rows are seen, like the tick's own DELETE … RETURNING; a
@@ -146,12 +160,32 @@ class Sequencer:
                 # NOTIFY at commit, in the same round trip (the payload, a head, marks the sequencer's
                 # own notification: a bootstrap's has none)
                 seen = max([hlc, *(c.ts for c, _ in items)])
-                await conn.execute("UPDATE syncd.node SET head = $1, hlc = greatest(hlc, $2) "
-                                   "FROM (SELECT pg_notify('syncd_log', $3)) AS notified", head, seen, str(head))
+                await conn.execute(_MOVE_HEAD, head, seen, str(head))
             elif caps:  # versioned to nothing (no column changed): the clock may still have moved
                 await conn.execute("UPDATE syncd.node SET hlc = greatest(hlc, $1)", hlc)
         return TickResult(len(moved), len(changes), head, full=len(moved) >= self.batch or len(caps) >= self.batch,
                           peers=peers, committees=any(c.table == "committees" for c, _ in items))
+
+    async def log_now(self, conn: asyncpg.Connection, items: list[tuple[Change, str | None]],
+                      write: Callable[[asyncpg.Connection, int, int], Awaitable[None]]) -> TickResult | None:
+        """Log ``items`` in the caller's transaction, which holds the sequencer lock (an apply's):
+        what a tick would do for them once they were queued, without the queue.  ``write(conn,
+        head, epoch)`` inserts them into the log at ``head + 1 …`` in the order of ``items``.
+
+        None (nothing done) unless the relay queue is empty: what waits there was logged first by
+        a tick, so the caller queues ``items`` behind it.  The lock is held until the caller
+        commits, so positions still commit in order (HC-2).  The caller hands the result to
+        :attr:`on_logged` once committed."""
+        node = await conn.fetchrow(_HEAD_IF_IDLE)
+        if not node["idle"]:
+            return None
+        first = node["head"] + 1
+        await write(conn, node["head"], node["epoch"])
+        head = node["head"] + len(items)
+        peers = await self._fill_outboxes(conn, first, items)
+        self.backends.add(conn.get_server_pid())  # its NOTIFY is this node's own, announced in-process
+        await conn.execute(_MOVE_HEAD, head, max(c.ts for c, _ in items), str(head))
+        return TickResult(len(items), 0, head, peers=peers, committees=any(c.table == "committees" for c, _ in items))
 
     async def _fill_outboxes(self, conn: asyncpg.Connection, first: int,
                              items: list[tuple[Change, str | None]]) -> frozenset[str]:

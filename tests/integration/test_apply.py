@@ -11,7 +11,7 @@ import asyncpg
 from syncd.proto.change import Change, ColumnChange
 from syncd.schema.declarations import SCHEMA
 from syncd.store.apply import ApplyContext, apply_batch
-from syncd.store.log import read_log
+from syncd.store.log import add_pending, read_log
 from syncd.store.sequencer import Sequencer
 from tests.pg import Cluster
 from tests.tree import SMALL_TREE, Tree
@@ -83,6 +83,46 @@ async def test_hc28_same_push_to_two_replicas_applies_once(cluster: Cluster) -> 
     finally:
         await a.close()
         await b.close()
+        await cluster.drop(dsn)
+        await cluster.drop(src)
+
+
+async def test_hc2_an_apply_logs_what_it_relays_itself_only_when_nothing_waits_in_the_queue(cluster: Cluster) -> None:
+    """With the sequencer in its context, an apply logs its relayed changes in its own
+    transaction (dense positions after the head, outboxes filled, the head moved, reported
+    once committed); a change already queued for the sequencer goes first, so then the
+    apply queues behind it and a tick logs both, in order."""
+    src, (first, second) = await _county_changes(cluster)
+    dsn = await cluster.new_node_db("430100", prefix="city")
+    city = await asyncpg.connect(dsn)
+
+    async def fanout(_conn: asyncpg.Connection, items: list) -> list[tuple[str, ...]]:
+        return [("430103",) for _ in items]
+    try:
+        reported: list = []
+        seq = Sequencer(me="430100", fanout=fanout, on_logged=reported.append)
+        ctx = replace(_ctx("430100"), sequencer=seq)
+        head = await city.fetchval("SELECT head FROM syncd.node")
+        await apply_batch(city, ctx, "430102", "applied", "from_child", [first], first.pos, _now())
+        assert await city.fetchval("SELECT count(*) FROM syncd.pending") == 0
+        logged = [(r["pos"], r["id"], r["received_from"]) for r in await city.fetch(
+            "SELECT pos, id, received_from FROM syncd.log WHERE pos > $1 ORDER BY pos", head)]
+        assert logged == [(head + 1, first.id, "430102")]
+        assert await city.fetchval("SELECT head FROM syncd.node") == head + 1
+        assert [tuple(r) for r in await city.fetch("SELECT peer, pos FROM syncd.outbox")] == [("430103", head + 1)]
+        assert [(r.head, r.moved, r.peers) for r in reported] == [(head + 1, 1, frozenset({"430103"}))]
+
+        waiting = replace(first, id=uuid.uuid4())
+        await add_pending(city, [(waiting, "430102")])
+        await apply_batch(city, ctx, "430102", "applied", "from_child", [second], second.pos, _now())
+        assert len(reported) == 1 and await city.fetchval("SELECT count(*) FROM syncd.pending") == 2
+        assert await city.fetchval("SELECT head FROM syncd.node") == head + 1
+        await seq.drain(city)
+        ids = [r["id"] for r in await city.fetch("SELECT id FROM syncd.log WHERE pos > $1 ORDER BY pos", head)]
+        assert ids == [first.id, waiting.id, second.id]
+        assert await city.fetchval("SELECT max(pos) FROM syncd.outbox") == head + 3
+    finally:
+        await city.close()
         await cluster.drop(dsn)
         await cluster.drop(src)
 
