@@ -155,6 +155,8 @@ async def _as_processes(r: Run, tree: dict[str, tuple[str, str, str | None]], me
               r.ratio_to("copy_single", rows / secs))
         r.add(SCENARIO, "  peak RSS of the city daemon", peak / 2**20, "MiB",
               goal=GOAL_RSS, ok=peak / 2**20 < 150 if r.size.name == "full" else None)
+        r.add("memory", f"peak RSS of a daemon while {rows:,} rows stream through a hop (the bootstrap's city, "
+              "its own process)", peak / 2**20, "MiB")
         k = rows / 1000
         r.add(SCENARIO, "  CPU per 1k rows: province daemon (serves) / city daemon (loads)", spent["430000"] / k,
               f"s / {spent['430100'] / k:.3f} s")

@@ -61,5 +61,6 @@ def test_bench_tiny_writes_every_scenario_with_numbers(tmp_path: Path) -> None:
     boot = doc["bootstrap_processes"]  # and again with each node a daemon: all its rows, CPU of both
     assert boot["rows"] == 300 + 4 + 300 * 4 and boot["seconds"] > 0 and boot["city_peak_rss_mib"] > 0
     assert set(boot["cpu_s_per_1k"]) == {"430000", "430100"}
+    assert some("peak RSS of a daemon while", "rows stream through a hop")  # memory: one daemon, not the bench
     assert some("fan-in") and some("sign-in burst")
     assert "verdict" in proc.stdout and "bootstrap" in proc.stdout
