@@ -24,11 +24,10 @@ from typing import Any
 import asyncpg
 import psutil
 
-from bench.catchup import CpuMeter, RssSampler, process_cpu_s
+from bench.catchup import DAEMON_TUNING, CpuMeter, RssSampler, process_cpu_s
 from bench.harness import Run, Tree, build_tree, count, hunan, wait_until
 from syncd.schema.declarations import SCHEMA
 from tests.faults.daemons import DaemonTree
-from tests.tree import TREE_TUNING
 
 SCENARIO = "bootstrap"
 GOAL_S = "< 60 s (full: 30k members + 1M attendance)"
@@ -127,8 +126,7 @@ async def _converged(city: asyncpg.Connection, members: int, attendance: int) ->
 async def _as_processes(r: Run, tree: dict[str, tuple[str, str, str | None]], members: int, activities: int) -> None:
     """The bootstrap again, each node its own daemon process (see the module's text)."""
     attendance = members * activities
-    tuning = {k: v for k, v in TREE_TUNING.items() if k != "sequencer_interval_ms"}
-    t = await DaemonTree(r.cluster, tree, tuning=tuning).setup()
+    t = await DaemonTree(r.cluster, tree, tuning=DAEMON_TUNING).setup()
     try:
         await _seed(t, members, activities)
         await t.daemons["430000"].start()

@@ -48,6 +48,8 @@ GOAL = "≥ 0.15× single COPY (aim 0.45×)"
 #: how often the bench counts the rows arrived: a count over the populated table costs
 #: PostgreSQL ~4 ms, so polling every 50 ms took ~8 % of a core from the nodes measured
 POLL_S = 0.2
+#: the tests' tuning for daemon processes, the shipped sequencer interval (a safety-net poll)
+DAEMON_TUNING = {k: v for k, v in TREE_TUNING.items() if k != "sequencer_interval_ms"}
 
 
 class RssSampler:
@@ -297,8 +299,7 @@ def process_cpu_s(proc: psutil.Process) -> float:
 
 async def _as_processes(r: Run, tree: dict[str, tuple[str, str, str | None]], n: int, timeout: float) -> None:
     """The insert catch-up again, every node its own daemon process (see the module's text)."""
-    tuning = {k: v for k, v in TREE_TUNING.items() if k != "sequencer_interval_ms"}
-    t = await DaemonTree(r.cluster, tree, tuning=tuning).setup()
+    t = await DaemonTree(r.cluster, tree, tuning=DAEMON_TUNING).setup()
     try:
         prov, city, county = t.db("430000"), t.db("430100"), t.db("430102")
         await insert_members(city, member_rows("430100", n, seed=21))

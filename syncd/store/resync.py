@@ -112,7 +112,7 @@ async def queue_upward_snapshot(conn: asyncpg.Connection, schema: Schema, topo: 
             bounds, args = id_range(after, None, 3)
             recs = await conn.fetch(
                 f'SELECT r.id, r.org_code, r.cl, r.homes, r.v, to_jsonb(x) AS j FROM syncd.rowver r '
-                f'LEFT JOIN public."{t.name}" x ON x.id = r.id{bounds.replace("r.id", "x.id")} '
+                f'LEFT JOIN public."{t.name}" x ON x.id = r.id{id_range(after, None, 3, "x")[0]} '
                 f'WHERE r.tbl = $1{bounds} '
                 "ORDER BY r.id LIMIT $2", t.name, _CHUNK, *args)
             if not recs:

@@ -157,8 +157,6 @@ class Sequencer:
             peers: frozenset[str] = frozenset()
             if items:
                 peers = await self._fill_outboxes(conn, node["head"] + 1, items)
-                # NOTIFY at commit, in the same round trip (the payload, a head, marks the sequencer's
-                # own notification: a bootstrap's has none)
                 seen = max([hlc, *(c.ts for c, _ in items)])
                 await conn.execute(_MOVE_HEAD, head, seen, str(head))
             elif caps:  # versioned to nothing (no column changed): the clock may still have moved

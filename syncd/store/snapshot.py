@@ -74,9 +74,10 @@ def _columns_crossing(table: Any, row: SnapshotRow, behind: frozenset[str], topo
     return tuple(out)
 
 
-def id_range(after_id: uuid.UUID | None, upto_id: uuid.UUID | None, first_param: int) -> tuple[str, list[Any]]:
-    """SQL conditions ``r.id > after_id`` / ``r.id <= upto_id`` for the bounds given, numbered
-    from ``$first_param``, and their arguments.  Only the bounds that exist are written: a
+def id_range(after_id: uuid.UUID | None, upto_id: uuid.UUID | None, first_param: int,
+             alias: str = "r") -> tuple[str, list[Any]]:
+    """SQL conditions ``<alias>.id > after_id`` / ``<alias>.id <= upto_id`` for the bounds given,
+    numbered from ``$first_param``, and their arguments.  Only the bounds that exist are written: a
     ``($n::uuid IS NULL OR r.id > $n)`` cannot be an index condition once PostgreSQL plans the
     prepared statement generically, so each chunk of a scan read the rows before it again —
     quadratic, 850 ms a chunk at a million rows (README, Benchmarks)."""
@@ -84,7 +85,7 @@ def id_range(after_id: uuid.UUID | None, upto_id: uuid.UUID | None, first_param:
     for bound, op in ((after_id, ">"), (upto_id, "<=")):
         if bound is not None:
             args.append(bound)
-            sql += f" AND r.id {op} ${first_param + len(args) - 1}"
+            sql += f" AND {alias}.id {op} ${first_param + len(args) - 1}"
     return sql, args
 
 
@@ -101,7 +102,7 @@ async def read_chunk(conn: asyncpg.Connection, schema: Schema, topo: Topology, m
         f'SELECT r.id, r.org_code, r.cl, r.homes, r.v, to_jsonb(x) AS j, o.vals FROM syncd.rowver r '
         # the bound again on the joined table: PostgreSQL does not carry r.id > $3 over x.id = r.id,
         # and a merge join would scan the table from its first row at every chunk
-        f'LEFT JOIN public."{t.name}" x ON x.id = r.id{bounds.replace("r.id", "x.id")} '
+        f'LEFT JOIN public."{t.name}" x ON x.id = r.id{id_range(after_id, None, 3, "x")[0]} '
         "LEFT JOIN syncd.opaque o ON o.tbl = r.tbl AND o.id = r.id "
         f"WHERE r.tbl = $1{bounds} ORDER BY r.id LIMIT $2",
         table, limit, *args)
