@@ -41,9 +41,9 @@ class RowVer:
 
     def to_db(self) -> tuple[str, int, str, str]:
         """Stored as ``{col: [cl, round, stage, ts, origin, prev-or-null]}``."""
-        p = self.prevs
+        p = self.prevs.get  # the named tuples unpacked here: orjson would call back for each
         return (self.org_code, self.cl, dumps(self.homes), dumps(
-            {c: [*ver.as_list(), p[c].as_list() if p.get(c) else None] for c, ver in self.v.items()}))
+            {c: [*ver, list(pv) if (pv := p(c)) else None] for c, ver in self.v.items()}))
 
     @classmethod
     def from_db(cls, org_code: str, cl: int, homes: str, v: str) -> "RowVer":
@@ -63,6 +63,9 @@ class Capture:
     row_id: uuid.UUID
     old: dict[str, Any] | list[str] | None  # op 'u': the names of the changed columns
     new: dict[str, Any] | None
+
+
+_tnew = tuple.__new__  # a named tuple from known-good fields, without its Python-level __new__
 
 
 def id_card_hash(key: Secret | None, id_card_no: Any) -> str | None:
@@ -175,14 +178,24 @@ def version_captures(
             values = {k: v for k, v in values.items() if any(homes.get(w) == me for w in t.column(k).writers)}
         if cl != rv.cl:  # a new causal length starts every column afresh (merge.decide)
             rv.v, rv.prevs = {}, {}
-        cols: dict[str, ColumnChange] = {}
         workflow = _workflow_columns(t)
-        for name, value in values.items():
-            prev = rv.v.get(name)
-            cc = column_change(t, name, value, prev) if name in workflow else ColumnChange(value, 0, 0, prev)
-            cols[name] = cc
-            rv.v[name] = Version(cl, cc.round, cc.stage, ts, me)
-            rv.prevs[name] = cc.prev
+        held, prevs = rv.v, rv.prevs
+        lww = _tnew(Version, (cl, 0, 0, ts, me))  # one version for every lww column the change writes
+        if not held and workflow.isdisjoint(values):  # the common case, a new row: nothing replaced
+            cols = {name: _tnew(ColumnChange, (value, 0, 0, None)) for name, value in values.items()}
+            rv.v, rv.prevs = dict.fromkeys(values, lww), dict.fromkeys(values)
+        else:
+            cols = {}
+            for name, value in values.items():
+                prev = held.get(name)
+                if name in workflow:
+                    cc = column_change(t, name, value, prev)
+                    held[name] = Version(cl, cc.round, cc.stage, ts, me)
+                else:
+                    cc = _tnew(ColumnChange, (value, 0, 0, prev))
+                    held[name] = lww
+                cols[name] = cc
+                prevs[name] = prev
         rv.cl, rv.homes = cl, homes
         changes.append(Change(cap.tbl, cap.row_id, rv.org_code, op, cl, ts, me, cap.xid, homes, cols))
     return changes, hlc
