@@ -113,8 +113,8 @@ class ParentService:
     versions: tuple[int, ...] = SUPPORTED_VERSIONS  # protocol versions spoken (SPEC R3.1)
     pull_watch: dict[str, CursorWatch] = field(default_factory=dict)  # child -> its pull cursor (syncd.stall)
     served: dict[str, int] = field(default_factory=dict)  # child -> served position as last stored
-    #: called after a push's apply committed changes: they wait in syncd.pending for the
-    #: sequencer, which this wakes at once (the node wires it to ``Sequencer.wake``)
+    #: called after a push's apply queued changes in syncd.pending (``ApplyResult.queued``) for
+    #: the sequencer, which this wakes at once (the node wires it to ``Sequencer.wake``)
     applied: Callable[[], None] | None = None
     metrics: Metrics = field(default_factory=Metrics)  # the node's (status.Metrics)
 
@@ -212,8 +212,8 @@ class ParentService:
             res = await apply_batch(conn, self.ctx, child, "applied", "from_child", list(msg.changes),
                                     msg.to_pos, now_us(), also=record)
             self.metrics.batch_applied(child, "push", res, time.perf_counter() - started)
-            if msg.changes and self.applied is not None:
-                self.applied()  # relay without waiting for the sequencer's timer
+            if res.queued and self.applied is not None:
+                self.applied()  # relay what waits in the queue without waiting for the sequencer's timer
             fault_point("after_commit_before_response")
         return PushReply(acked_pos=res.cursor, applied=res.applied,
                          quarantined=tuple(Quarantined(pos, code) for pos, code in res.quarantined))

@@ -105,8 +105,8 @@ class ChildLinks:
     upward_pending: bool = False  # a resync's upward snapshot is due: push nothing until it is queued
     clock_offset_ms: int | None = None
     summary_every_s: float = 5.0
-    #: called after an apply here committed changes (pull, parked retry, bootstrap): they wait
-    #: in syncd.pending for the sequencer, which this wakes at once (``Sequencer.wake``)
+    #: called after an apply here queued changes in syncd.pending (a pull's ``ApplyResult.queued``)
+    #: or may have (parked retry, bootstrap): the sequencer, which this wakes at once (``Sequencer.wake``)
     applied: Callable[[], None] | None = None
     snapshot_state: dict | None = None  # bootstrap progress, shown in status
     versions: tuple[int, ...] = SUPPORTED_VERSIONS  # protocol versions offered at hello (SPEC R3.1)
@@ -421,8 +421,8 @@ class ChildLinks:
                 res = await apply_batch(conn, self.ctx, self.parent, "pull", "from_parent",
                                         list(reply.changes), reply.last_pos, now_us(), also=record)
                 self.metrics.batch_applied(self.parent, "pull", res, time.perf_counter() - started)
-                if reply.changes:
-                    self._applied()  # relay to the children without waiting for a timer
+                if res.queued:
+                    self._applied()  # relay what waits in the queue to the children without waiting for a timer
             fault_point("after_pull_apply")
             self.pull_cursor = res.cursor
             self.pull_watch.observe(self.pull_cursor, reply.head)

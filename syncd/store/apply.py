@@ -58,6 +58,9 @@ class ApplyResult:
     conflicts: list[Conflict] = field(default_factory=list)
     cursor: int = 0
     duplicates: set[int] = field(default_factory=set)  # id() of changes this node already held
+    #: changes were queued in ``syncd.pending`` for the sequencer to log (the caller wakes it);
+    #: False when the apply logged what it relays itself (``Sequencer.log_now``) or relays nothing
+    queued: bool = False
 
 
 @dataclass
@@ -553,7 +556,8 @@ async def apply_batch(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ki
             await close_seen(conn, ok)
             # relay what is new here (HC-12: whether or not it applied); a version this node
             # already held was relayed when it first came, so it is not logged twice (HC-35)
-            logged = await _relay(conn, ctx, staged, [c for c in ok if id(c) not in result.duplicates], peer)
+            logged = await _relay(conn, ctx, staged, [c for c in ok if id(c) not in result.duplicates], peer,
+                                  result)
         fault_point("before_cursor_commit")
         held = await conn.fetchval(  # with the changes parked now (and before): one round trip
             "UPDATE syncd.cursors SET pos = $3, updated_at = now() WHERE peer = $1 AND kind = $2 "
@@ -569,15 +573,17 @@ async def apply_batch(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ki
 
 
 async def _relay(conn: asyncpg.Connection, ctx: ApplyContext, staged: Staged, changes: list[Change],
-                 peer: str) -> TickResult | None:
+                 peer: str, result: ApplyResult) -> TickResult | None:
     """Log ``changes`` for relay: straight into the log when the sequencer's queue is empty
-    (what it logged, for :attr:`Sequencer.on_logged` after commit), else queued behind it."""
+    (what it logged, for :attr:`Sequencer.on_logged` after commit), else queued behind it
+    (``result.queued``: the caller wakes the sequencer)."""
     if not changes:
         return None
     if ctx.sequencer is not None:
         logged = await ctx.sequencer.log_now(conn, [(c, peer) for c in changes],
-                                             lambda conn, head, epoch: log_staged(conn, staged, changes, head, epoch))
+                                             lambda conn, outbox, ts: log_staged(conn, staged, changes, outbox, ts))
         if logged is not None:
             return logged
     await relay_staged(conn, staged, changes)
+    result.queued = True
     return None

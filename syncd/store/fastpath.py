@@ -96,18 +96,36 @@ async def relay_staged(conn: asyncpg.Connection, staged: Staged, changes: Sequen
         await conn.execute(_RELAY, [staged[id(c)] for c in changes])
 
 
-#: staged changes into the log at $2 + 1 … in the order of $1, epoch $3 (``Sequencer.log_now``)
-_LOG_STAGED = ("INSERT INTO syncd.log (pos, epoch, tbl, id, org_code, op, cl, ts, origin, txn, homes, cols, "
-               "received_from) SELECT $2 + k.n, $3, s.tbl, s.id, s.org_code, s.op, s.cl, s.ts, s.origin, s.txn, "
-               "s.homes::json, s.cols, s.received_from "
-               "FROM unnest($1::int[]) WITH ORDINALITY AS k(ord, n) JOIN syncd_batch s ON s.ord = k.ord")
+#: Staged changes into the log after the head, in the order of $1, when the relay queue is
+#: empty (``Sequencer.log_now``), in one statement: the head and clock move (the node row is
+#: the one the sequencer's ticks lock), the log rows are written at the old head + 1 …, the
+#: outbox rows ($2 peers at $3 offsets) after it, and ``NOTIFY syncd_log, '<head>'`` is sent at
+#: commit (as ``sequencer._MOVE_HEAD``).  No row: changes wait in the queue, nothing was done.
+_LOG_STAGED = """
+WITH node AS (
+    UPDATE syncd.node SET head = head + cardinality($1::int[]), hlc = greatest(hlc, $4)
+    WHERE (SELECT min(serial) FROM syncd.pending) IS NULL
+    RETURNING epoch, head - cardinality($1::int[]) AS before, head
+), logged AS (
+    INSERT INTO syncd.log (pos, epoch, tbl, id, org_code, op, cl, ts, origin, txn, homes, cols, received_from)
+    SELECT node.before + k.n, node.epoch, s.tbl, s.id, s.org_code, s.op, s.cl, s.ts, s.origin, s.txn,
+           s.homes::json, s.cols, s.received_from
+    FROM node CROSS JOIN unnest($1::int[]) WITH ORDINALITY AS k(ord, n) JOIN syncd_batch s ON s.ord = k.ord
+), queued AS (
+    INSERT INTO syncd.outbox (peer, pos)
+    SELECT o.peer, node.before + o.n FROM node CROSS JOIN unnest($2::text[], $3::bigint[]) AS o(peer, n)
+)
+SELECT node.head FROM node, LATERAL (SELECT pg_notify('syncd_log', node.head::text)) AS notified
+"""
 
 
-async def log_staged(conn: asyncpg.Connection, staged: Staged, changes: Sequence[Change], head: int,
-                     epoch: int) -> None:
-    """Write staged ``changes`` into the log after ``head``, in the order given (the caller
-    holds the sequencer lock and moves the head)."""
-    await conn.execute(_LOG_STAGED, [staged[id(c)] for c in changes], head, epoch)
+async def log_staged(conn: asyncpg.Connection, staged: Staged, changes: Sequence[Change],
+                     outbox: Sequence[tuple[str, int]], ts: int) -> int | None:
+    """Log staged ``changes`` after the head if the relay queue is empty, with their outbox
+    entries ``(peer, n)`` (``n``: 1 for the first change); the new head, or None (nothing
+    done).  The caller holds the sequencer lock."""
+    return await conn.fetchval(_LOG_STAGED, [staged[id(c)] for c in changes], [p for p, _ in outbox],
+                               [n for _, n in outbox], ts)
 
 
 #: the staged change's (or snapshot row's) values as a record of the target table (its id and

@@ -78,11 +78,6 @@ WITH moved AS (
 SELECT * FROM logged ORDER BY pos
 """
 
-#: The log's head and whether the relay queue is empty, the node row locked (an apply's
-#: transaction, holding the sequencer lock already: :meth:`Sequencer.log_now`)
-_HEAD_IF_IDLE = ("SELECT epoch, head, (SELECT min(serial) FROM syncd.pending) IS NULL AS idle "
-                 "FROM syncd.node FOR UPDATE")
-
 #: The new head and clock, and ``NOTIFY syncd_log, '<head>'`` at commit, in one round trip (the
 #: payload, a head, marks the sequencer's own notification: a bootstrap's has none)
 _MOVE_HEAD = ("UPDATE syncd.node SET head = $1, hlc = greatest(hlc, $2) "
@@ -165,33 +160,35 @@ class Sequencer:
                           peers=peers, committees=any(c.table == "committees" for c, _ in items))
 
     async def log_now(self, conn: asyncpg.Connection, items: list[tuple[Change, str | None]],
-                      write: Callable[[asyncpg.Connection, int, int], Awaitable[None]]) -> TickResult | None:
+                      write: Callable[[asyncpg.Connection, list[tuple[str, int]], int], Awaitable[int | None]]
+                      ) -> TickResult | None:
         """Log ``items`` in the caller's transaction, which holds the sequencer lock (an apply's):
         what a tick would do for them once they were queued, without the queue.  ``write(conn,
-        head, epoch)`` inserts them into the log at ``head + 1 …`` in the order of ``items``.
-
-        None (nothing done) unless the relay queue is empty: what waits there was logged first by
-        a tick, so the caller queues ``items`` behind it.  The lock is held until the caller
-        commits, so positions still commit in order (HC-2).  The caller hands the result to
-        :attr:`on_logged` once committed."""
-        node = await conn.fetchrow(_HEAD_IF_IDLE)
-        if not node["idle"]:
+        outbox, ts)`` logs them after the head in the order of ``items`` — unless the relay queue
+        is not empty — with their outbox entries ``(peer, n)`` (n = 1 for the first item), moves
+        the head and the clock to ``ts`` and notifies, in one round trip; it returns the new head,
+        or None (nothing done: what waits in the queue was logged first by a tick, so the caller
+        queues ``items`` behind it).  The lock is held until the caller commits, so positions
+        still commit in order (HC-2).  The caller hands the result to :attr:`on_logged` once
+        committed."""
+        outbox = await self._outbox(conn, items)
+        head = await write(conn, outbox, max(c.ts for c, _ in items))
+        if head is None:
             return None
-        first = node["head"] + 1
-        await write(conn, node["head"], node["epoch"])
-        head = node["head"] + len(items)
-        peers = await self._fill_outboxes(conn, first, items)
         self.backends.add(conn.get_server_pid())  # its NOTIFY is this node's own, announced in-process
-        await conn.execute(_MOVE_HEAD, head, max(c.ts for c, _ in items), str(head))
-        return TickResult(len(items), 0, head, peers=peers, committees=any(c.table == "committees" for c, _ in items))
+        return TickResult(len(items), 0, head, peers=frozenset(peer for peer, _ in outbox),
+                          committees=any(c.table == "committees" for c, _ in items))
+
+    async def _outbox(self, conn: asyncpg.Connection, items: list[tuple[Change, str | None]]) -> list[tuple[str, int]]:
+        """The outbox entries of ``items``: ``(child, n)``, n = 1 for the first item."""
+        if self.fanout is None:
+            return []
+        return [(peer, i) for i, ps in enumerate(await self.fanout(conn, items), 1) for peer in ps]
 
     async def _fill_outboxes(self, conn: asyncpg.Connection, first: int,
                              items: list[tuple[Change, str | None]]) -> frozenset[str]:
         """Fill the children's outboxes; return the children that got entries."""
-        if self.fanout is None:
-            return frozenset()
-        peers = await self.fanout(conn, items)
-        rows = [(peer, first + i) for i, ps in enumerate(peers) for peer in ps]
+        rows = [(peer, first - 1 + n) for peer, n in await self._outbox(conn, items)]
         if rows:
             await conn.copy_records_to_table("outbox", schema_name="syncd", columns=("peer", "pos"), records=rows)
         return frozenset(peer for peer, _ in rows)

@@ -103,7 +103,8 @@ async def test_hc2_an_apply_logs_what_it_relays_itself_only_when_nothing_waits_i
         seq = Sequencer(me="430100", fanout=fanout, on_logged=reported.append)
         ctx = replace(_ctx("430100"), sequencer=seq)
         head = await city.fetchval("SELECT head FROM syncd.node")
-        await apply_batch(city, ctx, "430102", "applied", "from_child", [first], first.pos, _now())
+        res = await apply_batch(city, ctx, "430102", "applied", "from_child", [first], first.pos, _now())
+        assert not res.queued  # nothing for the sequencer to do: the caller does not wake it
         assert await city.fetchval("SELECT count(*) FROM syncd.pending") == 0
         logged = [(r["pos"], r["id"], r["received_from"]) for r in await city.fetch(
             "SELECT pos, id, received_from FROM syncd.log WHERE pos > $1 ORDER BY pos", head)]
@@ -114,7 +115,8 @@ async def test_hc2_an_apply_logs_what_it_relays_itself_only_when_nothing_waits_i
 
         waiting = replace(first, id=uuid.uuid4())
         await add_pending(city, [(waiting, "430102")])
-        await apply_batch(city, ctx, "430102", "applied", "from_child", [second], second.pos, _now())
+        res = await apply_batch(city, ctx, "430102", "applied", "from_child", [second], second.pos, _now())
+        assert res.queued  # queued behind what waits: the caller wakes the sequencer
         assert len(reported) == 1 and await city.fetchval("SELECT count(*) FROM syncd.pending") == 2
         assert await city.fetchval("SELECT head FROM syncd.node") == head + 1
         await seq.drain(city)
