@@ -9,6 +9,9 @@ Idle: the probe alone.  Under load: meanwhile 岳麓区 (same city) writes backg
 rows in 1k-row transactions at ``load_rate`` rows/s.  A sample never seen within 30 s after
 the last write is counted as lost.
 
+Both phases run twice: the nodes in this process, then every node its own ``syncd run``
+daemon (``tests.faults.daemons``), as deployed.
+
 The nodes run with the tests' tuning (``tests.tree.TREE_TUNING``: ``sequencer_interval_ms``
 50); ``BENCH_SEQUENCER_INTERVAL_MS`` sets another for every scenario, e.g. the shipped 1000
 (``bench.harness.sequencer_interval_ms``; the interval is a safety-net poll since issue #9,
@@ -21,7 +24,9 @@ import time
 import uuid
 from typing import Any
 
+from bench.catchup import DAEMON_TUNING
 from bench.harness import SEEN_SQL, Arrivals, Run, build_tree, chain, insert_members, member_rows, percentile
+from tests.faults.daemons import DaemonTree
 
 SCENARIO = "latency"
 
@@ -64,38 +69,67 @@ async def _load(t: Any, rate: float, stop: asyncio.Event) -> int:
     return sent
 
 
-def _record(r: Run, phase: str, lat: list[float], lost: int, goals: dict[str, float]) -> None:
+#: the load the under-load goal is stated for (issue #9): below it the goal is shown, not judged
+GOAL_LOAD = 5000
+
+
+def _record(r: Run, phase: str, lat: list[float], lost: int, goals: dict[str, float],
+            goal_load: float | None = None) -> dict[str, Any]:
+    """Print p50/p99/max of ``lat``; a goal is judged unless it is stated for a load of
+    ``goal_load`` rows/s that this run did not reach."""
     ms = [x * 1000 for x in lat]
     stats = {"p50": percentile(ms, 50), "p99": percentile(ms, 99), "max": max(ms) if ms else float("nan")}
+    judged = goal_load is None or r.size.load_rate >= goal_load
     for k, v in stats.items():
         goal = goals.get(k)
+        text = None if not goal else f"< {goal:.0f} ms" + ("" if judged else f" at {goal_load:.0f} rows/s")
         r.add(SCENARIO, f"two-hop latency {phase}, {k} ({len(ms)} samples)", v, "ms",
-              goal=f"< {goal:.0f} ms" if goal else None, ok=(v < goal) if goal else None)
+              goal=text, ok=(v < goal) if goal and judged else None)
     r.add(SCENARIO, f"samples lost {phase} (not at the province 30 s after the last write)", lost, "samples")
-    r.extra.setdefault("latency", {})[phase] = {"samples": len(ms), "lost": lost, **stats}
+    return {"samples": len(ms), "lost": lost, **stats}
+
+
+async def _phases(r: Run, t: Any, arrivals: Arrivals, shape: str = "") -> dict[str, Any]:
+    """Idle, then under load; ``shape`` names how the nodes run (in the measure and the JSON)."""
+    n, rate = r.size.samples, r.size.probe_rate
+    await asyncio.sleep(2.0)  # hellos done, committees settled
+    lat, lost = await _probe(t, arrivals, n, rate)
+    out = {"idle": _record(r, f"idle{shape}", lat, lost, {"p50": 50, "p99": 250})}
+    stop = asyncio.Event()
+    loader = asyncio.create_task(_load(t, r.size.load_rate, stop))
+    await asyncio.sleep(1.0)
+    lat, lost = await _probe(t, arrivals, n, rate)
+    stop.set()
+    sent = await loader
+    out["under_load"] = _record(r, f"under load ({r.size.load_rate:.0f} rows/s at 岳麓区){shape}", lat, lost,
+                                {"p99": 1000}, GOAL_LOAD)
+    return {**out, "load_rows_sent": sent, "probe_rate_per_s": rate}
 
 
 async def run(r: Run) -> None:
-    n, rate = r.size.samples, r.size.probe_rate
-
     async def trigger(t: Any) -> None:
         await t.db("430000").execute(SEEN_SQL)
 
     t = await build_tree(r.cluster, chain(), before_start=trigger)
     arrivals = await Arrivals().attach(t.dsns["430000"])
     try:
-        await asyncio.sleep(2.0)  # hellos done, committees settled
-        lat, lost = await _probe(t, arrivals, n, rate)
-        _record(r, "idle", lat, lost, {"p50": 50, "p99": 250})
-        stop = asyncio.Event()
-        loader = asyncio.create_task(_load(t, r.size.load_rate, stop))
-        await asyncio.sleep(1.0)
-        lat, lost = await _probe(t, arrivals, n, rate)
-        stop.set()
-        sent = await loader
-        _record(r, f"under load ({r.size.load_rate:.0f} rows/s at 岳麓区)", lat, lost, {"p99": 1000})
-        r.extra.setdefault("latency", {})["load_rows_sent"] = sent
-        r.extra["latency"]["probe_rate_per_s"] = rate
+        r.extra["latency"] = await _phases(r, t, arrivals)
+    finally:
+        await arrivals.close()
+        await t.close()
+    await _as_processes(r)
+
+
+async def _as_processes(r: Run) -> None:
+    """The same two phases with every node its own ``syncd run`` process (a deployment's shape:
+    each level's daemon on its own server; here they and PostgreSQL share two cores, where the
+    nodes in one process share one)."""
+    t = await DaemonTree(r.cluster, chain(), tuning=DAEMON_TUNING).setup()
+    await t.db("430000").execute(SEEN_SQL)
+    arrivals = await Arrivals().attach(t.dsns["430000"])
+    try:
+        await t.start_all()
+        r.extra["latency_processes"] = await _phases(r, t, arrivals, ", every node its own daemon process")
     finally:
         await arrivals.close()
         await t.close()

@@ -63,4 +63,9 @@ def test_bench_tiny_writes_every_scenario_with_numbers(tmp_path: Path) -> None:
     assert set(boot["cpu_s_per_1k"]) == {"430000", "430100"}
     assert some("peak RSS of a daemon while", "rows stream through a hop")  # memory: one daemon, not the bench
     assert some("fan-in") and some("sign-in burst")
+    for shape in ("latency", "latency_processes"):  # live latency in one process, then a daemon per node
+        for phase in ("idle", "under_load"):
+            got = doc[shape][phase]
+            assert got["samples"] + got["lost"] == 50 and got["samples"] > 0 and got["p99"] > 0, (shape, got)
+    assert some("two-hop latency under load", "every node its own daemon process", "p99")
     assert "verdict" in proc.stdout and "bootstrap" in proc.stdout
