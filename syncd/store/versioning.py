@@ -16,8 +16,7 @@ import hashlib
 import hmac
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import asyncpg
 import orjson
@@ -53,8 +52,9 @@ class RowVer:
                    {c: Version.from_list(x[5]) if len(x) > 5 and x[5] else None for c, x in data.items()})
 
 
-@dataclass(frozen=True)
-class Capture:
+class Capture(NamedTuple):
+    """One captured row image (``syncd.capture``): a named tuple, made once per captured row."""
+
     serial: int
     ts_us: int
     xid: int
@@ -74,10 +74,6 @@ def id_card_hash(key: Secret | None, id_card_no: Any) -> str | None:
         return None
     digest = hmac.new(key.secret.encode(), str(id_card_no).strip().upper().encode(), hashlib.sha256)
     return f"{key.key_id}:{digest.hexdigest()}"
-
-
-def _to_us(ts: datetime) -> int:
-    return int(ts.timestamp() * 1_000_000)
 
 
 def _derive(t: Table, image: Mapping[str, Any], key: Secret | None) -> dict[str, Any]:
@@ -201,13 +197,15 @@ def version_captures(
     return changes, hlc
 
 
+#: a claimed capture in :class:`Capture`'s field order, its time in exact microseconds
+_CLAIMED = ("{c}serial, (extract(epoch FROM {c}stmt_ts) * 1000000)::bigint, {c}xid::text::bigint, {c}tbl, "
+            "{c}op::text, {c}row_id, {c}old, {c}new")
+
+
 def _capture_from_record(r: asyncpg.Record) -> Capture:
-    return Capture(
-        serial=r["serial"], ts_us=_to_us(r["stmt_ts"]), xid=int(str(r["xid"])), tbl=r["tbl"],
-        op=r["op"].decode() if isinstance(r["op"], bytes) else str(r["op"]), row_id=r["row_id"],
-        old=loads(r["old"]) if r["old"] is not None else None,
-        new=loads(r["new"]) if r["new"] is not None else None,
-    )
+    serial, ts_us, xid, tbl, op, row_id, old, new = r
+    return _tnew(Capture, (serial, ts_us, xid, tbl, op, row_id, None if old is None else loads(old),
+                           None if new is None else loads(new)))
 
 
 async def claim_captures(conn: asyncpg.Connection, limit: int,
@@ -220,12 +218,12 @@ async def claim_captures(conn: asyncpg.Connection, limit: int,
     if rows is None:
         recs = await conn.fetch(
             "DELETE FROM syncd.capture WHERE serial IN "
-            "(SELECT serial FROM syncd.capture ORDER BY serial LIMIT $1) RETURNING *", limit)
+            f"(SELECT serial FROM syncd.capture ORDER BY serial LIMIT $1) RETURNING {_CLAIMED.format(c='')}", limit)
     else:
         tbls, ids = zip(*rows) if rows else ((), ())
         recs = await conn.fetch(
             "DELETE FROM syncd.capture c USING unnest($1::text[], $2::uuid[]) AS r(tbl, id) "
-            "WHERE c.tbl = r.tbl AND c.row_id = r.id RETURNING c.*", list(tbls), list(ids))
+            f"WHERE c.tbl = r.tbl AND c.row_id = r.id RETURNING {_CLAIMED.format(c='c.')}", list(tbls), list(ids))
     return sorted((_capture_from_record(r) for r in recs), key=lambda c: c.serial)
 
 
@@ -239,6 +237,14 @@ async def load_rowver(conn: asyncpg.Connection,
         "JOIN unnest($1::text[], $2::uuid[]) AS k(tbl, id) ON r.tbl = k.tbl AND r.id = k.id",
         [k[0] for k in keys], [k[1] for k in keys])
     return {(r["tbl"], r["id"]): RowVer.from_db(r["org_code"], r["cl"], r["homes"], r["v"]) for r in recs}
+
+
+async def insert_rowver(conn: asyncpg.Connection, state: Mapping[tuple[str, uuid.UUID], RowVer]) -> None:
+    """Write the versions of rows that have none yet (COPY: no upsert, no parameter arrays)."""
+    if state:
+        await conn.copy_records_to_table("rowver", schema_name="syncd",
+                                         columns=("tbl", "id", "org_code", "cl", "homes", "v"),
+                                         records=[(k[0], k[1], *rv.to_db()) for k, rv in state.items()])
 
 
 async def save_rowver(conn: asyncpg.Connection, state: Mapping[tuple[str, uuid.UUID], RowVer]) -> None:
@@ -295,7 +301,9 @@ class Versioner:
         keys = [(c.tbl, c.row_id) for c in captures]
         state = await load_rowver(conn, keys)
         homes = await lookup_homes(conn, self.schema, captures)
+        held = set(state)
         changes, hlc = version_captures(captures, state, self.schema, self.me, hlc, homes, self.id_hash_key)
         touched = {(c.table, c.id) for c in changes}
-        await save_rowver(conn, {k: v for k, v in state.items() if k in touched})
+        await insert_rowver(conn, {k: v for k, v in state.items() if k in touched and k not in held})
+        await save_rowver(conn, {k: v for k, v in state.items() if k in touched and k in held})
         return changes, hlc
