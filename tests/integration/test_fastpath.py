@@ -201,3 +201,29 @@ def test_snapshot_fast_path_merges_as_merge_states(cluster: Cluster) -> None:
         asyncio.run(run(rows))
     check()
     assert sum(merged) >= 20, merged
+
+
+async def test_staged_rows_are_picked_by_a_hash_join_even_in_a_generic_plan(cluster: Cluster) -> None:
+    """The fast path's statements pick their batch's staged rows from an unindexed temporary
+    table.  ``ord = ANY($1)`` there is a linear search of the array for every staged row once
+    PostgreSQL plans the prepared statement generically (a daemon's statements are prepared
+    once and run thousands of times): quadratic in the batch.  Every such statement must give
+    a plan without it."""
+    from syncd.store import fastpath
+
+    dsn = await cluster.new_node_db(CITY, prefix="plan")
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            await conn.execute(fastpath._STAGE)
+            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            picks = {"relay": fastpath._RELAY, "new versions": fastpath._NEW_VERSIONS,
+                     "fast-forward versions": fastpath._FF_VERSIONS}
+            for name, sql in picks.items():
+                await conn.execute(f"PREPARE pick AS {sql}")
+                plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN EXECUTE pick('{1,2,3}')"))
+                await conn.execute("DEALLOCATE pick")
+                assert "ord = ANY" not in plan and "Hash" in plan, (name, plan)
+    finally:
+        await conn.close()
+        await cluster.drop(dsn)
