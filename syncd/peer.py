@@ -70,6 +70,15 @@ def _txn_of(e: Any) -> tuple[str, int]:
     return (e.origin, e.txn) if isinstance(e, (Change, StoredChange)) else (e["origin"], e["txn"])
 
 
+#: A push reads up to this many log entries whole in one query; a longer tail is a backlog,
+#: cut on its heads first (:func:`cut_batch`) so that only what is sent is read and decoded.
+SHORT_TAIL = 64
+_READ_TAIL = (f"SELECT {CHANGE_COLUMNS}, received_from, (SELECT log_first FROM syncd.node) AS first "
+              "FROM syncd.log WHERE pos > $1 ORDER BY pos LIMIT $2")
+_READ_HEADS = ("SELECT pos, origin, txn, (SELECT log_first FROM syncd.node) AS first "
+               "FROM syncd.log WHERE pos > $1 ORDER BY pos LIMIT $2")
+
+
 def cut_batch(entries: Sequence[Any], max_changes: int) -> list[Any]:
     """At most ``max_changes``, cut only between origin transactions (one oversize txn goes whole).
 
@@ -283,14 +292,18 @@ class ChildLinks:
             return False
         limit = self.cfg.tuning.batch_max_changes
         async with self.pool.acquire() as conn:
-            # the cut is found on (pos, origin, txn) alone; only what goes up is decoded
-            heads = await conn.fetch("SELECT pos, origin, txn, (SELECT log_first FROM syncd.node) AS first "
-                                     "FROM syncd.log WHERE pos > $1 ORDER BY pos LIMIT $2", self.push_cursor, limit * 2)
+            # a short tail (live traffic) is read whole in one round trip: it is the batch
+            heads = await conn.fetch(_READ_TAIL, self.push_cursor, min(limit, SHORT_TAIL) + 1)
+            if len(heads) <= min(limit, SHORT_TAIL):
+                cut = heads
+                recs = [r for r in heads if r["received_from"] != self.parent]
+            else:  # a backlog: the cut is found on (pos, origin, txn) alone; only what goes up is decoded
+                heads = await conn.fetch(_READ_HEADS, self.push_cursor, limit * 2)
+                cut = cut_batch(heads, limit)
+                recs = await conn.fetch(
+                    f"SELECT {CHANGE_COLUMNS} FROM syncd.log WHERE pos > $1 AND pos <= $2 "
+                    "AND received_from IS DISTINCT FROM $3 ORDER BY pos", self.push_cursor, cut[-1]["pos"], self.parent)
             first = heads[0]["first"] if heads else await conn.fetchval("SELECT log_first FROM syncd.node")
-            cut = cut_batch(heads, limit)
-            recs = [] if not cut else await conn.fetch(
-                f"SELECT {CHANGE_COLUMNS} FROM syncd.log WHERE pos > $1 AND pos <= $2 "
-                "AND received_from IS DISTINCT FROM $3 ORDER BY pos", self.push_cursor, cut[-1]["pos"], self.parent)
         if self.push_cursor < first - 1:
             # retention removed entries not yet pushed (the parent was away longer than max_retention,
             # or lost what it had): say so; the parent answers MUST_RESYNC (SPEC R8.5)
