@@ -3,11 +3,11 @@
 Steps, all in one transaction with ``syncd.applying = on`` (the capture triggers
 stand aside):
 
-1. lock the link's cursor row ``FOR UPDATE``; a batch at or below the cursor was
-   already applied (a retry, or the same push to a second daemon) and is
-   acknowledged without doing anything (HC-28);
-2. take the sequencer lock, authorise each change (``routing.check_origin``,
-   clock bound) — refused ones are quarantined, the rest go on (DESIGN §6);
+1. take the sequencer lock, then lock the link's cursor row ``FOR UPDATE`` (one
+   statement); a batch at or below the cursor was already applied (a retry, or the
+   same push to a second daemon) and is acknowledged without doing anything (HC-28);
+2. authorise each change (``routing.check_origin``, clock bound) — refused ones are
+   quarantined, the rest go on (DESIGN §6);
 3. lock the target rows ``FOR UPDATE`` and version any committed local captures
    of them first, so a local write is never overwritten by a change it beats
    (HC-4);
@@ -20,7 +20,7 @@ stand aside):
 
 Positions are assigned by the sequencer (HC-2): when its relay queue is empty, in this
 transaction (``ApplyContext.sequencer``, :meth:`~syncd.store.sequencer.Sequencer.log_now`,
-under the lock taken in step 2), else it moves them from the queue after this commits.
+under the lock taken in step 1), else it moves them from the queue after this commits.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ from syncd.store.conflicts import close_seen
 from syncd.store import opaque
 from syncd.store.fastpath import Staged, apply_fast, log_staged, relay_staged, stage_batch
 from syncd.store.log import add_pending, dumps, encode_cols, loads
-from syncd.store.sequencer import Sequencer, TickResult, lock_applying
+from syncd.store.sequencer import SEQUENCER_LOCK, Sequencer, TickResult
 from syncd.store.versioning import RowVer, Versioner, claim_captures, load_rowver, save_rowver
 from syncd.topology import Topology, TopologyError
 
@@ -96,13 +96,21 @@ def change_from_json(raw: str | dict[str, Any]) -> Change:
                   d["txn"], d["homes"], decode_cols(d["cols"]), d.get("pos", 0))
 
 
+#: The sequencer lock with ``syncd.applying = on`` (:func:`~syncd.store.sequencer.lock_applying`),
+#: then the link's cursor row locked: one round trip.  The lock is taken in an uncorrelated
+#: sub-select, which PostgreSQL runs once before it reads the row (as the sequencer's
+#: ``_LOCK_NODE``), so an apply takes the two in the order the bootstrap's end and a resync do.
+_LOCKED_CURSOR = ("SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = $2 AND (SELECT true FROM "
+                  "(SELECT pg_advisory_xact_lock($3), set_config('syncd.applying', 'on', true)) AS l) FOR UPDATE")
+
+
 async def _cursor(conn: asyncpg.Connection, peer: str, kind: str) -> int:
-    """The link's cursor, locked for the transaction (created at 0 on a link's first batch)."""
-    sql = "SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = $2 FOR UPDATE"
-    pos = await conn.fetchval(sql, peer, kind)
+    """The link's cursor, locked for the transaction (created at 0 on a link's first batch),
+    after the sequencer lock (:data:`_LOCKED_CURSOR`)."""
+    pos = await conn.fetchval(_LOCKED_CURSOR, peer, kind, SEQUENCER_LOCK)
     if pos is None:
         await conn.execute("INSERT INTO syncd.cursors (peer, kind) VALUES ($1, $2) ON CONFLICT DO NOTHING", peer, kind)
-        pos = await conn.fetchval(sql, peer, kind)
+        pos = await conn.fetchval(_LOCKED_CURSOR, peer, kind, SEQUENCER_LOCK)
     return int(pos)
 
 
@@ -533,7 +541,6 @@ async def apply_batch(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ki
             return result
         fresh = [c for c in changes if c.pos > cursor]
         fk_parked = 0
-        await lock_applying(conn)
         ctx.topo = await current_topology(conn, ctx.topo, fresh)
         ok, refused = _authorise(ctx, peer, direction, fresh, now_us)
         for c, code, reason in refused:

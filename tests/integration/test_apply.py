@@ -12,7 +12,7 @@ from syncd.proto.change import Change, ColumnChange
 from syncd.schema.declarations import SCHEMA
 from syncd.store.apply import ApplyContext, apply_batch
 from syncd.store.log import add_pending, read_log
-from syncd.store.sequencer import Sequencer
+from syncd.store.sequencer import SEQUENCER_LOCK, Sequencer
 from tests.pg import Cluster
 from tests.tree import SMALL_TREE, Tree
 
@@ -125,6 +125,32 @@ async def test_hc2_an_apply_logs_what_it_relays_itself_only_when_nothing_waits_i
         assert await city.fetchval("SELECT max(pos) FROM syncd.outbox") == head + 3
     finally:
         await city.close()
+        await cluster.drop(dsn)
+        await cluster.drop(src)
+
+
+async def test_hc2_an_apply_holds_the_sequencer_lock_from_its_cursor_to_its_commit(cluster: Cluster) -> None:
+    """The lock that orders log positions (and local versioning, HC-4) is held by an apply from
+    its first statement — the one that locks its cursor — until it commits."""
+    src, changes = await _county_changes(cluster)
+    dsn = await cluster.new_node_db("430100", prefix="city")
+    city, other = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+
+    async def free() -> bool:
+        async with other.transaction():
+            return bool(await other.fetchval("SELECT pg_try_advisory_xact_lock($1)", SEQUENCER_LOCK))
+    try:
+        seen: list[bool] = []
+
+        async def paused() -> None:  # inside the apply, its target rows locked
+            seen.append(await free())
+        res = await apply_batch(city, replace(_ctx("430100"), after_lock=paused), "430102", "applied", "from_child",
+                                changes, changes[-1].pos, _now())
+        assert res.applied == len(changes) and seen and not any(seen)
+        assert await free()  # released at commit
+    finally:
+        await city.close()
+        await other.close()
         await cluster.drop(dsn)
         await cluster.drop(src)
 
