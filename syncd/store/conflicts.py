@@ -108,6 +108,9 @@ async def resolve(conn: asyncpg.Connection, conflict_id: str, take: Literal["loc
 
 async def close_seen(conn: asyncpg.Connection, changes: Sequence[Change]) -> int:
     """Close open conflicts whose cell got a version written by someone who saw them."""
+    # only a column write that names the version it replaced can have seen a conflict: a batch
+    # of new rows (a catch-up, live inserts) has none, and asks nothing
+    changes = [c for c in changes if any(cc.prev is not None for cc in c.cols.values())]
     keys = {(c.table, c.id) for c in changes}
     if not keys:
         return 0
