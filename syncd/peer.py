@@ -293,8 +293,9 @@ class ChildLinks:
         limit = self.cfg.tuning.batch_max_changes
         async with self.pool.acquire() as conn:
             # a short tail (live traffic) is read whole in one round trip: it is the batch
-            heads = await conn.fetch(_READ_TAIL, self.push_cursor, min(limit, SHORT_TAIL) + 1)
-            if len(heads) <= min(limit, SHORT_TAIL):
+            short = min(limit, SHORT_TAIL)
+            heads = await conn.fetch(_READ_TAIL, self.push_cursor, short + 1)
+            if len(heads) <= short:
                 cut = heads
                 recs = [r for r in heads if r["received_from"] != self.parent]
             else:  # a backlog: the cut is found on (pos, origin, txn) alone; only what goes up is decoded

@@ -42,7 +42,7 @@ from syncd.store.conflicts import close_seen
 from syncd.store import opaque
 from syncd.store.fastpath import Staged, apply_fast, log_staged, relay_staged, stage_batch
 from syncd.store.log import add_pending, dumps, encode_cols, loads
-from syncd.store.sequencer import SEQUENCER_LOCK, Sequencer, TickResult
+from syncd.store.sequencer import LOCK_APPLYING, Sequencer, TickResult
 from syncd.store.versioning import RowVer, Versioner, claim_captures, load_rowver, save_rowver
 from syncd.topology import Topology, TopologyError
 
@@ -96,21 +96,21 @@ def change_from_json(raw: str | dict[str, Any]) -> Change:
                   d["txn"], d["homes"], decode_cols(d["cols"]), d.get("pos", 0))
 
 
-#: The sequencer lock with ``syncd.applying = on`` (:func:`~syncd.store.sequencer.lock_applying`),
+#: The sequencer lock with ``syncd.applying = on`` (:data:`~syncd.store.sequencer.LOCK_APPLYING`),
 #: then the link's cursor row locked: one round trip.  The lock is taken in an uncorrelated
 #: sub-select, which PostgreSQL runs once before it reads the row (as the sequencer's
 #: ``_LOCK_NODE``), so an apply takes the two in the order the bootstrap's end and a resync do.
-_LOCKED_CURSOR = ("SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = $2 AND (SELECT true FROM "
-                  "(SELECT pg_advisory_xact_lock($3), set_config('syncd.applying', 'on', true)) AS l) FOR UPDATE")
+_LOCKED_CURSOR = (f"SELECT pos FROM syncd.cursors WHERE peer = $1 AND kind = $2 "
+                  f"AND (SELECT true FROM ({LOCK_APPLYING}) AS l) FOR UPDATE")
 
 
 async def _cursor(conn: asyncpg.Connection, peer: str, kind: str) -> int:
     """The link's cursor, locked for the transaction (created at 0 on a link's first batch),
     after the sequencer lock (:data:`_LOCKED_CURSOR`)."""
-    pos = await conn.fetchval(_LOCKED_CURSOR, peer, kind, SEQUENCER_LOCK)
+    pos = await conn.fetchval(_LOCKED_CURSOR, peer, kind)
     if pos is None:
         await conn.execute("INSERT INTO syncd.cursors (peer, kind) VALUES ($1, $2) ON CONFLICT DO NOTHING", peer, kind)
-        pos = await conn.fetchval(_LOCKED_CURSOR, peer, kind, SEQUENCER_LOCK)
+        pos = await conn.fetchval(_LOCKED_CURSOR, peer, kind)
     return int(pos)
 
 

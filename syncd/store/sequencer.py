@@ -103,11 +103,16 @@ async def lock(conn: asyncpg.Connection) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock($1)", SEQUENCER_LOCK)
 
 
+#: The sequencer lock, and the current transaction's writes marked as syncd's own
+#: (``syncd.applying = on``: the capture triggers skip them); also a sub-select of an apply's
+#: first statement (``store.apply._LOCKED_CURSOR``)
+LOCK_APPLYING = f"SELECT pg_advisory_xact_lock({SEQUENCER_LOCK}), set_config('syncd.applying', 'on', true)"
+
+
 async def lock_applying(conn: asyncpg.Connection) -> None:
-    """Take the sequencer lock and mark the current transaction's writes as syncd's own
-    (``syncd.applying = on``: the capture triggers skip them), in one round trip."""
-    await conn.execute("SELECT pg_advisory_xact_lock($1), set_config('syncd.applying', 'on', true)",
-                       SEQUENCER_LOCK)
+    """Take the sequencer lock and mark the current transaction's writes as syncd's own, in
+    one round trip (:data:`LOCK_APPLYING`)."""
+    await conn.execute(LOCK_APPLYING)
 
 
 @dataclass
