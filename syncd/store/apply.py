@@ -306,6 +306,10 @@ async def _version_local(conn: asyncpg.Connection, ctx: ApplyContext, targets: l
         await add_pending(conn, [(c, None) for c in local])
 
 
+#: the rows of ``table`` whose ids are in $1, locked in id order (``lock_targets``)
+LOCK_ROWS = 'SELECT id FROM public."{table}" WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE'
+
+
 async def lock_targets(conn: asyncpg.Connection, ctx: ApplyContext,
                        targets: list[Key]) -> tuple[set[Key], dict[Key, int]]:
     """Lock the target rows and version their local captures (HC-4); return the targets
@@ -315,8 +319,7 @@ async def lock_targets(conn: asyncpg.Connection, ctx: ApplyContext,
     for t in ctx.schema.tables:
         ids = by_table.get(t.name)
         if ids:
-            recs = await conn.fetch(f'SELECT id FROM public."{t.name}" WHERE id = ANY($1::uuid[]) '
-                                    "ORDER BY id FOR UPDATE", ids)
+            recs = await conn.fetch(LOCK_ROWS.format(table=t.name), ids)
             existing.update((t.name, r["id"]) for r in recs)
     await _version_local(conn, ctx, targets)
     recs = await conn.fetch(

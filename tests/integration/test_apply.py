@@ -243,3 +243,33 @@ async def test_a_batch_counts_every_change_it_parks_those_from_an_unknown_commit
         await prov.close()
         await cluster.drop(dsn)
         await cluster.drop(src)
+
+
+async def test_row_locks_by_id_are_index_probes_after_the_table_grew(cluster: Cluster) -> None:
+    """A daemon runs each statement thousands of times.  PostgreSQL plans a prepared statement
+    generically from its sixth run on and keeps that plan, made on the table's size of that
+    moment, until the next ANALYZE: a node that started empty kept a sequential scan for the
+    apply's row locks (a linear search of the id array for every row) while the table grew.
+    On the node's own pool the lock taken after the table grew is planned for it."""
+    from syncd.store.apply import LOCK_ROWS
+    from syncd.store.db import open_pool
+
+    dsn = await cluster.new_node_db("430100", prefix="plan")
+    pool = await open_pool(dsn)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("ALTER TABLE members SET (autovacuum_enabled = false)")  # no ANALYZE comes by
+            sql = LOCK_ROWS.format(table="members")
+            for _ in range(8):  # the table empty: past the sixth run a plan may be kept
+                async with conn.transaction():
+                    assert await conn.fetch(sql, [uuid.uuid4() for _ in range(50)]) == []
+            await conn.execute("INSERT INTO members (org_code, name) "
+                               "SELECT '430100', '委员' || g FROM generate_series(1, 20000) AS g")
+            name = await conn.fetchval("SELECT name FROM pg_prepared_statements WHERE statement = $1", sql)
+            ids = ",".join(str(uuid.uuid4()) for _ in range(50))
+            async with conn.transaction():
+                plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE {name}('{{{ids}}}')"))
+        assert "Index" in plan and "Seq Scan" not in plan, plan
+    finally:
+        await pool.close()
+        await cluster.drop(dsn)
