@@ -37,7 +37,6 @@ from syncd.proto.messages import (PROTOCOL_VERSION, SUPPORTED_VERSIONS, Hello, H
 from syncd.routing import next_hops, project
 from syncd.schema.declarations import SCHEMA, Schema
 from syncd.store.apply import ApplyContext, apply_batch, current_topology
-from syncd.store.db import open_pool
 from syncd.store.log import CHANGE_COLUMNS, stored_from_record
 from syncd.stall import CursorWatch, apply_stall, child_link_stall, parent_link_stall
 from syncd.status import Metrics, add_routes
@@ -526,7 +525,7 @@ class Node:
         from syncd.peer import ChildLinks
 
         tune_gc()
-        self.pool = await open_pool(self.dsn, reset=_keep_session)
+        self.pool = await asyncpg.create_pool(self.dsn, min_size=2, max_size=8, reset=_keep_session)
         try:
             async with self.pool.acquire() as conn:
                 node = await conn.fetchrow("SELECT id, incarnation FROM syncd.node")

@@ -42,6 +42,7 @@ from syncd.store.conflicts import close_seen
 from syncd.store import opaque
 from syncd.store.fastpath import Staged, apply_fast, log_staged, relay_staged, stage_batch
 from syncd.store.log import add_pending, dumps, encode_cols, loads
+from syncd.store.lookup import rows_by_id
 from syncd.store.sequencer import LOCK_APPLYING, Sequencer, TickResult
 from syncd.store.versioning import RowVer, Versioner, claim_captures, load_rowver, save_rowver
 from syncd.topology import Topology, TopologyError
@@ -199,8 +200,7 @@ def _authorise(ctx: ApplyContext, peer: str, direction: Direction, changes: Sequ
 
 async def _load_values(conn: asyncpg.Connection, t: Table, ids: list[uuid.UUID]) -> dict[uuid.UUID, dict]:
     """Values of the rows present here: the table's, plus those held opaque (HC-13)."""
-    recs = await conn.fetch(f'SELECT id, to_jsonb(x) AS j FROM public."{t.name}" x WHERE id = ANY($1::uuid[]) '
-                            "ORDER BY id FOR UPDATE", ids)
+    recs = await conn.fetch(rows_by_id(t.name, "x.id, to_jsonb(x) AS j", lock=True), ids)
     out = {r["id"]: loads(r["j"]) for r in recs}
     for i, vals in (await opaque.load(conn, t.name, list(out))).items():
         out[i].update(vals)
@@ -306,10 +306,6 @@ async def _version_local(conn: asyncpg.Connection, ctx: ApplyContext, targets: l
         await add_pending(conn, [(c, None) for c in local])
 
 
-#: the rows of ``table`` whose ids are in $1, locked in id order (``lock_targets``)
-LOCK_ROWS = 'SELECT id FROM public."{table}" WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE'
-
-
 async def lock_targets(conn: asyncpg.Connection, ctx: ApplyContext,
                        targets: list[Key]) -> tuple[set[Key], dict[Key, int]]:
     """Lock the target rows and version their local captures (HC-4); return the targets
@@ -319,7 +315,7 @@ async def lock_targets(conn: asyncpg.Connection, ctx: ApplyContext,
     for t in ctx.schema.tables:
         ids = by_table.get(t.name)
         if ids:
-            recs = await conn.fetch(LOCK_ROWS.format(table=t.name), ids)
+            recs = await conn.fetch(rows_by_id(t.name, "x.id", lock=True), ids)
             existing.update((t.name, r["id"]) for r in recs)
     await _version_local(conn, ctx, targets)
     recs = await conn.fetch(

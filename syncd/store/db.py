@@ -6,7 +6,6 @@ database named ``syncd_<node id>`` in it (created on first use).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 import asyncpg
 
@@ -23,21 +22,6 @@ class Database:
         """Stop the embedded server this process started (a configured DSN is left alone)."""
         if self.embedded is not None and self.embedded.started_here:
             self.embedded.stop()
-
-
-#: Every statement a node runs is planned for the parameters it runs with.  PostgreSQL plans
-#: a prepared statement generically from its sixth run on and keeps that plan, built on the
-#: table sizes of that moment, until the next ANALYZE.  A node that starts empty (a new node,
-#: a province before its counties report) so kept a sequential scan for its row lookups by
-#: an id array (``id = ANY($1)``) while the table grew: 60 ms at 4k member rows, 230 ms at
-#: 9k, each apply — quadratic until autovacuum came by.  Planned each time these are index
-#: probes; the planning costs PostgreSQL ~20 µs a statement (bench latency scenario, idle).
-SESSION_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
-
-
-async def open_pool(dsn: str, reset: Callable[[asyncpg.Connection], Awaitable[None]] | None = None) -> asyncpg.Pool:
-    """The node's connection pool, each session with :data:`SESSION_SETTINGS`."""
-    return await asyncpg.create_pool(dsn, min_size=2, max_size=8, reset=reset, server_settings=SESSION_SETTINGS)
 
 
 async def ensure_database(admin_dsn: str, name: str) -> None:

@@ -26,6 +26,7 @@ from syncd.merge import column_change, next_ts
 from syncd.proto.change import OP_DELETE, OP_INSERT, OP_UPDATE, Change, ColumnChange, Version
 from syncd.schema.declarations import HOME, Schema, Table
 from syncd.store.log import dumps, loads
+from syncd.store.lookup import rows_by_id
 
 
 @dataclass
@@ -270,8 +271,7 @@ async def lookup_homes(conn: asyncpg.Connection, schema: Schema,
                 wanted.setdefault(r.path[1], set()).add(uuid.UUID(str(cap.new[r.path[0]])))
     found: dict[tuple[str, uuid.UUID], str] = {}
     for target, ids in wanted.items():
-        recs = await conn.fetch(f'SELECT id, org_code FROM public."{target}" WHERE id = ANY($1::uuid[])',
-                                list(ids))
+        recs = await conn.fetch(rows_by_id(target, "x.id, x.org_code"), list(ids))
         found.update({(target, r["id"]): r["org_code"] for r in recs})
     out: dict[tuple[str, uuid.UUID], dict[str, str]] = {}
     for cap in captures:

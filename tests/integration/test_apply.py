@@ -7,6 +7,7 @@ import uuid
 from dataclasses import replace
 
 import asyncpg
+import pytest
 
 from syncd.proto.change import Change, ColumnChange
 from syncd.schema.declarations import SCHEMA
@@ -245,31 +246,44 @@ async def test_a_batch_counts_every_change_it_parks_those_from_an_unknown_commit
         await cluster.drop(src)
 
 
-async def test_row_locks_by_id_are_index_probes_after_the_table_grew(cluster: Cluster) -> None:
+@pytest.mark.parametrize("lock", [True, False])
+async def test_rows_by_id_are_index_probes_after_the_table_grew(cluster: Cluster, lock: bool) -> None:
     """A daemon runs each statement thousands of times.  PostgreSQL plans a prepared statement
     generically from its sixth run on and keeps that plan, made on the table's size of that
-    moment, until the next ANALYZE: a node that started empty kept a sequential scan for the
-    apply's row locks (a linear search of the id array for every row) while the table grew.
-    On the node's own pool the lock taken after the table grew is planned for it."""
-    from syncd.store.apply import LOCK_ROWS
-    from syncd.store.db import open_pool
+    moment, until the next ANALYZE: ``id = ANY($1)`` so kept a sequential scan (a search of
+    the id array for every row) from when a new node's table was empty while it grew.  The
+    lookups by id (the apply's row locks, the sequencer's route targets) stay index probes,
+    and find and lock what they should."""
+    from syncd.store.lookup import rows_by_id
 
     dsn = await cluster.new_node_db("430100", prefix="plan")
-    pool = await open_pool(dsn)
+    conn = await asyncpg.connect(dsn)  # asyncpg's defaults, as the daemon's pool: statements prepared, kept
     try:
-        async with pool.acquire() as conn:
-            await conn.execute("ALTER TABLE members SET (autovacuum_enabled = false)")  # no ANALYZE comes by
-            sql = LOCK_ROWS.format(table="members")
-            for _ in range(8):  # the table empty: past the sixth run a plan may be kept
-                async with conn.transaction():
-                    assert await conn.fetch(sql, [uuid.uuid4() for _ in range(50)]) == []
-            await conn.execute("INSERT INTO members (org_code, name) "
-                               "SELECT '430100', '委员' || g FROM generate_series(1, 20000) AS g")
-            name = await conn.fetchval("SELECT name FROM pg_prepared_statements WHERE statement = $1", sql)
-            ids = ",".join(str(uuid.uuid4()) for _ in range(50))
+        await conn.execute("ALTER TABLE members SET (autovacuum_enabled = false)")  # no ANALYZE comes by
+        sql = rows_by_id("members", "x.id, x.org_code", lock=lock)
+        for _ in range(8):  # the table empty: past the sixth run the plan is kept
             async with conn.transaction():
-                plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE {name}('{{{ids}}}')"))
+                assert await conn.fetch(sql, [uuid.uuid4() for _ in range(50)]) == []
+        await conn.execute("INSERT INTO members (org_code, name) "
+                           "SELECT '430100', '委员' || g FROM generate_series(1, 20000) AS g")
+        name = await conn.fetchval("SELECT name FROM pg_prepared_statements WHERE statement = $1", sql)
+        ids = ",".join(str(uuid.uuid4()) for _ in range(50))
+        async with conn.transaction():
+            plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE {name}('{{{ids}}}')"))
         assert "Index" in plan and "Seq Scan" not in plan, plan
+
+        have = [r["id"] for r in await conn.fetch("SELECT id FROM members ORDER BY random() LIMIT 30")]
+        other = await asyncpg.connect(dsn)
+        try:
+            async with conn.transaction():
+                got = await conn.fetch(sql, have + have[:5] + [uuid.uuid4() for _ in range(10)])
+                assert [r["id"] for r in got] == sorted(have)  # each once, in id order, the absent skipped
+                assert {r["org_code"] for r in got} == {"430100"}
+                locked = await other.fetch("SELECT id FROM members WHERE id = ANY($1::uuid[]) FOR UPDATE SKIP LOCKED",
+                                           have)
+                assert (locked == []) is lock  # locked by the lookup only when asked
+        finally:
+            await other.close()
     finally:
-        await pool.close()
+        await conn.close()
         await cluster.drop(dsn)
