@@ -136,6 +136,17 @@ def created_here(rv: RowVer, mine: Any) -> bool:
     return any(mine(v.origin) and rv.prevs.get(c) is None for c, v in rv.v.items())
 
 
+def live_outside_chunk(bounds: str) -> str:
+    """The live rows (``syncd.rowver``) of table $1 in the id range ``bounds`` whose ids are not
+    in $2 — the chunk's.  The ids are compared through a hashed subplan (``NOT IN``; ids are
+    never NULL): written as ``NOT EXISTS (… unnest($2) …)`` PostgreSQL planned the prepared
+    statement generically as a nested-loop anti-join searching the chunk's ids for every row of
+    the range, 2,000 × 2,000 comparisons and ~200 ms a chunk — 28 s of a 64 s bootstrap of
+    300k rows (``auto_explain``, session 11)."""
+    return (f"SELECT r.id, r.org_code, r.cl, r.homes, r.v FROM syncd.rowver r WHERE r.tbl = $1 AND r.cl % 2 = 1{bounds} "
+            "AND r.id NOT IN (SELECT unnest($2::uuid[]))")
+
+
 async def purge_stale_copies(conn: asyncpg.Connection, schema: Schema, topo: Topology, me: str, table: str,
                              after_id: uuid.UUID | None, next_after_id: uuid.UUID | None,
                              rows: Sequence[SnapshotRow]) -> int:
@@ -143,10 +154,7 @@ async def purge_stale_copies(conn: asyncpg.Connection, schema: Schema, topo: Top
     send: rows homed outside this subtree and not created here (caller's transaction,
     ``syncd.applying`` on, sequencer lock held).  Return how many."""
     bounds, args = id_range(after_id, next_after_id, 3)
-    recs = await conn.fetch(  # the live rows of the range the chunk did not hold (an anti-join)
-        f"SELECT r.id, r.org_code, r.cl, r.homes, r.v FROM syncd.rowver r WHERE r.tbl = $1 AND r.cl % 2 = 1{bounds} "
-        "AND NOT EXISTS (SELECT 1 FROM unnest($2::uuid[]) AS g(id) WHERE g.id = r.id)",
-        table, [r.id for r in rows], *args)
+    recs = await conn.fetch(live_outside_chunk(bounds), table, [r.id for r in rows], *args)
 
     def mine(code: str) -> bool:
         return _in(topo, code, me)

@@ -518,3 +518,43 @@ async def test_hc22_excess_snapshot_requests_get_503_and_later_complete(cluster:
         await wait(t, lambda: at(t, "activities", act, ["430104"]))
     finally:
         await t.close()
+
+
+async def test_hc21_a_chunks_stale_copy_check_is_a_hash_lookup_even_in_a_generic_plan(cluster: Cluster) -> None:
+    """Every snapshot chunk asks which live rows of its id range it did not hold (HC-21's stale
+    copies).  A daemon runs that statement for every chunk of a bootstrap, so PostgreSQL plans it
+    generically, on the statistics of when the plan was made — before the table's first chunk.  Written as ``NOT EXISTS (… unnest …)`` that plan was a nested-loop anti-join searching
+    the chunk's ids for every row of the range: 2,000 × 2,000 comparisons a chunk later on.
+    Whatever plan it keeps, the chunk's ids are hashed, and the rows it finds are the right ones."""
+    from syncd.store.resync import live_outside_chunk
+    from syncd.store.snapshot import id_range
+
+    dsn = await cluster.new_node_db("430100", prefix="plan")
+    conn = await asyncpg.connect(dsn)
+    try:
+        ids = sorted(uuid.uuid4() for _ in range(2000))
+        bounds, _ = id_range(ids[0], ids[-1], 3)
+        chunk = [i for k, i in enumerate(ids) if k % 50]  # the chunk misses every 50th row of its range
+        array = "{" + ",".join(map(str, chunk)) + "}"
+        run = f"outside('attendance', '{array}', '{ids[0]}', '{ids[-1]}')"
+        # the tables before it are loaded and analyzed: no attendance row in the statistics
+        await conn.copy_records_to_table(
+            "rowver", schema_name="syncd", columns=("tbl", "id", "org_code", "cl", "homes", "v"),
+            records=[("members", uuid.uuid4(), "430100", 1, '{"org_code": "430100"}', "{}") for _ in range(5000)])
+        await conn.execute("ANALYZE syncd.rowver")
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await conn.execute(f"PREPARE outside AS {live_outside_chunk(bounds)}")
+        assert await conn.fetch(f"EXECUTE {run}") == []  # the plan is made now: no attendance row yet
+        await conn.copy_records_to_table(
+            "rowver", schema_name="syncd", columns=("tbl", "id", "org_code", "cl", "homes", "v"),
+            records=[("attendance", i, "430100", 2 if k % 100 == 1 else 1, '{"org_code": "430100"}', "{}")
+                     for k, i in enumerate(ids)])
+        plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN ANALYZE EXECUTE {run}"))
+        assert "Join Filter" not in plan and "hash" in plan.lower(), plan  # a hash join or hashed subplan
+        got = await conn.fetch(f"EXECUTE {run}")
+        # after the lower bound, up to the upper, live (odd cl), not in the chunk
+        want = {i for k, i in enumerate(ids) if k and k % 50 == 0 and k % 100 != 1}
+        assert {r["id"] for r in got} == want and len(want) == 39
+    finally:
+        await conn.close()
+        await cluster.drop(dsn)
