@@ -342,3 +342,8 @@ async def test_hc10_natural_key_ids_match_python(county: asyncpg.Connection) -> 
     pid = await county.fetchval(
         "INSERT INTO proposals (org_code, term, session, seq, title) VALUES ($1, 13, 4, 123, '关于…的建议') RETURNING id", ME)
     assert pid == natural_id("proposals", (ME, 13, 4, 123))
+    # the SQL twin on many keys (hex digits, CJK text, empty parts): the same ids
+    parts = [(uuid.UUID(int=i * 7919), f"委员{i}", "" if i % 3 else None, i) for i in range(500)]
+    got = await county.fetch("SELECT syncd.natural_id('proposals', k) AS id FROM unnest($1::text[]) WITH ORDINALITY AS u(k, n) "
+                             "ORDER BY n", ["\x1f".join("" if x is None else str(x) for x in p) for p in parts])
+    assert [r["id"] for r in got] == [natural_id("proposals", p) for p in parts]
