@@ -42,7 +42,7 @@ from syncd.store.conflicts import close_seen
 from syncd.store import opaque
 from syncd.store.fastpath import Staged, apply_fast, log_staged, relay_staged, stage_batch
 from syncd.store.log import add_pending, dumps, encode_cols, loads
-from syncd.store.lookup import rows_by_id
+from syncd.store.lookup import rows_by_id, rowvers_by_key
 from syncd.store.sequencer import LOCK_APPLYING, Sequencer, TickResult
 from syncd.store.versioning import RowVer, Versioner, claim_captures, load_rowver, save_rowver
 from syncd.topology import Topology, TopologyError
@@ -306,6 +306,9 @@ async def _version_local(conn: asyncpg.Connection, ctx: ApplyContext, targets: l
         await add_pending(conn, [(c, None) for c in local])
 
 
+_CL_BY_KEY = rowvers_by_key("r.tbl, r.id, r.cl")
+
+
 async def lock_targets(conn: asyncpg.Connection, ctx: ApplyContext,
                        targets: list[Key]) -> tuple[set[Key], dict[Key, int]]:
     """Lock the target rows and version their local captures (HC-4); return the targets
@@ -318,9 +321,7 @@ async def lock_targets(conn: asyncpg.Connection, ctx: ApplyContext,
             recs = await conn.fetch(rows_by_id(t.name, "x.id", lock=True), ids)
             existing.update((t.name, r["id"]) for r in recs)
     await _version_local(conn, ctx, targets)
-    recs = await conn.fetch(
-        "SELECT r.tbl, r.id, r.cl FROM syncd.rowver r JOIN unnest($1::text[], $2::uuid[]) AS k(tbl, id) "
-        "ON r.tbl = k.tbl AND r.id = k.id", [k[0] for k in targets], [k[1] for k in targets])
+    recs = await conn.fetch(_CL_BY_KEY, [k[0] for k in targets], [k[1] for k in targets])
     return existing, {(r["tbl"], r["id"]): r["cl"] for r in recs}
 
 

@@ -26,7 +26,7 @@ from syncd.merge import column_change, next_ts
 from syncd.proto.change import OP_DELETE, OP_INSERT, OP_UPDATE, Change, ColumnChange, Version
 from syncd.schema.declarations import HOME, Schema, Table
 from syncd.store.log import dumps, loads
-from syncd.store.lookup import rows_by_id
+from syncd.store.lookup import rows_by_id, rowvers_by_key
 
 
 @dataclass
@@ -228,15 +228,15 @@ async def claim_captures(conn: asyncpg.Connection, limit: int,
     return sorted((_capture_from_record(r) for r in recs), key=lambda c: c.serial)
 
 
+ROWVER_BY_KEY = rowvers_by_key("r.tbl, r.id, r.org_code, r.cl, r.homes, r.v")
+
+
 async def load_rowver(conn: asyncpg.Connection,
                       keys: Iterable[tuple[str, uuid.UUID]]) -> dict[tuple[str, uuid.UUID], RowVer]:
     keys = list(set(keys))
     if not keys:
         return {}
-    recs = await conn.fetch(
-        "SELECT r.tbl, r.id, r.org_code, r.cl, r.homes, r.v FROM syncd.rowver r "
-        "JOIN unnest($1::text[], $2::uuid[]) AS k(tbl, id) ON r.tbl = k.tbl AND r.id = k.id",
-        [k[0] for k in keys], [k[1] for k in keys])
+    recs = await conn.fetch(ROWVER_BY_KEY, [k[0] for k in keys], [k[1] for k in keys])
     return {(r["tbl"], r["id"]): RowVer.from_db(r["org_code"], r["cl"], r["homes"], r["v"]) for r in recs}
 
 

@@ -287,3 +287,33 @@ async def test_rows_by_id_are_index_probes_after_the_table_grew(cluster: Cluster
     finally:
         await conn.close()
         await cluster.drop(dsn)
+
+
+async def test_versions_by_key_are_index_probes_after_the_table_grew(cluster: Cluster) -> None:
+    """The versions of a batch's rows (``syncd.rowver`` by (table, id) pairs), read by every
+    apply and every sequencer tick: joined to ``unnest`` the plan kept from a new node's empty
+    table was a hash join over a sequential scan of every version held.  They stay index probes,
+    and find what they should."""
+    from syncd.store.versioning import ROWVER_BY_KEY
+
+    dsn = await cluster.new_node_db("430100", prefix="plan")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("ALTER TABLE syncd.rowver SET (autovacuum_enabled = false)")  # no ANALYZE comes by
+        for _ in range(8):  # the table empty: past the sixth run the plan is kept
+            assert await conn.fetch(ROWVER_BY_KEY, ["members"] * 50, [uuid.uuid4() for _ in range(50)]) == []
+        held = [uuid.uuid4() for _ in range(20000)]
+        await conn.copy_records_to_table(
+            "rowver", schema_name="syncd", columns=("tbl", "id", "org_code", "cl", "homes", "v"),
+            records=[("members", i, "430100", 1, '{"org_code": "430100"}', "{}") for i in held])
+        name = await conn.fetchval("SELECT name FROM pg_prepared_statements WHERE statement = $1", ROWVER_BY_KEY)
+        tbls = ",".join(["members"] * 50)
+        ids = ",".join(str(uuid.uuid4()) for _ in range(50))
+        plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE {name}('{{{tbls}}}', '{{{ids}}}')"))
+        assert "Index" in plan and "Seq Scan on rowver" not in plan, plan
+        keys = [("members", i) for i in held[:30]] + [("attendance", held[30]), ("members", uuid.uuid4())]
+        got = await conn.fetch(ROWVER_BY_KEY, [k[0] for k in keys], [k[1] for k in keys])
+        assert sorted(r["id"] for r in got) == sorted(held[:30])  # the other table's and the absent: none
+    finally:
+        await conn.close()
+        await cluster.drop(dsn)
