@@ -38,6 +38,11 @@ SETTINGS = {
     "checkpoint_timeout": "30min",
     "work_mem": "4MB",
 }
+#: ``python -m bench --statements N``: PostgreSQL's totals per statement (execution and planning,
+#: nested statements too: trigger and foreign-key queries) for each scenario; the module costs
+#: some CPU of its own, so such a run's timings are not comparable with a plain run's
+STATEMENTS = {"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": "all",
+              "pg_stat_statements.track_planning": "on", "pg_stat_statements.max": "10000"}
 SHOWN = ("server_version", "shared_buffers", "fsync", "synchronous_commit", "full_page_writes",
          "wal_level", "max_wal_size", "work_mem", "max_connections", "checkpoint_timeout")
 
@@ -127,6 +132,31 @@ class BenchCluster(Cluster):
         conn = await asyncpg.connect(self.dsn())
         try:
             await conn.execute("CHECKPOINT")
+        finally:
+            await conn.close()
+
+    async def reset_statements(self) -> None:
+        """Start ``pg_stat_statements``' totals afresh (the cluster runs with :data:`STATEMENTS`)."""
+        conn = await asyncpg.connect(self.dsn())
+        try:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            await conn.execute("SELECT pg_stat_statements_reset()")
+        finally:
+            await conn.close()
+
+    async def top_statements(self, n: int) -> list[dict[str, Any]]:
+        """The ``n`` statements PostgreSQL spent most time in since the last reset, each summed
+        over the databases that ran it (the nodes' databases are gone by now; their entries
+        stay), the bench's creating and dropping of databases and its checkpoints left out."""
+        conn = await asyncpg.connect(self.dsn())
+        try:
+            recs = await conn.fetch(
+                "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 400) AS query, count(DISTINCT dbid) AS databases, "
+                "sum(calls)::bigint AS calls, sum(rows)::bigint AS rows, sum(total_exec_time) AS exec_ms, "
+                "sum(total_plan_time) AS plan_ms FROM pg_stat_statements "
+                "WHERE query !~* '^\\s*((CREATE|DROP) DATABASE|CHECKPOINT)' GROUP BY 1 "  # the bench's own set-up
+                "ORDER BY sum(total_exec_time + total_plan_time) DESC LIMIT $1", n)
+            return [{**dict(r), "exec_ms": round(r["exec_ms"], 1), "plan_ms": round(r["plan_ms"], 1)} for r in recs]
         finally:
             await conn.close()
 

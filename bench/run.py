@@ -24,7 +24,7 @@ from typing import Any
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
 
 from bench import bootstrap, capture, catchup, ceilings, latency, scale, tree137  # noqa: E402
-from bench.harness import SETTINGS, SIZES, BenchCluster, Run, sequencer_interval_ms  # noqa: E402
+from bench.harness import SETTINGS, SIZES, STATEMENTS, BenchCluster, Run, sequencer_interval_ms  # noqa: E402
 from syncd import aio  # noqa: E402
 
 #: scenario -> the function measuring it (memory is measured inside the catch-up run)
@@ -84,7 +84,19 @@ def _profile_text(prof: dict[str, Any], top: int = 15) -> str:
     return "\n".join(lines)
 
 
-async def main(size: str, only: list[str] | None, out_dir: Path, pg_dir: Path | None = None) -> Path:
+def _statements_text(per_scenario: dict[str, list[dict[str, Any]]], top: int = 8) -> str:
+    lines = ["PostgreSQL's time by statement (pg_stat_statements, summed over the nodes' databases; "
+             "ms executing + planning, calls, mean ms):"]
+    for name, rows in per_scenario.items():
+        lines.append(f"  [{name}]")
+        for r in rows[:top]:
+            total = r["exec_ms"] + r["plan_ms"]
+            lines.append(f"    {total:10.1f} {r['calls']:9d} {total / max(1, r['calls']):9.3f}  {r['query'][:110]}")
+    return "\n".join(lines)
+
+
+async def main(size: str, only: list[str] | None, out_dir: Path, pg_dir: Path | None = None,
+               statements: int = 0) -> Path:
     from syncd.log import configure
 
     configure("json", "error")
@@ -93,7 +105,7 @@ async def main(size: str, only: list[str] | None, out_dir: Path, pg_dir: Path | 
     if unknown:
         raise SystemExit(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}")
     base = pg_dir or Path(tempfile.mkdtemp(prefix="syncd-bench-"))
-    cluster = BenchCluster(base, SETTINGS).start()
+    cluster = BenchCluster(base, {**SETTINGS, **(STATEMENTS if statements else {})}).start()
     run = Run(SIZES[size], cluster)
     scenarios: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
@@ -103,6 +115,9 @@ async def main(size: str, only: list[str] | None, out_dir: Path, pg_dir: Path | 
         print("  " + ", ".join(f"{k}={v}" for k, v in settings.items()), flush=True)
         print(f"  nodes: sequencer_interval_ms={sequencer_interval_ms()} (scale: {scale.SEQUENCER_INTERVAL_MS}), event loop "
               f"{aio.loop_factory().__module__}", flush=True)
+        if statements:
+            print("  pg_stat_statements loaded (--statements): timings carry its cost, compare them with "
+                  "runs like this one only", flush=True)
         done: set[Any] = set()
         need = list(chosen)
         if any(s in need for s in ("catchup", "memory", "scale", "bootstrap")) and "ceilings" not in need:
@@ -119,7 +134,11 @@ async def main(size: str, only: list[str] | None, out_dir: Path, pg_dir: Path | 
             print(f"[{name}] running …", flush=True)
             t0 = time.perf_counter()
             try:
+                if statements:
+                    await cluster.reset_statements()
                 await fn(run)
+                if statements:
+                    run.extra.setdefault("statements", {})[name] = await cluster.top_statements(statements)
                 scenarios[name] = {"status": "ok", "seconds": round(time.perf_counter() - t0, 1)}
             except Exception as e:  # noqa: BLE001 - one failed scenario does not lose the others
                 traceback.print_exc()
@@ -136,6 +155,9 @@ async def main(size: str, only: list[str] | None, out_dir: Path, pg_dir: Path | 
     if "profile_catchup" in run.extra:
         print()
         print(_profile_text(run.extra["profile_catchup"]))
+    if "statements" in run.extra:
+        print()
+        print(_statements_text(run.extra["statements"]))
     today = dt.date.today().isoformat()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{today}-{size}.json"
@@ -161,13 +183,15 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="comma-separated scenarios: " + ",".join(SCENARIOS))
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--pg-dir", type=Path, help="directory for the throwaway cluster (default: a temp dir)")
+    ap.add_argument("--statements", type=int, default=0, metavar="N",
+                    help="load pg_stat_statements and keep each scenario's N costliest statements (JSON: statements)")
     a = ap.parse_args(argv)
     only = [s.strip() for s in a.only.split(",") if s.strip()] if a.only else None
     def _interrupt(*_: object) -> None:
         raise KeyboardInterrupt  # so the cluster is stopped on SIGTERM too
 
     signal.signal(signal.SIGTERM, _interrupt)
-    aio.run(main(a.size, only, a.out, a.pg_dir))  # the daemon's event loop (uvloop): nodes run in this process
+    aio.run(main(a.size, only, a.out, a.pg_dir, a.statements))  # the daemon's event loop (uvloop): nodes run in this process
     return 0
 
 

@@ -32,7 +32,7 @@ def test_hc36_full_size_pins_the_real_load() -> None:
 def test_bench_tiny_writes_every_scenario_with_numbers(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "bench", "--size", "tiny", "--out", str(tmp_path / "out"),
-                           "--pg-dir", str(tmp_path / "pg")],
+                           "--pg-dir", str(tmp_path / "pg"), "--statements", "12"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (path,) = list((tmp_path / "out").glob("*-tiny.json"))
@@ -50,6 +50,12 @@ def test_bench_tiny_writes_every_scenario_with_numbers(tmp_path: Path) -> None:
     assert set(by_scenario) == {"ceilings", "capture", "catchup", "latency", "bootstrap", "memory", "scale",
                                 "tree137"}
     assert doc["profile_catchup"]["top_tottime"]
+    # --statements: each scenario's costliest statements, the set-up left out, syncd's own among them
+    assert set(doc["statements"]) == set(doc["scenarios"]) - {"memory"}  # memory is measured inside catchup
+    for name, rows in doc["statements"].items():
+        assert 0 < len(rows) <= 12 and all(r["calls"] > 0 and r["exec_ms"] >= 0 for r in rows), (name, rows)
+        assert not any(r["query"].startswith(("CREATE DATABASE", "DROP DATABASE", "CHECKPOINT")) for r in rows)
+    assert any("syncd" in r["query"] for r in doc["statements"]["catchup"])
     # HC-36: the pinned scenarios are there, stated as what they measure
     measures = [row["measure"] for row in doc["results"]]
 
