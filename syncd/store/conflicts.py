@@ -106,6 +106,13 @@ async def resolve(conn: asyncpg.Connection, conflict_id: str, take: Literal["loc
     return _row(rec)
 
 
+#: the open conflicts of the rows ($1 tables, $2 ids), through the partial index
+#: ``conflicts_open`` (migration 0012): resolved conflicts, kept for the record, are never read
+OPEN_BY_ROW = ("SELECT c.id, c.tbl, c.row_id, c.col, c.winner FROM syncd.conflicts c "
+               "JOIN unnest($1::text[], $2::uuid[]) k(tbl, id) ON c.tbl = k.tbl AND c.row_id = k.id "
+               "WHERE c.resolved_at IS NULL")
+
+
 async def close_seen(conn: asyncpg.Connection, changes: Sequence[Change]) -> int:
     """Close open conflicts whose cell got a version written by someone who saw them."""
     # only a column write that names the version it replaced can have seen a conflict: a batch
@@ -114,10 +121,7 @@ async def close_seen(conn: asyncpg.Connection, changes: Sequence[Change]) -> int
     keys = {(c.table, c.id) for c in changes}
     if not keys:
         return 0
-    open_ = await conn.fetch(
-        "SELECT c.id, c.tbl, c.row_id, c.col, c.winner FROM syncd.conflicts c "
-        "JOIN unnest($1::text[], $2::uuid[]) k(tbl, id) ON c.tbl = k.tbl AND c.row_id = k.id "
-        "WHERE c.resolved_at IS NULL", [k[0] for k in keys], [k[1] for k in keys])
+    open_ = await conn.fetch(OPEN_BY_ROW, [k[0] for k in keys], [k[1] for k in keys])
     closed = 0
     for r in open_:
         winner = _cell(r["winner"])[1]

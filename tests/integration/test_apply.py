@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime, timezone
 import uuid
 from dataclasses import replace
 
@@ -314,6 +315,37 @@ async def test_versions_by_key_are_index_probes_after_the_table_grew(cluster: Cl
         keys = [("members", i) for i in held[:30]] + [("attendance", held[30]), ("members", uuid.uuid4())]
         got = await conn.fetch(ROWVER_BY_KEY, [k[0] for k in keys], [k[1] for k in keys])
         assert sorted(r["id"] for r in got) == sorted(held[:30])  # the other table's and the absent: none
+    finally:
+        await conn.close()
+        await cluster.drop(dsn)
+
+
+async def test_open_conflicts_of_rows_are_index_probes_whatever_was_resolved(cluster: Cluster) -> None:
+    """Every apply of changes naming a replaced version asks for the open conflicts of their
+    rows.  Resolved conflicts are kept for the record and pile up; the lookup reads neither them
+    nor anything else but the rows asked for, in a plan kept from an empty table too."""
+    from syncd.store.conflicts import OPEN_BY_ROW
+
+    dsn = await cluster.new_node_db("430100", prefix="plan")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("ALTER TABLE syncd.conflicts SET (autovacuum_enabled = false)")
+        for _ in range(8):  # the table empty: past the sixth run the plan is kept
+            assert await conn.fetch(OPEN_BY_ROW, ["members"] * 20, [uuid.uuid4() for _ in range(20)]) == []
+        rows = [uuid.uuid4() for _ in range(20000)]
+        await conn.copy_records_to_table(
+            "conflicts", schema_name="syncd", columns=("id", "tbl", "row_id", "org_code", "col", "winner", "loser",
+                                                       "resolved_at"),
+            records=[(f"c{k}", "members", r, "430100", "title", '["a", []]', '["b", []]',
+                      None if k % 1000 == 0 else datetime.now(timezone.utc)) for k, r in enumerate(rows)])
+        name = await conn.fetchval("SELECT name FROM pg_prepared_statements WHERE statement = $1", OPEN_BY_ROW)
+        tbls = ",".join(["members"] * 3)
+        ids = ",".join(str(r) for r in (rows[0], rows[1], rows[1000]))
+        plan = "\n".join(r[0] for r in await conn.fetch(
+            f"EXPLAIN (ANALYZE, BUFFERS) EXECUTE {name}('{{{tbls}}}', '{{{ids}}}')"))
+        assert "conflicts_open" in plan and "Seq Scan on conflicts" not in plan, plan
+        got = await conn.fetch(OPEN_BY_ROW, ["members"] * 3, [rows[0], rows[1], rows[1000]])
+        assert sorted(r["id"] for r in got) == ["c0", "c1000"]  # c1 was resolved
     finally:
         await conn.close()
         await cluster.drop(dsn)
