@@ -122,43 +122,31 @@ class BenchCluster(Cluster):
         self._template_ready = False
 
     async def show(self) -> dict[str, str]:
-        conn = await asyncpg.connect(self.dsn())
-        try:
+        async with self.connect() as conn:
             return {k: await conn.fetchval(f"SHOW {k}") for k in SHOWN}
-        finally:
-            await conn.close()
 
     async def checkpoint(self) -> None:
-        conn = await asyncpg.connect(self.dsn())
-        try:
+        async with self.connect() as conn:
             await conn.execute("CHECKPOINT")
-        finally:
-            await conn.close()
 
     async def reset_statements(self) -> None:
         """Start ``pg_stat_statements``' totals afresh (the cluster runs with :data:`STATEMENTS`)."""
-        conn = await asyncpg.connect(self.dsn())
-        try:
+        async with self.connect() as conn:
             await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             await conn.execute("SELECT pg_stat_statements_reset()")
-        finally:
-            await conn.close()
 
     async def top_statements(self, n: int) -> list[dict[str, Any]]:
         """The ``n`` statements PostgreSQL spent most time in since the last reset, each summed
         over the databases that ran it (the nodes' databases are gone by now; their entries
         stay), the bench's creating and dropping of databases and its checkpoints left out."""
-        conn = await asyncpg.connect(self.dsn())
-        try:
+        async with self.connect() as conn:
             recs = await conn.fetch(
                 "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 400) AS query, count(DISTINCT dbid) AS databases, "
                 "sum(calls)::bigint AS calls, sum(rows)::bigint AS rows, sum(total_exec_time) AS exec_ms, "
                 "sum(total_plan_time) AS plan_ms FROM pg_stat_statements "
                 "WHERE query !~* '^\\s*((CREATE|DROP) DATABASE|CHECKPOINT)' GROUP BY 1 "  # the bench's own set-up
                 "ORDER BY sum(total_exec_time + total_plan_time) DESC LIMIT $1", n)
-            return [{**dict(r), "exec_ms": round(r["exec_ms"], 1), "plan_ms": round(r["plan_ms"], 1)} for r in recs]
-        finally:
-            await conn.close()
+        return [{**dict(r), "exec_ms": round(r["exec_ms"], 1), "plan_ms": round(r["plan_ms"], 1)} for r in recs]
 
 
 # ---------------------------------------------------------------- trees

@@ -9,7 +9,9 @@ import itertools
 import os
 import tempfile
 import uuid
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import AsyncIterator
 
 import asyncpg
 
@@ -41,49 +43,43 @@ class Cluster:
     def dsn(self, db: str = "postgres") -> str:
         return self.pg.dsn(db)
 
+    @asynccontextmanager
+    async def connect(self, dsn: str | None = None) -> AsyncIterator[asyncpg.Connection]:
+        """A connection to ``dsn`` (default: the cluster's ``postgres`` database), closed after."""
+        conn = await asyncpg.connect(dsn or self.dsn())
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
     async def _ensure_template(self) -> None:
         if self._template_ready:
             return
-        admin = await asyncpg.connect(self.dsn())
-        try:
+        async with self.connect() as admin:
             await admin.execute(f"DROP DATABASE IF EXISTS {TEMPLATE}")
             await admin.execute(f"CREATE DATABASE {TEMPLATE}")
-        finally:
-            await admin.close()
-        conn = await asyncpg.connect(self.dsn(TEMPLATE))
-        try:
+        async with self.connect(self.dsn(TEMPLATE)) as conn:
             await migrate(conn)
-        finally:
-            await conn.close()
         self._template_ready = True
 
     async def new_database(self, prefix: str = "t", migrated: bool = True) -> str:
         """Create an empty database (with syncd's migrations unless ``migrated`` is False)."""
         await self._ensure_template()
         name = f"{prefix}_{os.getpid()}_{next(_counter)}_{uuid.uuid4().hex[:6]}"
-        admin = await asyncpg.connect(self.dsn())
-        try:
+        async with self.connect() as admin:
             tmpl = TEMPLATE if migrated else "template0"
             await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE {tmpl}')
-        finally:
-            await admin.close()
         return self.dsn(name)
 
     async def new_node_db(self, node_id: str, prefix: str = "n") -> str:
         """A database initialised as node ``node_id`` (schema, triggers, default rules)."""
         dsn = await self.new_database(f"{prefix}{node_id}")
-        conn = await asyncpg.connect(dsn)
-        try:
+        async with self.connect(dsn) as conn:
             await init_node(conn, node_id)
             await Sequencer(me=node_id).drain(conn)
-        finally:
-            await conn.close()
         return dsn
 
     async def drop(self, dsn: str) -> None:
         name = dsn.rsplit("/", 1)[1]
-        admin = await asyncpg.connect(self.dsn())
-        try:
+        async with self.connect() as admin:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()

@@ -6,6 +6,7 @@ import time
 from datetime import datetime, timezone
 import uuid
 from dataclasses import replace
+from typing import Any
 
 import asyncpg
 import pytest
@@ -247,6 +248,14 @@ async def test_a_batch_counts_every_change_it_parks_those_from_an_unknown_commit
         await cluster.drop(src)
 
 
+async def _kept_plan(conn: asyncpg.Connection, sql: str, *arrays: list[Any], explain: str = "") -> str:
+    """The plan ``conn`` keeps for its prepared ``sql`` (asyncpg's statement), run with the
+    arrays given (as literals: EXECUTE takes no parameters); ``explain``: EXPLAIN's options."""
+    name = await conn.fetchval("SELECT name FROM pg_prepared_statements WHERE statement = $1", sql)
+    literals = ", ".join("'{" + ",".join(map(str, a)) + "}'" for a in arrays)
+    return "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {explain} EXECUTE {name}({literals})"))
+
+
 @pytest.mark.parametrize("lock", [True, False])
 async def test_rows_by_id_are_index_probes_after_the_table_grew(cluster: Cluster, lock: bool) -> None:
     """A daemon runs each statement thousands of times.  PostgreSQL plans a prepared statement
@@ -267,10 +276,8 @@ async def test_rows_by_id_are_index_probes_after_the_table_grew(cluster: Cluster
                 assert await conn.fetch(sql, [uuid.uuid4() for _ in range(50)]) == []
         await conn.execute("INSERT INTO members (org_code, name) "
                            "SELECT '430100', '委员' || g FROM generate_series(1, 20000) AS g")
-        name = await conn.fetchval("SELECT name FROM pg_prepared_statements WHERE statement = $1", sql)
-        ids = ",".join(str(uuid.uuid4()) for _ in range(50))
         async with conn.transaction():
-            plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE {name}('{{{ids}}}')"))
+            plan = await _kept_plan(conn, sql, [uuid.uuid4() for _ in range(50)])
         assert "Index" in plan and "Seq Scan" not in plan, plan
 
         have = [r["id"] for r in await conn.fetch("SELECT id FROM members ORDER BY random() LIMIT 30")]
@@ -307,10 +314,7 @@ async def test_versions_by_key_are_index_probes_after_the_table_grew(cluster: Cl
         await conn.copy_records_to_table(
             "rowver", schema_name="syncd", columns=("tbl", "id", "org_code", "cl", "homes", "v"),
             records=[("members", i, "430100", 1, '{"org_code": "430100"}', "{}") for i in held])
-        name = await conn.fetchval("SELECT name FROM pg_prepared_statements WHERE statement = $1", ROWVER_BY_KEY)
-        tbls = ",".join(["members"] * 50)
-        ids = ",".join(str(uuid.uuid4()) for _ in range(50))
-        plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE {name}('{{{tbls}}}', '{{{ids}}}')"))
+        plan = await _kept_plan(conn, ROWVER_BY_KEY, ["members"] * 50, [uuid.uuid4() for _ in range(50)])
         assert "Index" in plan and "Seq Scan on rowver" not in plan, plan
         keys = [("members", i) for i in held[:30]] + [("attendance", held[30]), ("members", uuid.uuid4())]
         got = await conn.fetch(ROWVER_BY_KEY, [k[0] for k in keys], [k[1] for k in keys])
@@ -338,11 +342,8 @@ async def test_open_conflicts_of_rows_are_index_probes_whatever_was_resolved(clu
                                                        "resolved_at"),
             records=[(f"c{k}", "members", r, "430100", "title", '["a", []]', '["b", []]',
                       None if k % 1000 == 0 else datetime.now(timezone.utc)) for k, r in enumerate(rows)])
-        name = await conn.fetchval("SELECT name FROM pg_prepared_statements WHERE statement = $1", OPEN_BY_ROW)
-        tbls = ",".join(["members"] * 3)
-        ids = ",".join(str(r) for r in (rows[0], rows[1], rows[1000]))
-        plan = "\n".join(r[0] for r in await conn.fetch(
-            f"EXPLAIN (ANALYZE, BUFFERS) EXECUTE {name}('{{{tbls}}}', '{{{ids}}}')"))
+        plan = await _kept_plan(conn, OPEN_BY_ROW, ["members"] * 3, [rows[0], rows[1], rows[1000]],
+                                explain="(ANALYZE, BUFFERS)")
         assert "conflicts_open" in plan and "Seq Scan on conflicts" not in plan, plan
         got = await conn.fetch(OPEN_BY_ROW, ["members"] * 3, [rows[0], rows[1], rows[1000]])
         assert sorted(r["id"] for r in got) == ["c0", "c1000"]  # c1 was resolved
