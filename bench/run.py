@@ -1,4 +1,4 @@
-"""``python -m bench [--size tiny|small|full] [--only SCENARIO,…] [--out DIR]``
+"""``python -m bench [--size tiny|small|full] [--only SCENARIO,…] [--out DIR] [--pg-dir DIR] [--statements N]``
 
 One run = one embedded PostgreSQL cluster (settings in ``bench.harness.SETTINGS``, the same
 for ceilings and syncd), the chosen scenarios in order, a table on stdout and

@@ -576,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--once", action="store_true", help="run the story and exit (non-zero if a check fails)")
     s.add_argument("--topology", choices=("subtree", "hunan"), default="subtree",
                    help="subtree: 湖南省 + 长沙市 + 岳阳市 and their counties; hunan: all 137 nodes")
-    s.add_argument("--data-dir", default="syncd-data/demo")
+    s.add_argument("--data-dir", default="syncd-data/demo", help="where the embedded cluster lives")
     s.set_defaults(func=cmd_demo)
 
     _add_ops_parsers(sub)

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlparse
 
+from syncd.batching import MAX_BATCH_BYTES, MIN_BATCH_BYTES
+from syncd.proto.codec import MAX_CHANGES
+
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NODE_ID = re.compile(r"^[0-9]{6}$")
 
@@ -289,9 +292,28 @@ def parse_config(data: Mapping[str, Any], source: str = "<memory>", base: Path |
             problems.append(("tuning.max_retention", cfg.tuning.max_retention, str(e)))
     if cfg.parent and cfg.parent.id == node.id:
         problems.append(("parent.id", cfg.parent.id, "a node cannot be its own parent"))
+    for i, c in enumerate(cfg.children):
+        if c.id == node.id:
+            problems.append((f"children[{i}].id", c.id, "a node cannot be its own child"))
+        elif cfg.parent and c.id == cfg.parent.id:
+            problems.append((f"children[{i}].id", c.id, "the parent cannot also be a child"))
+    problems += _batch_problems(cfg.tuning)
     if problems:
         raise ConfigError(source, problems)
     return cfg
+
+
+def _batch_problems(t: Tuning) -> list[tuple[str, Any, str]]:
+    """The batch bounds within what the protocol carries (``syncd.batching``)."""
+    out: list[tuple[str, Any, str]] = []
+    if not 1 <= t.batch_max_changes <= MAX_CHANGES:
+        out.append(("tuning.batch_max_changes", t.batch_max_changes,
+                    f"must be 1 to {MAX_CHANGES} (the protocol's limit of changes per message)"))
+    if not MIN_BATCH_BYTES <= t.batch_max_bytes <= MAX_BATCH_BYTES:
+        out.append(("tuning.batch_max_bytes", t.batch_max_bytes,
+                    f"must be {MIN_BATCH_BYTES} to {MAX_BATCH_BYTES} (64 KiB to 12 MiB: the message cap is "
+                    "16 MiB, and the batch size is an estimate)"))
+    return out
 
 
 def load_config(path: str | Path) -> Config:

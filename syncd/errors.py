@@ -115,7 +115,8 @@ _TABLE: tuple[ErrorSpec, ...] = (
        "A change is inconsistent (op and cl disagree, positions out of order, prev not below the new version).",
        "The sending daemon produced a bad change record; report it with the batch id to the syncd maintainers."),
     _e("FUTURE_TS", 1602, 422, False,
-       "A change's ts lies beyond now + the hard clock bound; the batch is refused and its changes quarantined.",
+       "A change's ts lies beyond now + the hard clock bound; that change alone is quarantined, the rest of "
+       "the batch applies (R5.4).",
        "The clock of the node that wrote these rows is ahead; fix it (NTP), then release them with `syncd quarantine`."),
     _e("NEGATIVE_CL", 1603, 422, False,
        "A causal length is negative.",
@@ -130,7 +131,7 @@ _TABLE: tuple[ErrorSpec, ...] = (
        "A column value exceeds the per-value size limit (1 MiB encoded).",
        "An application stored an oversized value (an attachment in a text field?); shorten it at the home committee."),
     _e("DUPLICATE_ROW", 1607, 422, False,
-       "The same (table, id) appears twice in one batch.",
+       "The same change — (table, id, cl, ts, origin) — appears twice in one batch.",
        "The sending daemon built a bad batch; report it with the batch id to the syncd maintainers."),
     # -- 5xx: try again later --------------------------------------------------------------
     _e("INTERNAL", 1701, 500, True,
@@ -148,7 +149,7 @@ _TABLE: tuple[ErrorSpec, ...] = (
        "Usually clears by itself; if it stays, check that the referenced committee's link is running."),
     _e("POISON", 1802, None, False,
        "A change could not be applied for a reason that retrying will not fix; it waits for an operator.",
-       "Inspect the change with `syncd quarantine show` and release or drop it."),
+       "Inspect it with `syncd quarantine [--json]`, fix the cause, then `syncd quarantine --release ID`."),
 )
 
 #: The error table, by code (read-only).

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import asyncpg
 import structlog
 
+from syncd.batching import CHANGE_OVERHEAD_BYTES, cut_batch, entry_size_sql
 from syncd.config import Config
 from syncd.errors import SyncdError
 from syncd.proto.validate import check_tables, push_problems, schema_columns
@@ -91,7 +92,8 @@ async def load_topology(conn: asyncpg.Connection, cfg: Config) -> Topology:
 
 #: a child's pull reads its own outbox and the log entries it names, never the rest of the
 #: log (HC-37: a city's pull at the root costs what its scope holds, not the root log's size)
-OUTBOX_READ = (f"SELECT {', '.join('l.' + c for c in CHANGE_COLUMNS.split(', '))} FROM syncd.outbox o "
+OUTBOX_READ = (f"SELECT {', '.join('l.' + c for c in CHANGE_COLUMNS.split(', '))}, {entry_size_sql('l')} "
+               "FROM syncd.outbox o "
                "JOIN syncd.log l ON l.pos = o.pos WHERE o.peer = $1 AND o.pos > $2 ORDER BY o.pos LIMIT $3")
 
 
@@ -110,6 +112,7 @@ class ParentService:
     last_seen: dict[str, float] = field(default_factory=dict)  # child -> wall time of last good request
     pull_after: dict[str, int] = field(default_factory=dict)  # child -> cursor it last pulled from
     snapshots: dict[str, float] = field(default_factory=dict)  # child -> last snapshot request (monotonic)
+    clock_offsets: dict[str, int] = field(default_factory=dict)  # child -> its clock minus ours at hello, ms
     versions: tuple[int, ...] = SUPPORTED_VERSIONS  # protocol versions spoken (SPEC R3.1)
     pull_watch: dict[str, CursorWatch] = field(default_factory=dict)  # child -> its pull cursor (syncd.stall)
     served: dict[str, int] = field(default_factory=dict)  # child -> served position as last stored
@@ -140,9 +143,11 @@ class ParentService:
                              f"this node speaks {list(self.versions)}")
         t = self.cfg.tuning
         offset = msg.clock - now_us()
+        self.clock_offsets[child] = offset // 1000  # shown in status, refused or not (HC-23)
         if clock_check(msg.clock, now_us(), t.clock_soft_ms * 1000, t.clock_hard_ms * 1000) == "refuse" or \
                 -offset > t.clock_hard_ms * 1000:
-            raise SyncdError("CLOCK_SKEW", f"{child}'s clock is {offset // 1000} ms off {self.cfg.node.id}'s")
+            raise SyncdError("CLOCK_SKEW", f"{child}'s clock is {offset // 1000} ms off {self.cfg.node.id}'s "
+                             f"(bound {t.clock_hard_ms} ms)", details={"offset_s": offset // 1_000_000})
         columns = check_tables(table_decls(self.schema), msg.tables)  # SCHEMA_INCOMPATIBLE by name
         seen = self.instances.get(child)
         ttl = self.cfg.tuning.pull_wait_s + INSTANCE_GRACE_S  # a live daemon polls at least this often
@@ -263,18 +268,12 @@ class ParentService:
 
     async def _read_outbox(self, conn: asyncpg.Connection, child: str, after: int,
                            limit: int) -> list[StoredChange]:
+        """The child's next changes: at most ``limit`` and about ``batch_max_bytes``, cut at an
+        origin-transaction boundary (:func:`syncd.batching.cut_batch`)."""
         recs = await conn.fetch(OUTBOX_READ, child, after, limit + 1)
-        changes = [stored_from_record(r) for r in recs]
-        if len(changes) > limit:  # cut only at an origin-transaction boundary, never inside a row's run
-            from syncd.peer import same_group
-
-            nxt = changes.pop()
-            cut = len(changes)
-            while cut > 0 and same_group(changes[cut - 1], nxt):
-                nxt = changes[cut - 1]
-                cut -= 1
-            changes = changes[:cut] or changes
-        return changes
+        recs = cut_batch(recs, limit, [r["size"] + CHANGE_OVERHEAD_BYTES for r in recs],
+                         self.cfg.tuning.batch_max_bytes)
+        return [stored_from_record(r) for r in recs]
 
     async def on_pull(self, child: str, msg: PullRequest) -> PullReply:
         self._child(child)
@@ -371,7 +370,7 @@ class ParentService:
             if msg.position is None:  # retention keeps the log from p0 on for the child's first pull
                 await self._store_served(conn, child, position)
             rows, nxt = await read_chunk(conn, self.schema, self.ctx.topo, self.cfg.node.id, child,
-                                         msg.table, msg.after_id, limit)
+                                         msg.table, msg.after_id, limit, self.cfg.tuning.batch_max_bytes)
             await audit.record_rows(conn, child, "sent", audit.snapshot_batch(msg.table, msg.after_id, nxt),
                                     msg.table, rows)
         done = nxt is None

@@ -18,15 +18,16 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 import asyncpg
 import structlog
 
+from syncd.batching import CHANGE_OVERHEAD_BYTES, cut_batch, entry_size_sql
 from syncd.config import Config
 from syncd.errors import SyncdError
 from syncd.faults import fault_point
-from syncd.proto.change import Change, StoredChange
+from syncd.proto.change import StoredChange
 from syncd.proto.validate import check_tables
 from syncd.proto.messages import (PROTOCOL_VERSION, SUPPORTED_VERSIONS, Hello, HelloReply, PullRequest, Push,
                                   SnapshotChunk, SnapshotRequest)
@@ -38,7 +39,7 @@ from syncd.store import audit
 from syncd.store import links as linkstate
 from syncd.store.apply import ApplyContext, apply_batch, current_topology, retry_parked
 from syncd.store.log import CHANGE_COLUMNS, stored_from_record
-from syncd.store.resync import UPWARD_TXN_BASE, adopt_epoch, purge_stale_copies, queue_upward_snapshot
+from syncd.store.resync import adopt_epoch, purge_stale_copies, queue_upward_snapshot
 from syncd.store.retention import RESYNC_ALWAYS
 from syncd.transport.base import ParentLink
 
@@ -58,41 +59,13 @@ _SAVE_ACKED = ("WITH acked AS (UPDATE syncd.links SET acked_max = greatest(acked
                + linkstate.SAVE_PUSH_CURSOR)
 
 
-def same_group(a: Any, b: Any) -> bool:
-    """Two consecutive log entries (changes or log records) a batch must not separate: one
-    origin transaction, or the changes of one row in an upward snapshot (they share a
-    transaction number)."""
-    (ao, at), (bo, bt) = _txn_of(a), _txn_of(b)
-    return (ao, at) == (bo, bt) or (at == bt and at >= UPWARD_TXN_BASE)
-
-
-def _txn_of(e: Any) -> tuple[str, int]:
-    return (e.origin, e.txn) if isinstance(e, (Change, StoredChange)) else (e["origin"], e["txn"])
-
-
 #: A push reads up to this many log entries whole in one query; a longer tail is a backlog,
 #: cut on its heads first (:func:`cut_batch`) so that only what is sent is read and decoded.
 SHORT_TAIL = 64
-_READ_TAIL = (f"SELECT {CHANGE_COLUMNS}, received_from, (SELECT log_first FROM syncd.node) AS first "
-              "FROM syncd.log WHERE pos > $1 ORDER BY pos LIMIT $2")
-_READ_HEADS = ("SELECT pos, origin, txn, (SELECT log_first FROM syncd.node) AS first "
+_READ_TAIL = (f"SELECT {CHANGE_COLUMNS}, received_from, {entry_size_sql()}, "
+              "(SELECT log_first FROM syncd.node) AS first FROM syncd.log WHERE pos > $1 ORDER BY pos LIMIT $2")
+_READ_HEADS = (f"SELECT pos, origin, txn, {entry_size_sql()}, (SELECT log_first FROM syncd.node) AS first "
                "FROM syncd.log WHERE pos > $1 ORDER BY pos LIMIT $2")
-
-
-def cut_batch(entries: Sequence[Any], max_changes: int) -> list[Any]:
-    """At most ``max_changes``, cut only between origin transactions (one oversize txn goes whole).
-
-    ``entries`` are changes or log records: anything with ``origin`` and ``txn`` items."""
-    if len(entries) <= max_changes:
-        return list(entries)
-    cut = max_changes
-    while cut > 0 and same_group(entries[cut - 1], entries[cut]):
-        cut -= 1
-    if cut == 0:  # a single transaction larger than the cap travels in one batch
-        cut = max_changes
-        while cut < len(entries) and same_group(entries[cut - 1], entries[cut]):
-            cut += 1
-    return list(entries[:cut])
 
 
 @dataclass
@@ -286,6 +259,12 @@ class ChildLinks:
                 raise SyncdError("HELLO_REQUIRED", f"link epoch moved to {self.epoch}")
             return await self._push_batch()
 
+    def _cut(self, heads: list[asyncpg.Record]) -> list[asyncpg.Record]:
+        """The log entries (from ``heads``) of the next push: :func:`syncd.batching.cut_batch`."""
+        t = self.cfg.tuning
+        return cut_batch(heads, t.batch_max_changes, [r["size"] + CHANGE_OVERHEAD_BYTES for r in heads],
+                         t.batch_max_bytes)
+
     async def _push_batch(self) -> bool:
         if self.upward_pending:  # a resync is loading: its upward snapshot goes first
             await self._heartbeat()
@@ -296,11 +275,11 @@ class ChildLinks:
             short = min(limit, SHORT_TAIL)
             heads = await conn.fetch(_READ_TAIL, self.push_cursor, short + 1)
             if len(heads) <= short:
-                cut = heads
-                recs = [r for r in heads if r["received_from"] != self.parent]
-            else:  # a backlog: the cut is found on (pos, origin, txn) alone; only what goes up is decoded
+                cut = self._cut(heads)
+                recs = [r for r in cut if r["received_from"] != self.parent]
+            else:  # a backlog: the cut is found on (pos, origin, txn, size) alone; only what goes up is decoded
                 heads = await conn.fetch(_READ_HEADS, self.push_cursor, limit * 2)
-                cut = cut_batch(heads, limit)
+                cut = self._cut(heads)
                 recs = await conn.fetch(
                     f"SELECT {CHANGE_COLUMNS} FROM syncd.log WHERE pos > $1 AND pos <= $2 "
                     "AND received_from IS DISTINCT FROM $3 ORDER BY pos", self.push_cursor, cut[-1]["pos"], self.parent)
@@ -582,4 +561,4 @@ async def _wait_any(stop: asyncio.Event, other: asyncio.Event | None, timeout: f
             w.cancel()
 
 
-__all__ = ["ChildLinks", "cut_batch", "PROTOCOL_VERSION"]
+__all__ = ["ChildLinks", "PROTOCOL_VERSION"]

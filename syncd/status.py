@@ -169,6 +169,11 @@ def database_view(node: "Node", error: BaseException | None = None) -> dict[str,
             "last_error": {k: last.get(k) for k in ("code", "reason", "hint")} if last else None}
 
 
+def clock_skewed(offset_ms: int | None, soft_ms: int) -> bool:
+    """The peer's clock is past the soft skew bound (HC-23: synced, but warned in status)."""
+    return offset_ms is not None and abs(offset_ms) > soft_ms
+
+
 def parent_link_view(ln: Any, lag_changes: int | None, lag_seconds: float | None) -> dict[str, Any]:
     """The parent link's ``/status`` entry from its loops (``ChildLinks``) and its lag."""
     worst = max((ln.push_health, ln.pull_health), key=lambda h: SEVERITY[h.state])
@@ -179,18 +184,22 @@ def parent_link_view(ln: Any, lag_changes: int | None, lag_seconds: float | None
             "lag_seconds": lag_seconds,
             "consecutive_errors": ln.push_health.consecutive_errors + ln.pull_health.consecutive_errors,
             "last_error": {k: err.get(k) for k in ("code", "reason", "hint")} if err else None,
-            "clock_offset_ms": ln.clock_offset_ms, "snapshot": ln.snapshot_state,
+            "clock_offset_ms": ln.clock_offset_ms,
+            "clock_skewed": clock_skewed(ln.clock_offset_ms, ln.cfg.tuning.clock_soft_ms),
+            "snapshot": ln.snapshot_state,
             "history": [{"at": iso(e.at), "event": e.state, "detail": e.code} for e in history]}
 
 
 def child_link_view(service: Any, child: str, lag_changes: int | None, lag_seconds: float | None) -> dict[str, Any]:
     """A child link's ``/status`` entry from what the parent service saw of the child."""
     stalled_after = service.cfg.tuning.pull_wait_s * 2 + 10
+    offset = service.clock_offsets.get(child)
     seen = service.last_seen.get(child)
     state = "initializing" if seen is None else "running" if time.time() - seen < stalled_after else "stalled"
     return {"peer": child, "direction": "child", "state": state, "since": iso(seen),
             "cursor": service.pull_after.get(child), "lag_changes": lag_changes, "lag_seconds": lag_seconds,
-            "consecutive_errors": 0, "last_error": None, "clock_offset_ms": None, "history": [],
+            "consecutive_errors": 0, "last_error": None, "clock_offset_ms": offset,
+            "clock_skewed": clock_skewed(offset, service.cfg.tuning.clock_soft_ms), "history": [],
             "reason": f"not heard from for {time.time() - seen:.0f} s" if state == "stalled" and seen else None}
 
 

@@ -16,6 +16,9 @@ OP_INSERT = "I"  # insert or re-insert: cl odd, every shipped column present
 OP_UPDATE = "U"  # some columns of a live row: cl odd
 OP_DELETE = "D"  # tombstone: cl even, no columns
 OPS = (OP_INSERT, OP_UPDATE, OP_DELETE)
+#: transaction numbers of upward-snapshot changes (:mod:`syncd.store.resync`): one per row,
+#: above any real xid, so a batch never separates the changes of one row (SPEC R8.8)
+UPWARD_TXN_BASE = 2**53
 
 
 class Version(NamedTuple):

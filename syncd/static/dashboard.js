@@ -59,6 +59,12 @@ const TIME_FMT = new Intl.DateTimeFormat("zh-CN", {
   hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false,
 });
 
+/** A link's clock offset at the last hello; past the soft bound it says so (HC-23). */
+function offsetText(ln) {
+  if (ln.clock_offset_ms === null || ln.clock_offset_ms === undefined) return "—";
+  return `${ln.clock_offset_ms} ms${ln.clock_skewed ? "（超出容差）" : ""}`;
+}
+
 function clock(iso) {
   if (!iso) return "—";
   const d = new Date(iso);
@@ -306,8 +312,8 @@ function linkRow(ln, names) {
   h("td", { class: "n" }, lagText(ln)),
   h("td", { class: `n${ln.consecutive_errors ? " bad" : ""}` }, num(ln.consecutive_errors)),
   h("td", { class: "err" }, err ? [h("code", {}, err.code || "?"), " ", err.reason || ""] : "—"),
-  h("td", { class: "n" }, ln.clock_offset_ms === null || ln.clock_offset_ms === undefined
-    ? "—" : `${ln.clock_offset_ms} ms`));
+  h("td", { class: `n${ln.clock_skewed ? " bad" : ""}`, title: ln.clock_skewed ? "超出时钟偏差容差（clock_soft_ms）" : "" },
+    offsetText(ln)));
 }
 
 function renderLinks(status) {
@@ -353,7 +359,7 @@ function linkDetail(ln, name) {
       field("游标", num(ln.cursor)),
       field("滞后", lagText(ln)),
       field("连续错误", num(ln.consecutive_errors), ln.consecutive_errors ? "bad" : ""),
-      field("时钟偏差", ln.clock_offset_ms == null ? "—" : `${ln.clock_offset_ms} ms`),
+      field("时钟偏差", offsetText(ln), ln.clock_skewed ? "bad" : ""),
       ln.reason ? field("停滞原因", ln.reason, "bad") : null),
     err ? h("div", { class: "last-error" },
       h("div", { class: "code" }, h("span", { class: "label" }, "最近错误 "), h("code", {}, err.code || "?")),

@@ -34,7 +34,7 @@ import asyncpg
 import structlog
 
 from syncd.config import Secret
-from syncd.proto.change import OP_DELETE, OP_UPDATE, Change, ColumnChange
+from syncd.proto.change import OP_DELETE, OP_UPDATE, UPWARD_TXN_BASE, Change, ColumnChange
 from syncd.proto.messages import SnapshotRow
 from syncd.schema.declarations import Schema, Table
 from syncd.store import links
@@ -47,8 +47,6 @@ log = structlog.get_logger("syncd.resync")
 
 #: ``received_from`` of an upward snapshot's log entries (not a node id: ids never hold "~")
 UPWARD = "~upward"
-#: transaction numbers of upward-snapshot changes: one per row, above any real xid
-UPWARD_TXN_BASE = 2**53
 _CHUNK = 2000
 
 

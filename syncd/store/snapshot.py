@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import asyncpg
 import orjson
 
+from syncd.batching import MAX_BATCH_BYTES, ROW_OVERHEAD_BYTES, utf8_len
 from syncd.merge import RowState, merge_states, state_conflicts
 from syncd.proto.change import OP_DELETE, OP_INSERT, Change, Version
 from syncd.proto.messages import SnapshotRow
@@ -90,8 +91,10 @@ def id_range(after_id: uuid.UUID | None, upto_id: uuid.UUID | None, first_param:
 
 
 async def read_chunk(conn: asyncpg.Connection, schema: Schema, topo: Topology, me: str, child: str,
-                     table: str, after_id: uuid.UUID | None, limit: int) -> tuple[list[SnapshotRow], uuid.UUID | None]:
-    """Up to ``limit`` rows of ``table`` for ``child`` after ``after_id``; and where to go on.
+                     table: str, after_id: uuid.UUID | None, limit: int,
+                     max_bytes: int = MAX_BATCH_BYTES) -> tuple[list[SnapshotRow], uuid.UUID | None]:
+    """Up to ``limit`` rows of ``table`` for ``child`` after ``after_id``, of about ``max_bytes``
+    on the wire at most (:mod:`syncd.batching`; a larger row goes alone); and where to go on.
 
     Scans in id order; the returned cursor is the last id scanned (None: table done),
     so a chunk may hold fewer rows than ``limit`` when most rows are not the child's.
@@ -109,7 +112,13 @@ async def read_chunk(conn: asyncpg.Connection, schema: Schema, topo: Topology, m
     behind = topo.behind(me, child)
     out = []
     shipped = set(t.shipped_names)
-    for r in recs:
+    nxt = recs[-1]["id"] if len(recs) == limit else None
+    total = 0
+    for i, r in enumerate(recs):
+        size = utf8_len(r["j"]) + len(r["v"]) + utf8_len(r["vals"]) + ROW_OVERHEAD_BYTES
+        if out and total + size > max_bytes:
+            nxt = recs[i - 1]["id"]  # the chunk is full: the next one starts after the last row scanned
+            break
         values = loads(r["j"]) if r["j"] else {}
         held = loads(r["vals"]) if r["vals"] else {}  # columns kept opaque here (HC-13)
         if held:
@@ -122,7 +131,7 @@ async def read_chunk(conn: asyncpg.Connection, schema: Schema, topo: Topology, m
                        behind, topo)
         if row is not None:
             out.append(row)
-    nxt = recs[-1]["id"] if len(recs) == limit else None
+            total += size
     return out, nxt
 
 

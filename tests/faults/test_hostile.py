@@ -25,7 +25,7 @@ import msgpack
 import pytest
 
 from syncd.errors import SyncdError
-from syncd.node import Node, now_us
+from syncd.node import INSTANCE_GRACE_S, Node, now_us
 from syncd.proto import codec
 from syncd.proto.change import Change, ColumnChange
 from syncd.proto.fields import DecodeError
@@ -69,11 +69,12 @@ class Answer:
     def __init__(self, status: int, headers: Any, body: bytes) -> None:
         self.status, self.headers, self.body = status, headers, body
         self.code: str | None = None
+        self.details: Any = None
         if headers.get("Content-Type") == "application/msgpack" and status != 200:
             raw = codec.gunzip_capped(body) if headers.get("Content-Encoding") == "gzip" else body
             err = codec.decode("error", raw)
             assert isinstance(err, ErrorReply)
-            self.code = err.code
+            self.code, self.details = err.code, err.details
 
 
 async def post(session: aiohttp.ClientSession, port: int, path_qs: str, body: bytes, *,
@@ -384,6 +385,35 @@ async def test_hc23_skewed_clock_refused_at_hello(tree: Tree3) -> None:
         behind = await post(s, tree.nodes[CITY].port or 0, "/v1/hello", codec.encode(hello_of(clock=now_us() - year)))
     assert (ahead.status, ahead.code) == (409, "CLOCK_SKEW")
     assert (behind.status, behind.code) == (409, "CLOCK_SKEW")
+    # the refusal names the offset, and the city's status shows it for the child
+    assert abs(behind.details["offset_s"] + 365 * 86400) <= 5 and abs(ahead.details["offset_s"] - 365 * 86400) <= 5
+    view = next(ln for ln in (await tree.status(CITY))["links"] if ln["peer"] == EVIL)
+    assert abs(view["clock_offset_ms"] + 365 * 86400 * 1000) <= 5000 and view["clock_skewed"] is True
+
+
+async def test_hc23_a_child_between_the_skew_bounds_syncs_with_a_warning(tree: Tree3) -> None:
+    # one daemon of 430104 whose clock is 30 s ahead (soft bound 5 s, hard 300 s) says hello as a
+    # real child would: a new incarnation gets MUST_RESYNC with the new epoch, which it adopts
+    instance, incarnation, epoch = uuid.uuid4(), uuid.uuid4(), 0
+    async with aiohttp.ClientSession() as s:
+        for _ in range(4):
+            hello = Hello((1, 2), EVIL, instance, incarnation, epoch, now_us() + 30_000_000, 0, None,
+                          tables_from_schema(SCHEMA))
+            ans = await post(s, tree.nodes[CITY].port or 0, "/v1/hello", codec.encode(hello))
+            if ans.code == "MUST_RESYNC":
+                epoch = ans.details["epoch"]
+            elif ans.code == "DUPLICATE_INSTANCE":  # another test's hello holds 430104's session a while
+                await asyncio.sleep(INSTANCE_GRACE_S + 1.5)
+            else:
+                break
+    assert ans.status == 200, ans.code
+    view = next(ln for ln in (await tree.status(CITY))["links"] if ln["peer"] == EVIL)
+    assert 25_000 <= view["clock_offset_ms"] <= 35_000 and view["clock_skewed"] is True
+    # the city's own children are within the bound: no warning
+    fine = next(ln for ln in (await tree.status(CITY))["links"] if ln["peer"] == "430102")
+    assert fine["clock_skewed"] is False and abs(fine["clock_offset_ms"]) < 5_000
+    parent = next(ln for ln in (await tree.status(CITY))["links"] if ln["direction"] == "parent")
+    assert parent["clock_skewed"] is False and parent["clock_offset_ms"] is not None
 
 
 async def test_hc13_unknown_protocol_version_refused_at_hello(tree: Tree3) -> None:

@@ -81,3 +81,31 @@ def test_cli_bad_config_exits_2_lists_problems_writes_nothing(tmp_path: Path) ->
     assert "node.id: is required" in r.stderr and "node.mystery: unknown key" in r.stderr
     assert "parent.url" in r.stderr and "Traceback" not in r.stderr
     assert sorted(x.name for x in tmp_path.iterdir()) == ["bad.toml"]  # nothing written
+
+
+def _minimal(**over: object) -> dict:
+    data: dict = {"node": {"id": "430100", "name": "长沙市", "dsn": "postgresql://x/y"},
+                  "parent": {"id": "430000", "url": "https://hn.example/", "secret": "0123456789abcdef"}}
+    data.update(over)
+    return data
+
+
+@pytest.mark.parametrize("children, reason", [
+    ([{"id": "430100", "secret": "0123456789abcdef"}], "own child"),
+    ([{"id": "430000", "secret": "0123456789abcdef"}], "parent cannot also be a child"),
+])
+def test_a_node_is_neither_its_own_child_nor_its_parents_parent(children: list, reason: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config(_minimal(children=children))
+    assert [(p, v) for p, v, m in e.value.problems if reason in m] == [("children[0].id", children[0]["id"])]
+
+
+@pytest.mark.parametrize("key, value", [
+    ("batch_max_changes", 0), ("batch_max_changes", 10_001),
+    ("batch_max_bytes", 1000), ("batch_max_bytes", 16 * 1024 * 1024),
+])
+def test_batch_bounds_outside_what_the_protocol_carries_are_named(key: str, value: int) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config(_minimal(tuning={key: value}))
+    assert [p for p, _, _ in e.value.problems] == [f"tuning.{key}"]
+    assert parse_config(_minimal()).tuning.batch_max_bytes == 4 * 1024 * 1024  # the default is within them

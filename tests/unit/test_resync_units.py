@@ -8,7 +8,7 @@ import pytest
 
 from syncd.config import ConfigError, Secret, Tuning, parse_config, parse_duration
 from syncd.merge import RowState, decide, merge_states
-from syncd.peer import cut_batch
+from syncd.batching import cut_batch
 from syncd.proto.change import Change, ColumnChange, Version
 from syncd.schema.declarations import SCHEMA
 from syncd.store.resync import UPWARD_TXN_BASE, created_here, row_changes
