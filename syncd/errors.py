@@ -138,7 +138,8 @@ _TABLE: tuple[ErrorSpec, ...] = (
        "An unexpected failure on the answering node; nothing was applied.",
        "Look in the answering node's log for the request id; the link retries by itself."),
     _e("UNAVAILABLE", 1702, 503, True,
-       "The answering node cannot serve now (database down, shutting down, overloaded).",
+       "The answering node cannot serve now (database down, shutting down, overloaded, a row the batch "
+       "changes locked by another transaction there).",
        "Check that the answering node's PostgreSQL is up; the link retries by itself."),
     _e("SNAPSHOT_BUSY", 1703, 503, True,
        "Too many snapshots are being served, or the parent is still loading its own; try again later.",

@@ -48,7 +48,8 @@ SEVERITY = {"running": 0, "initializing": 1, "pending": 2, "stalled": 3, "crashi
 
 #: asyncpg errors that a new attempt (new transaction or connection) can get past.
 _PG_RETRY: tuple[type[BaseException], ...] = (
-    asyncpg.SerializationError, asyncpg.DeadlockDetectedError, asyncpg.ConnectionDoesNotExistError,
+    asyncpg.SerializationError, asyncpg.DeadlockDetectedError, asyncpg.LockNotAvailableError,
+    asyncpg.ConnectionDoesNotExistError,
     asyncpg.CannotConnectNowError, asyncpg.InterfaceError, asyncpg.TooManyConnectionsError,
     asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
     # the pool's own bookkeeping when a connection is lost under a release (asyncpg 0.32 races

@@ -33,6 +33,7 @@ from typing import Any, Awaitable, Callable, Sequence
 import asyncpg
 
 from syncd.config import Secret
+from syncd.errors import SyncdError
 from syncd.faults import fault_point
 from syncd.merge import Conflict, RowState, clock_check, decide
 from syncd.proto.change import Change
@@ -43,7 +44,7 @@ from syncd.store import opaque
 from syncd.store.fastpath import Staged, apply_fast, log_staged, relay_staged, stage_batch
 from syncd.store.log import add_pending, dumps, encode_cols, loads
 from syncd.store.lookup import rows_by_id, rowvers_by_key
-from syncd.store.sequencer import LOCK_APPLYING, Sequencer, TickResult
+from syncd.store.sequencer import APPLY_LOCK_TIMEOUT_MS, LOCK_APPLYING, Sequencer, TickResult
 from syncd.store.versioning import RowVer, Versioner, claim_captures, load_rowver, save_rowver
 from syncd.topology import Topology, TopologyError
 
@@ -442,6 +443,8 @@ async def _write_group(conn: asyncpg.Connection, group: list[_Row]) -> dict[uuid
         async with conn.transaction():
             await _write_set(conn, group, act)
         return {}
+    except asyncpg.LockNotAvailableError:
+        raise  # a row held by another transaction: the batch waits its turn (HC-3), no row is to blame
     except asyncpg.PostgresError:
         pass
     failed: dict[uuid.UUID, _Failed] = {}
@@ -532,6 +535,25 @@ async def apply_batch(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ki
 
     ``also`` runs in the same transaction when the batch was new (not for a duplicate): the
     link's audit row and hash commit with the batch, one commit instead of three."""
+    try:
+        return await _apply_batch(conn, ctx, peer, kind, direction, changes, to_pos, now_us, also)
+    except asyncpg.LockNotAvailableError as e:  # rolled back whole: nothing of the batch applied
+        raise row_locked(ctx.me) from e
+
+
+def row_locked(me: str) -> SyncdError:
+    """The refusal of a batch whose apply waited too long for a row another transaction holds
+    (HC-3, :data:`~syncd.store.sequencer.APPLY_LOCK_TIMEOUT_MS`): retryable, and named."""
+    return SyncdError(
+        "UNAVAILABLE", f"a row the batch changes is locked at {me} by another transaction (held over "
+        f"{APPLY_LOCK_TIMEOUT_MS} ms); nothing of the batch was applied, it is sent again later",
+        f"Usually clears by itself. If it lasts, look at {me}'s pg_stat_activity for a session 'idle in "
+        "transaction' or a long import holding rows, and end it.")
+
+
+async def _apply_batch(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, kind: str,
+                       direction: Direction, changes: Sequence[Change], to_pos: int, now_us: int,
+                       also: Callable[[asyncpg.Connection], Awaitable[None]] | None) -> ApplyResult:
     result = ApplyResult()
     logged: TickResult | None = None
     async with conn.transaction():

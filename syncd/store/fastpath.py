@@ -206,6 +206,8 @@ async def _insert_new(conn: asyncpg.Connection, t: Table, group: list[Change], s
                 f"INSERT INTO {table} ({', '.join(map(_q, cols))}) SELECT {_select(cols)} "
                 f"FROM syncd_batch s, {_VALUES.format(table=table)} AS x WHERE s.{_PICKED}", ords)
             await conn.execute(_NEW_VERSIONS, ords)
+    except asyncpg.LockNotAvailableError:
+        raise  # not the rows' fault: the whole batch waits its turn (HC-3)
     except asyncpg.PostgresError:
         return False
     return True
@@ -228,6 +230,8 @@ async def _forward(conn: asyncpg.Connection, t: Table, group: list[Change], stag
                 await conn.execute(
                     f"UPDATE {table} t SET {sets} FROM syncd_batch s, {_VALUES.format(table=table)} AS x "
                     f"WHERE s.{_PICKED} AND t.id = s.id", ords)
+    except asyncpg.LockNotAvailableError:
+        raise  # not the rows' fault: the whole batch waits its turn (HC-3)
     except asyncpg.PostgresError:
         return set()
     return done
@@ -303,6 +307,8 @@ async def insert_snapshot_rows(conn: asyncpg.Connection, t: Table, rows: Sequenc
                 f"INSERT INTO {table} ({', '.join(map(_q, cols))}) SELECT {_select(cols)} "
                 f"FROM syncd_snap_stage s, {_VALUES.format(table=table)} AS x")
             await conn.execute(_SNAP_VERSIONS, t.name)
+    except asyncpg.LockNotAvailableError:
+        raise  # not the rows' fault: the whole batch waits its turn (HC-3)
     except asyncpg.PostgresError:
         return False
     return True

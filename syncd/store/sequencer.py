@@ -103,10 +103,20 @@ async def lock(conn: asyncpg.Connection) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock($1)", SEQUENCER_LOCK)
 
 
-#: The sequencer lock, and the current transaction's writes marked as syncd's own
-#: (``syncd.applying = on``: the capture triggers skip them); also a sub-select of an apply's
-#: first statement (``store.apply._LOCKED_CURSOR``)
-LOCK_APPLYING = f"SELECT pg_advisory_xact_lock({SEQUENCER_LOCK}), set_config('syncd.applying', 'on', true)"
+#: How long an apply (which holds the sequencer lock) waits for a row lock another transaction
+#: holds before it gives up and rolls back (HC-3): an application's transactions hold rows for
+#: milliseconds, and while an apply waits, no change of this node gets a position.  A psql
+#: session left open after an UPDATE, or a long import, would otherwise stall the log for as
+#: long as it stays open; the sender retries the batch later (``UNAVAILABLE``).
+APPLY_LOCK_TIMEOUT_MS = 1000
+
+#: The sequencer lock, the current transaction's writes marked as syncd's own
+#: (``syncd.applying = on``: the capture triggers skip them) and its row-lock waits bounded
+#: (:data:`APPLY_LOCK_TIMEOUT_MS`); also a sub-select of an apply's first statement
+#: (``store.apply._LOCKED_CURSOR``).  PostgreSQL evaluates the select list in order, so the
+#: wait for the sequencer lock itself is not bounded (it is taken before the timeout is set).
+LOCK_APPLYING = (f"SELECT pg_advisory_xact_lock({SEQUENCER_LOCK}), set_config('syncd.applying', 'on', true), "
+                 f"set_config('lock_timeout', '{APPLY_LOCK_TIMEOUT_MS}ms', true)")
 
 
 async def lock_applying(conn: asyncpg.Connection) -> None:
