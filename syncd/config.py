@@ -74,6 +74,9 @@ class Tuning:
     max_retention: str = "30d"  # a duration: log entries and tombstones are kept at most this long (HC-21)
     max_retention_entries: int = 0  # also keep at most this many log entries (0: no count bound)
     retention_interval_s: float = 60.0  # how often the retention loop truncates the log
+    # how often the home recomputes its members' 履职积分 summaries (syncd.refresh_scores, HC-25;
+    # only rows whose inputs changed are written, and they travel up); 0: never (an external job does)
+    score_refresh_s: float = 300.0
     clock_soft_ms: int = 5_000
     clock_hard_ms: int = 300_000
     retry_cap_s: float = 60.0

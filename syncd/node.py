@@ -27,7 +27,7 @@ from syncd.store import epochs
 from syncd.store import opaque
 from syncd.store import links as linkstate
 from syncd.store.resync import UPWARD
-from syncd.retry import LoopHealth
+from syncd.retry import LoopHealth, run_every
 from syncd.store.retention import retention_loop
 from syncd.faults import fault_point
 from syncd.merge import clock_check
@@ -519,6 +519,7 @@ class Node:
         self._reload_task: asyncio.Task[None] | None = None
         t = cfg.tuning
         self.retention_health = LoopHealth(f"{cfg.node.id} retention", t.retry_cap_s, t.failed_probe_s)
+        self.scores_health = LoopHealth(f"{cfg.node.id} scores", t.retry_cap_s, t.failed_probe_s)
 
     async def start(self) -> "Node":
         from syncd.peer import ChildLinks
@@ -546,6 +547,10 @@ class Node:
         self.tasks.append(asyncio.create_task(self.sequencer.run(self.pool, self.stop_event)))
         self.tasks.append(asyncio.create_task(retention_loop(self.pool, self.cfg, self.stop_event,
                                                              self.retention_health)))
+        if t.score_refresh_s > 0:
+            self.tasks.append(asyncio.create_task(run_every(
+                lambda: self.cfg.tuning.score_refresh_s, self._refresh_scores, self.stop_event, self.scores_health,
+                at_start=False)))  # a start (and a test tree's) is not held up by a refresh
         self.service = ParentService(self.cfg, self.pool, self.ctx, self.incarnation, self.schema,
                                      versions=self.versions, applied=self.sequencer.wake, metrics=self.metrics)
         await self._serve()
@@ -558,6 +563,15 @@ class Node:
             self.tasks.append(asyncio.create_task(self.links.pull_loop(self.stop_event)))
         log.info("node_started", node=self.cfg.node.id, port=self.port)
         return self
+
+    async def _refresh_scores(self) -> None:
+        """Recompute the 履职积分 summaries of this committee's members (HC-25): written as
+        local changes where their inputs changed, so they are logged and travel up."""
+        assert self.pool is not None
+        async with self.pool.acquire() as conn:
+            changed = await conn.fetchval("SELECT syncd.refresh_scores()")
+        if changed:
+            log.info("scores_refreshed", node=self.cfg.node.id, summaries=changed)
 
     async def _upgrade_columns(self, conn: asyncpg.Connection) -> None:
         """Every declared column must exist in the tables; values held opaque for columns an

@@ -30,7 +30,7 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Awaitable, Callable, Literal
 
 import asyncpg
 import structlog
@@ -221,3 +221,26 @@ class LoopHealth:
         """The JSON-ready form for ``/status``."""
         return {"state": self.state, "since": self.since, "consecutive_errors": self.consecutive_errors,
                 "last_error": self.last_error, "history": [e.as_dict() for e in self.history]}
+
+
+async def run_every(interval_s: Callable[[], float], work: Callable[[], Awaitable[Any]], stop: asyncio.Event,
+                    health: LoopHealth, at_start: bool = True) -> None:
+    """Run ``work`` (now, unless not ``at_start``) and then every ``interval_s()`` seconds until
+    ``stop``; never dies: a failure is kept in ``health`` (status) and tried again after its
+    back-off, if that is sooner."""
+    run_now = at_start
+    while not stop.is_set():
+        delay = interval_s()
+        if run_now:
+            try:
+                await work()
+                health.ok()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the loop never dies; the error is in status
+                delay = min(delay, health.error(e))
+        run_now = True
+        try:
+            await asyncio.wait_for(stop.wait(), max(delay, 0.05))
+        except asyncio.TimeoutError:
+            pass

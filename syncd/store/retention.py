@@ -36,7 +36,7 @@ import asyncpg
 import structlog
 
 from syncd.config import Config
-from syncd.retry import LoopHealth
+from syncd.retry import LoopHealth, run_every
 
 log = structlog.get_logger("syncd.retention")
 
@@ -195,18 +195,7 @@ async def run_once(conn: asyncpg.Connection, cfg: Config) -> tuple[Horizon, int,
 
 async def retention_loop(pool: asyncpg.Pool, cfg: Config, stop: asyncio.Event, health: LoopHealth) -> None:
     """Run :func:`run_once` every ``retention_interval_s`` until ``stop``; never dies."""
-    while not stop.is_set():
-        delay = cfg.tuning.retention_interval_s
-        try:
-            async with pool.acquire() as conn:
-                await run_once(conn, cfg)
-            health.ok()
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # noqa: BLE001 - the loop never dies; the error is in status
-            delay = min(delay, health.error(e))
-        try:
-            await asyncio.wait_for(stop.wait(), max(delay, 0.05))
-        except asyncio.TimeoutError:
-            pass
-
+    async def once() -> None:
+        async with pool.acquire() as conn:
+            await run_once(conn, cfg)
+    await run_every(lambda: cfg.tuning.retention_interval_s, once, stop, health)
