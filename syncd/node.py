@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -520,6 +521,8 @@ class Node:
         t = cfg.tuning
         self.retention_health = LoopHealth(f"{cfg.node.id} retention", t.retry_cap_s, t.failed_probe_s)
         self.scores_health = LoopHealth(f"{cfg.node.id} scores", t.retry_cap_s, t.failed_probe_s)
+        self.heartbeat_at = -math.inf  # capture's last probe write for /status, and what it found
+        self.heartbeat_problems: list[Any] = []
 
     async def start(self) -> "Node":
         from syncd.peer import ChildLinks

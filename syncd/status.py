@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from syncd.retry import SEVERITY, describe as describe_error
-from syncd.store.health import capture_health
+from syncd.store.health import capture_health, heartbeat_problems
 from syncd.store import opaque
 
 if TYPE_CHECKING:
@@ -169,6 +169,23 @@ def database_view(node: "Node", error: BaseException | None = None) -> dict[str,
             "last_error": {k: last.get(k) for k in ("code", "reason", "hint")} if last else None}
 
 
+#: how often ``/status`` also makes capture's probe write (a rolled-back insert, HC-29); the
+#: dashboard asks every few seconds, and a probe between those is answered from the last one
+HEARTBEAT_EVERY_S = 60.0
+
+
+async def capture_problems(node: Any, conn: asyncpg.Connection) -> list[Any]:
+    """Capture's problems for ``/status``: the triggers' state at every call, and the probe
+    write's verdict at most every :data:`HEARTBEAT_EVERY_S` (kept on the node in between)."""
+    problems = await capture_health(conn, node.schema, heartbeat=False)
+    if problems:  # the probe only tells something when the triggers look right
+        return problems
+    now = time.monotonic()
+    if now - node.heartbeat_at >= HEARTBEAT_EVERY_S:
+        node.heartbeat_problems, node.heartbeat_at = await heartbeat_problems(conn), now
+    return list(node.heartbeat_problems)
+
+
 def clock_skewed(offset_ms: int | None, soft_ms: int) -> bool:
     """The peer's clock is past the soft skew bound (HC-23: synced, but warned in status)."""
     return offset_ms is not None and abs(offset_ms) > soft_ms
@@ -223,7 +240,7 @@ async def build_status(node: "Node") -> dict[str, Any]:
     try:
         async with node.pool.acquire() as conn:
             counts: dict[str, Any] = await _counts(conn)
-            problems = await capture_health(conn, node.schema, heartbeat=False)
+            problems = await capture_problems(node, conn)
             links = await node.link_status(conn)
             me = own_summary(node, counts, links)
             subtree = await subtree_view(node, conn, me, links)

@@ -82,10 +82,17 @@ async def capture_health(conn: asyncpg.Connection, schema: Schema = SCHEMA,
                     "CAPTURE_TRIGGER_DISABLED", t.name,
                     f"trigger {name} is not enabled ALWAYS (state {have[name]!r}); "
                     "writes are not captured: run syncd init, then check the rows written meanwhile"))
-    if heartbeat and not problems and not await _heartbeat(conn):
-        problems.append(CaptureProblem("CAPTURE_HEARTBEAT_FAILED", "score_rules",
-                                       "a probe write was not captured"))
+    if heartbeat and not problems:
+        problems += await heartbeat_problems(conn)
     return problems
+
+
+async def heartbeat_problems(conn: asyncpg.Connection) -> list[CaptureProblem]:
+    """``[CAPTURE_HEARTBEAT_FAILED]`` when a probe write (rolled back) left no capture row
+    (a capture function replaced by one that records nothing, say), else ``[]``."""
+    if await _heartbeat(conn):
+        return []
+    return [CaptureProblem("CAPTURE_HEARTBEAT_FAILED", "score_rules", "a probe write was not captured")]
 
 
 async def capture_backlog(conn: asyncpg.Connection) -> int:
