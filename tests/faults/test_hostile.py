@@ -224,6 +224,12 @@ async def test_hc34_future_ts_is_quarantined_by_name(tree: Tree3) -> None:
     assert [(q.pos, q.code) for q in reply.quarantined] == [(c.pos, "FUTURE_TS")]  # type: ignore[union-attr]
     assert await tree.db(CITY).fetchval("SELECT code FROM syncd.quarantine WHERE row_id = $1", c.id) == "FUTURE_TS"
     assert await tree.db(CITY).fetchval("SELECT count(*) FROM members WHERE id = $1", c.id) == 0
+    # HC-23: no clock moved towards the future ts — the city's, nor any timestamp it logs after
+    hard = 300 * 1_000_000
+    assert await tree.db(CITY).fetchval("SELECT hlc FROM syncd.node") < now_us() + hard
+    later = await tree.db(CITY).fetchval("INSERT INTO members (org_code, name) VALUES ('430100', '之后') RETURNING id")
+    await eventually(lambda: tree.db(CITY).fetchval("SELECT count(*) = 1 FROM syncd.log WHERE id = $1", later))
+    assert await tree.db(CITY).fetchval("SELECT max(ts) FROM syncd.log") < now_us() + hard
 
 
 async def test_hc34_negative_cl_is_422_named(tree: Tree3) -> None:

@@ -58,6 +58,8 @@ async def test_hc11_poison_row_quarantined_link_flows_relayed_and_released_after
     assert await city.fetchval("SELECT title FROM members WHERE id = $1", bad) == "禁用职务"
     assert await city.fetchval("SELECT released_at IS NOT NULL FROM syncd.quarantine WHERE id = $1", q["id"])
     assert (await tree.status("430100"))["quarantined"] == 0
+    # a release is no concurrent edit: no conflict is recorded for it (HC-17)
+    assert await city.fetchval("SELECT count(*) FROM syncd.conflicts WHERE row_id = $1", bad) == 0
     # releasing re-applies here only: nothing is logged twice anywhere
     more = await county.fetchval("INSERT INTO members (org_code, name) VALUES ('430102', '释放后') RETURNING id")
     await eventually(lambda: _has(tree, "430000", more))

@@ -30,7 +30,7 @@ from syncd.proto.signing import Keyring
 from syncd.store.embedded import bin_path
 from syncd.transport.http import HttpParentLink
 from tests.pg import Cluster
-from tests.tree import SMALL_TREE, Tree, eventually, secret
+from tests.tree import HASH_KEY, SMALL_TREE, Tree, eventually, secret
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -136,6 +136,12 @@ async def test_hc15_seeded_id_number_never_appears_above_home(tree: Tree, capfd:
     for where, text in seen.items():
         for value in SECRETS:
             assert value not in text, f"{value} found in {where}"
+    # HC-14: key material (the ID hash key, the link secrets) is in no table of any node, home
+    # included, and in no status, metrics or log line
+    seen["430102 tables"] = home
+    for where, text in seen.items():
+        for key in (HASH_KEY, *(secret(c) for c in SMALL_TREE)):
+            assert key not in text, f"key material found in {where}"
     for where in ("430100 /status", "430000 /status"):
         for phrase in DETAIL_TEXT:
             assert phrase not in seen[where], f"{phrase!r} in {where}"

@@ -225,6 +225,10 @@ async def test_child_down_catches_up_and_conflict_recorded(tree: Tree) -> None:
         n = await _count(prov, "SELECT count(*) FROM micro_suggestions WHERE org_code = '430102'")
         return len(vals) == 1 and n == 50
     await eventually(same, 30)
+    # HC-5: the county's edit keeps its capture time from while its daemon was down, so the
+    # province's later edit wins it everywhere
+    assert await fr.fetchval("SELECT status FROM attendance WHERE id = $1", aid) == "缺席"
+
     async def recorded_at_both_ends() -> bool:
         return [await _count(tree.db(c), "SELECT count(*) FROM syncd.conflicts WHERE row_id = $1", aid)
                 for c in ("430000", "430102")] == [1, 1]

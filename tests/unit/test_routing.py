@@ -97,6 +97,16 @@ def test_hc1_declaration_fk_target_reaching_less_fails_validation() -> None:
         build_schema(TABLES + (bad,))
 
 
+def test_hc11_a_cascade_across_ownership_is_rejected() -> None:
+    """A joint activity deleted at 湖南省 must not cascade into county-owned attendance rows."""
+    att = SCHEMA["attendance"]
+    cascading = dataclasses.replace(att, refs=(Ref("activity_id", "activities", on_delete="cascade"),))
+    with pytest.raises(DeclarationError, match="CASCADE across ownership.*HC-11"):
+        build_schema(tuple(cascading if t.name == "attendance" else t for t in TABLES))
+    # within one home (a proposal's co-signers) a cascade is allowed, as shipped
+    assert any(r.on_delete == "cascade" and r.same_home for t in TABLES for r in t.refs)
+
+
 def test_hc16_personal_columns_never_leave_home() -> None:
     homes = {"home": FURONG}
     c = change("members", homes, FURONG,
