@@ -29,6 +29,7 @@ from syncd.store import opaque
 from syncd.store import links as linkstate
 from syncd.store.resync import UPWARD
 from syncd.retry import LoopHealth, run_every
+from syncd.store.purge import purge_narrowed
 from syncd.store.retention import retention_loop
 from syncd.faults import fault_point
 from syncd.merge import clock_check
@@ -537,6 +538,9 @@ class Node:
                 self.incarnation = node["incarnation"]
                 await self._upgrade_columns(conn)
                 self.topo_ref = TopologyRef(await load_topology(conn, self.cfg))
+                purged = await purge_narrowed(conn, self.schema, self.topo_ref.topo, self.cfg.node.id)
+                if purged:
+                    log.info("narrowed_reach_purged", node=self.cfg.node.id, cleared=purged)
         except BaseException:
             await self.pool.close()
             raise
