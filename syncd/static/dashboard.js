@@ -329,7 +329,7 @@ function renderLinks(status) {
   }
   const fold = !ui.allLinks && links.length > FOLD_LINKS_OVER;
   const quiet = (ln) => ln.direction === "child" && ln.state === "running" && !ln.consecutive_errors
-    && ln.peer !== ui.selected;
+    && !ln.clock_skewed && ln.peer !== ui.selected;
   const shown = fold ? links.filter((ln) => !quiet(ln)) : links;
   const folded = links.length - shown.length;
   const rows = shown.map((ln) => linkRow(ln, names));

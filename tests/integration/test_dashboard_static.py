@@ -29,6 +29,7 @@ TOKEN = "dash-test-token-7f3a"
 FAILED_CITY = "431200"  # 怀化市
 DEGRADED_CITY = "430600"  # 岳阳市
 MISSING_COUNTY = "430524"  # 隆回县: absent from 邵阳市's config (HC-30)
+SKEWED_CITY = "430300"  # 湘潭市: its clock 7.35 s ahead, past the soft bound (HC-23)
 WAIT_MS = 4000
 
 
@@ -93,6 +94,8 @@ def hunan_status(now: datetime) -> dict[str, Any]:
                       last_error=failed_error, clock_offset_ms=None, history=history(now))
         if ln["peer"] == DEGRADED_CITY:
             ln.update(lag_changes=1840, lag_seconds=42.5)
+        if ln["peer"] == SKEWED_CITY:  # running, but its clock is past the soft bound (HC-23)
+            ln.update(clock_offset_ms=7350, clock_skewed=True)
     return {
         "node": {"id": root, "name": topo.name(root), "level": topo.level(root), "version": "0.1.0",
                  "uptime_s": 93_784.2, "log_position": 1_204_877, "epoch": 1, "capture_backlog": 0,
@@ -190,9 +193,11 @@ async def test_hc30_dashboard_renders_hunan_with_failed_city_and_stale_counties(
     assert "待升级列" in header and "members.wechat_id · 1,532 行" in header  # HC-13: kept opaque here
     table = dom.one("table", id="links")
     rows = table.find_all("tr", cls="link")
-    assert [r.attrs["data-peer"] for r in rows] == [FAILED_CITY], "the failed link is shown, running ones fold"
+    assert [r.attrs["data-peer"] for r in rows] == [FAILED_CITY, SKEWED_CITY], \
+        "the failed link and the one with a skewed clock are shown, running ones fold"
     assert "BAD_SIGNATURE" in rows[0].text() and "故障" in rows[0].text() and "3 小时 12 分" in rows[0].text()
-    assert "其余 13 条下级链路运行正常" in table.one("tr", cls="folded").text()
+    assert "7350 ms（超出容差）" in rows[1].text()
+    assert "其余 12 条下级链路运行正常" in table.one("tr", cls="folded").text()
 
     detail = parse_dom(detail_html).by_id("detail")
     assert "hidden" not in detail.attrs
