@@ -390,8 +390,9 @@ class ParentService:
                                   self.cfg.node.id_hash_key)
 
 
-def http_parent_link(cfg: Config, version: int = PROTOCOL_VERSION) -> Any:
-    """The signed HTTP link to ``cfg``'s parent (the daemon's loops and ``syncd verify`` use it)."""
+def http_parent_link(cfg: Config, version: int = PROTOCOL_VERSION, metrics: Metrics | None = None) -> Any:
+    """The signed HTTP link to ``cfg``'s parent (the daemon's loops and ``syncd verify`` use it);
+    with ``metrics``, its bytes counted under the parent's id."""
     from syncd.proto.signing import Keyring
     from syncd.transport.http import HttpParentLink
 
@@ -399,8 +400,11 @@ def http_parent_link(cfg: Config, version: int = PROTOCOL_VERSION) -> Any:
     ring = Keyring()
     for s in cfg.parent.secrets:  # a link's keys are filed under its child on both sides
         ring.add(cfg.node.id, wire_key_id(cfg.node.id, s.key_id), s.secret)
+    parent = cfg.parent.id
+    on_bytes = None if metrics is None else (
+        lambda _url, kind, direction, n: metrics.link_bytes.labels(parent, kind, direction).inc(n))
     return HttpParentLink(cfg.parent.url, cfg.node.id, ring, tls_verify=cfg.parent.tls_verify,
-                          window_s=cfg.tuning.signature_window_s, version=version)
+                          window_s=cfg.tuning.signature_window_s, version=version, on_bytes=on_bytes)
 
 
 def make_fanout(cfg: Config, topo_ref: "TopologyRef", ctx_ref: Any) -> Any:
@@ -653,7 +657,8 @@ class Node:
             self.ctx.topo = topo
 
     def _http_link(self) -> Any:
-        return http_parent_link(self.cfg, version=min(max(self.versions), PROTOCOL_VERSION))  # hello: R3.2
+        return http_parent_link(self.cfg, version=min(max(self.versions), PROTOCOL_VERSION),  # hello: R3.2
+                                metrics=self.metrics)
 
     async def _serve(self) -> None:
         from aiohttp import web
@@ -669,7 +674,9 @@ class Node:
                 rings[c.id].add(c.id, wire_key_id(c.id, s.key_id), s.secret)
         assert self.pool is not None and self.service is not None
         server = HttpParentServer(self.service, rings, PgNonceStore(self.pool),
-                                  window_s=self.cfg.tuning.signature_window_s, versions=self.versions)
+                                  window_s=self.cfg.tuning.signature_window_s, versions=self.versions,
+                                  on_bytes=lambda peer, kind, direction, n:
+                                  self.metrics.link_bytes.labels(peer, kind, direction).inc(n))
         self.server = server  # its keyrings are swapped by a SIGHUP reload
         app = server.app
         add_routes(app, self)

@@ -53,6 +53,10 @@ class Metrics:
         self.lag = Gauge("syncd_link_lag_changes", "changes not yet acknowledged", ["peer", "direction"], registry=r)
         self.conflicts = Gauge("syncd_conflicts_open", "open conflicts", registry=r)
         self.errors = Counter("syncd_errors_total", "link errors by code", ["peer", "code"], registry=r)
+        # bodies as they crossed the wire (gzip included), per link and endpoint: the volume a link
+        # carries, to hold against what its changes should weigh (HC-35)
+        self.link_bytes = Counter("syncd_link_bytes_total", "message bytes on the wire per link",
+                                  ["peer", "kind", "direction"], registry=r)
         # set from the database and the links at each scrape (refresh), so they are never stale
         self.link_up = Gauge("syncd_link_up", "1 when the link is running", ["peer", "direction"], registry=r)
         self.link_errors = Gauge("syncd_link_consecutive_errors", "consecutive errors of a link",

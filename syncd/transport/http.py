@@ -82,6 +82,8 @@ _AUTH_CODES = frozenset({"MISSING_SIGNATURE", "UNKNOWN_KEY", "BAD_SIGNATURE", "S
                          "REPLAYED_NONCE"})
 
 Clock = Callable[[], float]
+#: told the wire bytes of each exchange: (peer, endpoint kind, "sent" or "received", bytes)
+OnBytes = Callable[[str, str, str, int], None]
 
 
 def _media_type(value: str | None) -> str:
@@ -110,8 +112,9 @@ class HttpParentServer:
                  nonces: NonceStore, *, max_body: int = codec.MAX_BODY_BYTES,
                  window_s: int = DEFAULT_WINDOW_S, versions: tuple[int, ...] = SUPPORTED_VERSIONS,
                  gzip_min_bytes: int = GZIP_MIN_BYTES, clock: Clock = time.time,
-                 app: web.Application | None = None) -> None:
+                 app: web.Application | None = None, on_bytes: OnBytes | None = None) -> None:
         self.handler = handler
+        self.on_bytes = on_bytes  # (child, kind, "received"|"sent", wire bytes) of every authenticated exchange
         self.keyrings = keyrings
         self.nonces = nonces
         self.max_body = max_body
@@ -162,9 +165,14 @@ class HttpParentServer:
             body = self._inflate(request, wire)
         except SyncdError as err:
             status, out = err.status, error_body(err)
+            child = None
         else:
             status, out = await serve_bytes(self.handler, child, kind, body, version, rid)
-        return self._respond(request, status, out, signer)
+        resp = self._respond(request, status, out, signer)
+        if self.on_bytes is not None and child is not None:
+            self.on_bytes(child, kind, "received", len(wire))
+            self.on_bytes(child, kind, "sent", len(resp.body))  # type: ignore[arg-type]
+        return resp
 
     def _check_media(self, request: web.Request) -> None:
         if request.content_length is not None and request.content_length > self.max_body:
@@ -253,7 +261,8 @@ class HttpParentLink(LinkMethods):
                  tls_verify: bool = True, version: int = PROTOCOL_VERSION,
                  gzip_min_bytes: int = GZIP_MIN_BYTES, max_body: int = codec.MAX_BODY_BYTES,
                  window_s: int = DEFAULT_WINDOW_S, key_peer: str | None = None,
-                 clock: Clock = time.time) -> None:
+                 clock: Clock = time.time, on_bytes: OnBytes | None = None) -> None:
+        self.on_bytes = on_bytes  # (parent url, kind, "sent"|"received", wire bytes) of every exchange answered
         self.base_url = base_url.rstrip("/")
         self.child_id = child_id
         self.keyring = keyring
@@ -302,6 +311,9 @@ class HttpParentLink(LinkMethods):
         wait_s = msg.wait_ms / 1000 if isinstance(msg, PullRequest) else 0.0
         url = URL(self._origin + path_qs, encoded=True)
         status, rheaders, raw = await self._post(url, body, headers, self.timeout + wait_s)
+        if self.on_bytes is not None:
+            self.on_bytes(self.base_url, ep.kind, "sent", len(body))
+            self.on_bytes(self.base_url, ep.kind, "received", len(raw))
         reply = self._interpret(ep, sig[H_NONCE], status, rheaders, raw, version)
         if isinstance(reply, HelloReply):
             self.version = reply.version
