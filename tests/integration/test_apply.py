@@ -222,6 +222,55 @@ async def test_hc4_local_write_not_overwritten_by_losing_apply(cluster: Cluster)
         await cluster.drop(dsn)
 
 
+async def test_hc2_a_paused_apply_hides_no_position_from_a_reader(cluster: Cluster) -> None:
+    """HC-2 with the real apply: paused after it locked its target (holding the position lock)
+    while a local writer commits, the sequencer tries to tick and a reader reads the log.  The
+    reader sees nothing new then; from the head it read, it later gets every change — the
+    local capture the apply versioned (HC-4), the relayed change, the concurrent write — at
+    dense positions above it: none committed below a cursor already read."""
+    dsn = await cluster.new_node_db("430102", prefix="hc2")
+    county, writer, ticker, reader = [await asyncpg.connect(dsn) for _ in range(4)]
+    try:
+        await county.execute("SET syncd.applying = 'on'")
+        act = await county.fetchval("INSERT INTO activities (org_code, kind, title, starts_at) "
+                                    "VALUES ('430000', '全体会议', '省全会', now()) RETURNING id")
+        await county.execute("RESET syncd.applying")
+        mid = await county.fetchval("INSERT INTO members (org_code, name) VALUES ('430102', '韩梅') RETURNING id")
+        aid = await county.fetchval("INSERT INTO attendance (org_code, activity_id, member_id, status) "
+                                    "VALUES ('430102', $1, $2, '缺席') RETURNING id", act, mid)
+        await Sequencer(me="430102").drain(county)
+        (orig,) = [c for c in await read_log(county, 0, 10_000) if c.id == aid]
+        await writer.execute("UPDATE attendance SET status = '出席' WHERE id = $1", aid)  # captured, not versioned
+        head = await county.fetchval("SELECT head FROM syncd.node")
+        incoming = Change("attendance", aid, "430102", "U", 1, orig.ts + 1, "430000", 7,
+                          {"home": "430102", "organiser": "430000"},
+                          {"spoke": ColumnChange(True, 0, 0, orig.version("spoke"))}, 1)
+        seen: dict[str, Any] = {}
+
+        async def paused() -> None:
+            await writer.execute("INSERT INTO members (org_code, name) VALUES ('430102', '并发写入')")
+            seen["tick"] = asyncio.create_task(Sequencer(me="430102").drain(ticker))
+            await asyncio.sleep(0.3)
+            seen["ticked"] = seen["tick"].done()
+            seen["head"] = await reader.fetchval("SELECT head FROM syncd.node")
+            seen["log"] = await read_log(reader, head)
+
+        ctx = replace(_ctx("430102"), after_lock=paused)
+        await apply_batch(county, ctx, "430100", "pull", "from_parent", [incoming], 1, _now())
+        await seen["tick"]
+        assert seen["ticked"] is False and seen["head"] == head and seen["log"] == []
+        log = await read_log(reader, head)
+        assert [c.pos for c in log] == list(range(head + 1, head + 1 + len(log)))
+        got = {(c.table, c.origin, tuple(sorted(c.cols))) for c in log}
+        assert ("attendance", "430102", ("status",)) in got  # the local write, versioned by the apply (HC-4)
+        assert ("attendance", "430000", ("spoke",)) in got  # the relayed change
+        assert any(c.table == "members" and c.cols["name"].value == "并发写入" for c in log)
+    finally:
+        for c in (county, writer, ticker, reader):
+            await c.close()
+        await cluster.drop(dsn)
+
+
 async def test_a_batch_counts_every_change_it_parks_those_from_an_unknown_committee_too(cluster: Cluster) -> None:
     src = await cluster.new_node_db("430000", prefix="src")
     prov = await asyncpg.connect(src)
