@@ -177,20 +177,27 @@ async def test_forged_change_for_another_county_is_quarantined_rest_applies(clus
         await cluster.drop(src)
 
 
+async def _county_attendance(county: asyncpg.Connection, name: str) -> tuple[uuid.UUID, Change]:
+    """At a fresh 芙蓉区: a provincial plenary (as if applied), a member ``name`` and their
+    attendance, logged; the attendance's id and its logged change."""
+    await county.execute("SET syncd.applying = 'on'")
+    act = await county.fetchval("INSERT INTO activities (org_code, kind, title, starts_at) "
+                                "VALUES ('430000', '全体会议', '省全会', now()) RETURNING id")
+    await county.execute("RESET syncd.applying")
+    mid = await county.fetchval("INSERT INTO members (org_code, name) VALUES ('430102', $1) RETURNING id", name)
+    aid = await county.fetchval("INSERT INTO attendance (org_code, activity_id, member_id, status) "
+                                "VALUES ('430102', $1, $2, '缺席') RETURNING id", act, mid)
+    await Sequencer(me="430102").drain(county)
+    (orig,) = [c for c in await read_log(county, 0, 10_000) if c.id == aid]
+    return aid, orig
+
+
 async def test_hc4_local_write_not_overwritten_by_losing_apply(cluster: Cluster) -> None:
     """W commits while the apply waits on its row lock; W is versioned before the merge."""
     dsn = await cluster.new_node_db("430102", prefix="hc4")
     county, writer = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
     try:
-        await county.execute("SET syncd.applying = 'on'")
-        act = await county.fetchval("INSERT INTO activities (org_code, kind, title, starts_at) "
-                                    "VALUES ('430000', '全体会议', '省全会', now()) RETURNING id")
-        await county.execute("RESET syncd.applying")
-        mid = await county.fetchval("INSERT INTO members (org_code, name) VALUES ('430102', '李雷') RETURNING id")
-        aid = await county.fetchval("INSERT INTO attendance (org_code, activity_id, member_id, status) "
-                                    "VALUES ('430102', $1, $2, '缺席') RETURNING id", act, mid)
-        await Sequencer(me="430102").drain(county)
-        (orig,) = [c for c in await read_log(county, 0, 10_000) if c.id == aid]
+        aid, orig = await _county_attendance(county, "李雷")
         # the province's edit, made before W: it saw only the original version
         incoming = Change("attendance", aid, "430102", "U", 1, orig.ts + 1, "430000", 7,
                           {"home": "430102", "organiser": "430000"},
@@ -231,15 +238,7 @@ async def test_hc2_a_paused_apply_hides_no_position_from_a_reader(cluster: Clust
     dsn = await cluster.new_node_db("430102", prefix="hc2")
     county, writer, ticker, reader = [await asyncpg.connect(dsn) for _ in range(4)]
     try:
-        await county.execute("SET syncd.applying = 'on'")
-        act = await county.fetchval("INSERT INTO activities (org_code, kind, title, starts_at) "
-                                    "VALUES ('430000', '全体会议', '省全会', now()) RETURNING id")
-        await county.execute("RESET syncd.applying")
-        mid = await county.fetchval("INSERT INTO members (org_code, name) VALUES ('430102', '韩梅') RETURNING id")
-        aid = await county.fetchval("INSERT INTO attendance (org_code, activity_id, member_id, status) "
-                                    "VALUES ('430102', $1, $2, '缺席') RETURNING id", act, mid)
-        await Sequencer(me="430102").drain(county)
-        (orig,) = [c for c in await read_log(county, 0, 10_000) if c.id == aid]
+        aid, orig = await _county_attendance(county, "韩梅")
         await writer.execute("UPDATE attendance SET status = '出席' WHERE id = $1", aid)  # captured, not versioned
         head = await county.fetchval("SELECT head FROM syncd.node")
         incoming = Change("attendance", aid, "430102", "U", 1, orig.ts + 1, "430000", 7,
