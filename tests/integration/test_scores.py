@@ -95,3 +95,39 @@ async def test_hc25_copy_of_a_summary_is_read_only(county: asyncpg.Connection) -
         await county.execute("UPDATE member_score_summaries SET total = 99 WHERE member_id = $1", mid)
     # members of other committees are not scored here
     assert await county.fetchval("SELECT count(*) FROM member_scores WHERE member_id = $1", mid) == 0
+
+
+async def test_domain_speech_at_the_plenary_only_absence_per_half_day_and_duty_sessions(
+        county: asyncpg.Connection) -> None:
+    """DOMAIN §4.2: 大会发言 10 / written 5 at the plenary, an unexcused plenary absence −10 per
+    half-day, 委员值班 2 a session (migration 0014; 0003 scored speeches anywhere, an absence
+    once, and duty as an ordinary activity)."""
+    mid = await county.fetchval("INSERT INTO members (org_code, name) VALUES ($1, '赵六') RETURNING id", ME)
+    plenary = await county.fetchval("INSERT INTO activities (org_code, kind, title, starts_at, half_days) "
+                                    "VALUES ($1, '全体会议', '全会', '2025-01-10 09:00+08', 4) RETURNING id", ME)
+    consult = await county.fetchval("INSERT INTO activities (org_code, kind, title, starts_at) "
+                                    "VALUES ($1, '专题协商会', '协商', '2025-03-10 09:00+08') RETURNING id", ME)
+    duty = await county.fetchval("INSERT INTO activities (org_code, kind, title, starts_at) "
+                                 "VALUES ($1, '委员值班', '值班', '2025-04-10 09:00+08') RETURNING id", ME)
+    await county.executemany(
+        "INSERT INTO attendance (org_code, activity_id, member_id, status, spoke, written_speech) "
+        "VALUES ($1, $2, $3, $4, $5, $6)",
+        [(ME, plenary, mid, "缺席", False, False), (ME, consult, mid, "出席", True, True),
+         (ME, duty, mid, "出席", False, False)])
+    assert await _scores(county, mid) == {(2025, "attendance"): -10 * 4 + 4 + 2}  # no speech points
+    other = await county.fetchval("INSERT INTO members (org_code, name) VALUES ($1, '钱七') RETURNING id", ME)
+    await county.execute("INSERT INTO attendance (org_code, activity_id, member_id, status, spoke, written_speech) "
+                         "VALUES ($1, $2, $3, '出席', true, true)", ME, plenary, other)
+    assert await _scores(county, other) == {(2025, "attendance"): 20, (2025, "speech"): 10 + 5}
+
+
+async def test_a_summary_with_no_event_left_is_deleted_by_the_refresh(county: asyncpg.Connection) -> None:
+    mid = await county.fetchval("INSERT INTO members (org_code, name) VALUES ($1, '孙八') RETURNING id", ME)
+    visit = await county.fetchval("INSERT INTO activities (org_code, kind, title, starts_at) "
+                                  "VALUES ($1, '视察', '视察', '2025-06-01 09:00+08') RETURNING id", ME)
+    await county.execute("INSERT INTO attendance (org_code, activity_id, member_id, status) VALUES ($1, $2, $3, '出席')",
+                         ME, visit, mid)
+    assert await county.fetchval("SELECT syncd.refresh_scores()") == 1
+    await county.execute("DELETE FROM attendance WHERE member_id = $1", mid)  # the sign-in was a mistake
+    assert await county.fetchval("SELECT syncd.refresh_scores()") == 1
+    assert await county.fetchval("SELECT count(*) FROM member_score_summaries WHERE member_id = $1", mid) == 0
