@@ -512,6 +512,9 @@ async def retry_parked(conn: asyncpg.Connection, ctx: ApplyContext) -> int:
     for r in sorted(recs, key=lambda r: r["id"]):
         target = unknown if r["reason"] == "UNKNOWN_NODE" else by_peer
         target.setdefault(r["peer"], []).append(change_from_json(r["change"]))
+    # a change parked for a committee not known yet was not relayed when it came (it was not
+    # authorised then); now that it is, it goes on to the children entitled to it (HC-12)
+    relay: list[tuple[Change, str]] = []
     for peer, changes in unknown.items():  # authorised again, now that the tree may be known
         ctx.topo = await current_topology(conn, ctx.topo, changes)
         ok, refused = _authorise(ctx, peer, "from_parent", changes, time.time_ns() // 1000)
@@ -520,10 +523,13 @@ async def retry_parked(conn: asyncpg.Connection, ctx: ApplyContext) -> int:
             if code != "UNKNOWN_NODE":
                 await quarantine(conn, peer, c, code, reason)
         by_peer.setdefault(peer, []).extend(ok)
+        relay += [(c, peer) for c in ok]
     for peer, changes in by_peer.items():
         again = await merge_rows(conn, ctx, peer, changes, result)
         await park(conn, peer, again)
         await record_conflicts(conn, result.conflicts, {str(c.id): c.org_code for c in changes})
+    # a version held here already was relayed when it first came (HC-35)
+    await add_pending(conn, [(c, peer) for c, peer in relay if id(c) not in result.duplicates])
     return result.applied
 
 

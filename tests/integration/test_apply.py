@@ -13,9 +13,9 @@ import pytest
 
 from syncd.proto.change import Change, ColumnChange
 from syncd.schema.declarations import SCHEMA
-from syncd.store.apply import ApplyContext, apply_batch
+from syncd.store.apply import ApplyContext, apply_batch, retry_parked
 from syncd.store.log import add_pending, read_log
-from syncd.store.sequencer import SEQUENCER_LOCK, Sequencer
+from syncd.store.sequencer import SEQUENCER_LOCK, Sequencer, lock_applying
 from tests.pg import Cluster
 from tests.tree import SMALL_TREE, Tree
 
@@ -289,6 +289,18 @@ async def test_a_batch_counts_every_change_it_parks_those_from_an_unknown_commit
         assert (res.parked, res.quarantined) == (1, [])
         assert [r["reason"] for r in await city.fetch("SELECT reason FROM syncd.parked")] == ["UNKNOWN_NODE"]
         assert await city.fetchval("SELECT count(*) FROM activities WHERE id = $1", known.id) == 1
+        assert await city.fetchval("SELECT count(*) FROM syncd.pending WHERE id = $1", unknown.id) == 0
+        # the committee arrives; the parked change applies — and is relayed now, as it was not then (HC-12)
+        await city.execute("SET syncd.applying = 'on'")
+        await city.execute("INSERT INTO committees (org_code, code, name, level, parent_code) "
+                           "VALUES ('430000', '439999', '湘江新区', 'city', '430000')")
+        await city.execute("RESET syncd.applying")
+        async with city.transaction():  # as an apply runs it: under the position lock, as syncd's own writes
+            await lock_applying(city)
+            assert await retry_parked(city, _ctx("430100")) == 1
+        assert await city.fetchval("SELECT count(*) FROM activities WHERE id = $1", unknown.id) == 1
+        assert await city.fetchval("SELECT received_from FROM syncd.pending WHERE id = $1", unknown.id) == "430000"
+        assert await city.fetchval("SELECT count(*) FROM syncd.parked") == 0
     finally:
         await city.close()
         await prov.close()
