@@ -19,6 +19,7 @@ import asyncpg
 from syncd.errors import OperatorRequestError
 
 from syncd.proto.change import Change, Version
+from syncd.proto.messages import SnapshotRow
 from syncd.schema.declarations import SCHEMA, Schema
 
 
@@ -113,24 +114,43 @@ OPEN_BY_ROW = ("SELECT c.id, c.tbl, c.row_id, c.col, c.winner FROM syncd.conflic
                "WHERE c.resolved_at IS NULL")
 
 
+#: what a write that names the versions it replaced closes: (table, row id, {column: (the
+#: version replaced, the value written, who wrote it)})
+Seen = tuple[str, uuid.UUID, dict[str, tuple[Version, Any, str]]]
+
+
 async def close_seen(conn: asyncpg.Connection, changes: Sequence[Change]) -> int:
     """Close open conflicts whose cell got a version written by someone who saw them."""
     # only a column write that names the version it replaced can have seen a conflict: a batch
     # of new rows (a catch-up, live inserts) has none, and asks nothing
-    changes = [c for c in changes if any(cc.prev is not None for cc in c.cols.values())]
-    keys = {(c.table, c.id) for c in changes}
+    return await _close(conn, [(c.table, c.id, {k: (cc.prev, cc.value, c.origin) for k, cc in c.cols.items()
+                                                if cc.prev is not None})
+                               for c in changes if any(cc.prev is not None for cc in c.cols.values())])
+
+
+async def close_seen_rows(conn: asyncpg.Connection, table: str, rows: Sequence[SnapshotRow]) -> int:
+    """:func:`close_seen` for snapshot rows: a cell whose version replaced the conflict's winner
+    (or a later one) closes it, as the change that wrote it would have (DESIGN §5: a
+    resolution closes a conflict everywhere, a node that resyncs after it too)."""
+    return await _close(conn, [(table, r.id, {k: (p, r.cols[k][0], r.cols[k][1].origin)
+                                              for k, p in r.prevs.items() if k in r.cols})
+                               for r in rows if r.prevs])
+
+
+async def _close(conn: asyncpg.Connection, seen: list[Seen]) -> int:
+    keys = {(t, i) for t, i, _ in seen}
     if not keys:
         return 0
     open_ = await conn.fetch(OPEN_BY_ROW, [k[0] for k in keys], [k[1] for k in keys])
     closed = 0
     for r in open_:
         winner = _cell(r["winner"])[1]
-        for ch in changes:
-            cc = ch.cols.get(r["col"]) if (ch.table, ch.id) == (r["tbl"], r["row_id"]) else None
-            if cc is not None and cc.prev is not None and cc.prev >= winner:
+        for table, rid, cols in seen:
+            hit = cols.get(r["col"]) if (table, rid) == (r["tbl"], r["row_id"]) else None
+            if hit is not None and hit[0] >= winner:
                 await conn.execute(
                     "UPDATE syncd.conflicts SET resolved_at = now(), resolution = $2 WHERE id = $1",
-                    r["id"], json.dumps({"closed_by": ch.origin, "value": cc.value}, ensure_ascii=False))
+                    r["id"], json.dumps({"closed_by": hit[2], "value": hit[1]}, ensure_ascii=False))
                 closed += 1
                 break
     return closed

@@ -32,6 +32,7 @@ from syncd.routing import column_reach, reach, reach_rule
 from syncd.schema.declarations import Schema
 from syncd.store.apply import (ApplyContext, ApplyResult, _Row, _state, lock_and_load, lock_targets, park,
                                record_conflicts, write_rows)
+from syncd.store.conflicts import close_seen_rows
 from syncd.store.fastpath import insert_snapshot_rows
 from syncd.store.log import decode_homes, loads
 from syncd.store.opaque import has_opaque
@@ -147,6 +148,7 @@ async def merge_chunk(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ta
     result = ApplyResult()
     if not rows:
         return result
+    snapshot = rows  # all of them: the set-based insert below takes some out of ``rows``
     t = ctx.schema[table]
     targets = [(table, r.id) for r in rows]
     existing, held = await lock_targets(conn, ctx, targets)
@@ -177,6 +179,7 @@ async def merge_chunk(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ta
     await park(conn, peer, parked)
     result.parked = len(parked)
     await record_conflicts(conn, result.conflicts, {str(r.id): r.org_code for r in rows})
+    await close_seen_rows(conn, table, snapshot)
     return result
 
 

@@ -410,3 +410,40 @@ async def test_open_conflicts_of_rows_are_index_probes_whatever_was_resolved(clu
     finally:
         await conn.close()
         await cluster.drop(dsn)
+
+
+async def test_hc17_a_snapshot_cell_written_over_a_conflicts_winner_closes_it(cluster: Cluster) -> None:
+    """A node resyncing by snapshot after a conflict was resolved elsewhere gets the resolved
+    cell with the version it replaced: that closes its open conflict, as the change would have
+    (DESIGN §5, ``conflicts.close_seen_rows``).  A cell that did not see the winner closes nothing."""
+    import json
+
+    from syncd.proto.change import Version
+    from syncd.proto.messages import SnapshotRow
+    from syncd.store.snapshot import merge_chunk
+
+    dsn = await cluster.new_node_db("430102", prefix="snapc")
+    county = await asyncpg.connect(dsn)
+    try:
+        rid, other = uuid.uuid4(), uuid.uuid4()
+        win, lose = Version(1, 0, 0, 1_000, "430000"), Version(1, 0, 0, 900, "430102")
+        for row_id in (rid, other):
+            await county.execute(
+                "INSERT INTO syncd.conflicts (id, tbl, row_id, org_code, col, winner, loser) "
+                "VALUES ($1, 'members', $2, '430102', 'title', $3, $4)", str(uuid.uuid4()), row_id,
+                json.dumps(["甲", list(win)], ensure_ascii=False), json.dumps(["乙", list(lose)], ensure_ascii=False))
+        name = ("某委员", Version(1, 0, 0, 500, "430102"))
+        resolved = SnapshotRow(rid, "430102", 1, {"home": "430102"},
+                               {"name": name, "title": ("丙", Version(1, 0, 0, 2_000, "430102"))}, {"title": win})
+        unseen = SnapshotRow(other, "430102", 1, {"home": "430102"},
+                             {"name": name, "title": ("丁", Version(1, 0, 0, 950, "430102"))}, {"title": lose})
+        async with county.transaction():
+            await lock_applying(county)
+            await merge_chunk(county, _ctx("430102"), "430100", "members", [resolved, unseen])
+        open_ = {r["row_id"]: r["resolved_at"] is None for r in await county.fetch("SELECT * FROM syncd.conflicts")}
+        assert open_ == {rid: False, other: True}
+        assert json.loads(await county.fetchval("SELECT resolution FROM syncd.conflicts WHERE row_id = $1", rid)) \
+            == {"closed_by": "430102", "value": "丙"}
+    finally:
+        await county.close()
+        await cluster.drop(dsn)
