@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable, Sequence
 
 import asyncpg
@@ -37,7 +37,7 @@ from syncd.errors import SyncdError
 from syncd.faults import fault_point
 from syncd.merge import Conflict, RowState, clock_check, decide
 from syncd.proto.change import Change
-from syncd.routing import Direction, check_origin
+from syncd.routing import Direction, check_origin, column_reach, reach_rule
 from syncd.schema.declarations import Schema, Table
 from syncd.store.conflicts import close_seen
 from syncd.store import opaque
@@ -120,6 +120,24 @@ async def quarantine(conn: asyncpg.Connection, peer: str, c: Change, code: str, 
     await conn.execute(
         "INSERT INTO syncd.quarantine (peer, code, reason, tbl, row_id, change) VALUES ($1, $2, $3, $4, $5, $6)",
         peer, code, reason, c.table, c.id, change_to_json(c))
+
+
+def held_here(ctx: ApplyContext, c: Change) -> Change:
+    """``c`` without the columns this node may not hold (HC-15, HC-16): a refused change is
+    kept in quarantine for operators, and one that was refused for carrying a personal column
+    outside its reach (``OUT_OF_REACH``), or a forged one, must not leave that value here."""
+    t = ctx.schema[c.table] if c.table in ctx.schema else None
+    if t is None:
+        return c
+    keep = {}
+    for name, cc in c.cols.items():
+        try:
+            allowed = column_reach(reach_rule(t, name), c.org_code, ctx.topo)
+        except (TopologyError, ValueError):
+            allowed = frozenset()
+        if allowed is None or ctx.me in allowed:
+            keep[name] = cc
+    return c if len(keep) == len(c.cols) else replace(c, cols=keep)
 
 
 def _knows(topo: Topology, changes: Sequence[Change]) -> bool:
@@ -521,7 +539,7 @@ async def retry_parked(conn: asyncpg.Connection, ctx: ApplyContext) -> int:
         await park(conn, peer, [c for c, code, _ in refused if code == "UNKNOWN_NODE"], "UNKNOWN_NODE")
         for c, code, reason in refused:
             if code != "UNKNOWN_NODE":
-                await quarantine(conn, peer, c, code, reason)
+                await quarantine(conn, peer, held_here(ctx, c), code, reason)
         by_peer.setdefault(peer, []).extend(ok)
         relay += [(c, peer) for c in ok]
     for peer, changes in by_peer.items():
@@ -577,7 +595,7 @@ async def _apply_batch(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, k
                 await park(conn, peer, [c], "UNKNOWN_NODE")
                 result.parked += 1
                 continue
-            await quarantine(conn, peer, c, code, reason)
+            await quarantine(conn, peer, held_here(ctx, c), code, reason)
             result.quarantined.append((c.pos, code))
         if ok:
             # staged once: the fast path merges from the stage and the relay queue is filled from it

@@ -232,6 +232,16 @@ async def test_hc34_future_ts_is_quarantined_by_name(tree: Tree3) -> None:
     assert await tree.db(CITY).fetchval("SELECT max(ts) FROM syncd.log") < now_us() + hard
 
 
+async def test_hc15_a_personal_value_refused_outside_its_reach_is_not_kept_in_quarantine(tree: Tree3) -> None:
+    c = member(cols={"name": ColumnChange("越界者"), "mobile": ColumnChange("13912345678")})
+    ans = await _push(tree, push_of(c))
+    assert ans.status == 200
+    reply = codec.decode("push_reply", ans.body)
+    assert [q.pos for q in reply.quarantined] == [c.pos]  # type: ignore[union-attr]
+    kept = await tree.db(CITY).fetchval("SELECT change::text FROM syncd.quarantine WHERE row_id = $1", c.id)
+    assert "越界者" in kept and "13912345678" not in kept  # the operator sees the change, not the mobile number
+
+
 async def test_hc34_negative_cl_is_422_named(tree: Tree3) -> None:
     before = await applied_from_evil(tree)
     obj = codec.unpack(codec.encode(push_of(member())))
