@@ -1,6 +1,8 @@
 """履职积分 at the member's home (issue 3, HC-25)."""
 from __future__ import annotations
 
+import json
+
 import asyncpg
 import pytest
 
@@ -131,3 +133,20 @@ async def test_a_summary_with_no_event_left_is_deleted_by_the_refresh(county: as
     await county.execute("DELETE FROM attendance WHERE member_id = $1", mid)  # the sign-in was a mistake
     assert await county.fetchval("SELECT syncd.refresh_scores()") == 1
     assert await county.fetchval("SELECT count(*) FROM member_score_summaries WHERE member_id = $1", mid) == 0
+
+
+async def test_domain_a_category_cap_bounds_a_years_points_after_the_event_caps(county: asyncpg.Connection) -> None:
+    """DOMAIN §4.2 "caps per category": a 'cap:<category>' rule bounds the category's year (0015)."""
+    mid = await _history(county)
+    assert (await _scores(county, mid))[(2025, "micro")] == 10  # 15 微建议, the per-event cap
+    await county.execute("INSERT INTO score_rules (org_code, rule_version, event, points, cap, valid_from) "
+                         "VALUES ($1, 2, 'cap:micro', 0, 6, '2025-01-01'), "
+                         "       ($1, 2, 'cap:proposal', 0, 30, '2025-01-01')", ME)
+    scores = await _scores(county, mid)
+    assert scores[(2025, "micro")] == 6
+    assert scores[(2025, "proposal")] == EXPECTED_2025[(2025, "proposal")]  # 24, under its cap of 30
+    assert scores[(2025, "attendance")] == EXPECTED_2025[(2025, "attendance")]  # no cap: as before
+    assert await county.fetchval("SELECT syncd.refresh_scores()") >= 1
+    by = json.loads(await county.fetchval("SELECT by_category FROM member_score_summaries "
+                                          "WHERE member_id = $1 AND year = 2025", mid))
+    assert float(by["micro"]) == 6
