@@ -425,6 +425,12 @@ async def test_hc23_a_child_between_the_skew_bounds_syncs_with_a_warning(tree: T
     assert ans.status == 200, ans.code
     view = next(ln for ln in (await tree.status(CITY))["links"] if ln["peer"] == EVIL)
     assert 25_000 <= view["clock_offset_ms"] <= 35_000 and view["clock_skewed"] is True
+    # and it syncs: its change, stamped by its clock 30 s ahead (within the hard bound), applies
+    c = member(name="钟快委员", ts=now_us() + 30_000_000)
+    pushed = await _push(tree, Push(uuid.uuid4(), epoch, c.pos - 1, c.pos, (c,)))
+    assert pushed.status == 200, pushed.code
+    assert codec.decode("push_reply", pushed.body).quarantined == ()  # type: ignore[union-attr]
+    assert await tree.db(CITY).fetchval("SELECT name FROM members WHERE id = $1", c.id) == "钟快委员"
     # the city's own children are within the bound: no warning
     fine = next(ln for ln in (await tree.status(CITY))["links"] if ln["peer"] == "430102")
     assert fine["clock_skewed"] is False and abs(fine["clock_offset_ms"]) < 5_000
