@@ -103,3 +103,8 @@ def cut_batch(entries: Sequence[Any], max_changes: int, sizes: Sequence[int] | N
         total += grow
         cut += 1
     return list(entries[:cut])
+
+
+def cut_log(records: Sequence[Any], max_changes: int, max_bytes: int) -> list[Any]:
+    """:func:`cut_batch` of log records read with :func:`entry_size_sql` (a push's, a pull's)."""
+    return cut_batch(records, max_changes, [r["size"] + CHANGE_OVERHEAD_BYTES for r in records], max_bytes)

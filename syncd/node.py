@@ -19,7 +19,7 @@ from typing import Any, Callable
 import asyncpg
 import structlog
 
-from syncd.batching import CHANGE_OVERHEAD_BYTES, cut_batch, entry_size_sql
+from syncd.batching import cut_log, entry_size_sql
 from syncd.config import Config
 from syncd.errors import SyncdError
 from syncd.proto.validate import check_tables, push_problems, schema_columns
@@ -271,10 +271,9 @@ class ParentService:
     async def _read_outbox(self, conn: asyncpg.Connection, child: str, after: int,
                            limit: int) -> list[StoredChange]:
         """The child's next changes: at most ``limit`` and about ``batch_max_bytes``, cut at an
-        origin-transaction boundary (:func:`syncd.batching.cut_batch`)."""
+        origin-transaction boundary (:func:`syncd.batching.cut_log`)."""
         recs = await conn.fetch(OUTBOX_READ, child, after, limit + 1)
-        recs = cut_batch(recs, limit, [r["size"] + CHANGE_OVERHEAD_BYTES for r in recs],
-                         self.cfg.tuning.batch_max_bytes)
+        recs = cut_log(recs, limit, self.cfg.tuning.batch_max_bytes)
         return [stored_from_record(r) for r in recs]
 
     async def on_pull(self, child: str, msg: PullRequest) -> PullReply:
@@ -402,7 +401,7 @@ def http_parent_link(cfg: Config, version: int = PROTOCOL_VERSION, metrics: Metr
         ring.add(cfg.node.id, wire_key_id(cfg.node.id, s.key_id), s.secret)
     parent = cfg.parent.id
     on_bytes = None if metrics is None else (
-        lambda _url, kind, direction, n: metrics.link_bytes.labels(parent, kind, direction).inc(n))
+        lambda _url, kind, direction, n: metrics.count_bytes(parent, kind, direction, n))
     return HttpParentLink(cfg.parent.url, cfg.node.id, ring, tls_verify=cfg.parent.tls_verify,
                           window_s=cfg.tuning.signature_window_s, version=version, on_bytes=on_bytes)
 
@@ -675,8 +674,7 @@ class Node:
         assert self.pool is not None and self.service is not None
         server = HttpParentServer(self.service, rings, PgNonceStore(self.pool),
                                   window_s=self.cfg.tuning.signature_window_s, versions=self.versions,
-                                  on_bytes=lambda peer, kind, direction, n:
-                                  self.metrics.link_bytes.labels(peer, kind, direction).inc(n))
+                                  on_bytes=self.metrics.count_bytes)
         self.server = server  # its keyrings are swapped by a SIGHUP reload
         app = server.app
         add_routes(app, self)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 import asyncpg
 import structlog
 
-from syncd.batching import CHANGE_OVERHEAD_BYTES, cut_batch, entry_size_sql
+from syncd.batching import cut_log, entry_size_sql
 from syncd.config import Config
 from syncd.errors import SyncdError
 from syncd.faults import fault_point
@@ -60,7 +60,7 @@ _SAVE_ACKED = ("WITH acked AS (UPDATE syncd.links SET acked_max = greatest(acked
 
 
 #: A push reads up to this many log entries whole in one query; a longer tail is a backlog,
-#: cut on its heads first (:func:`cut_batch`) so that only what is sent is read and decoded.
+#: cut on its heads first (:func:`~syncd.batching.cut_log`) so that only what is sent is read and decoded.
 SHORT_TAIL = 64
 _READ_TAIL = (f"SELECT {CHANGE_COLUMNS}, received_from, {entry_size_sql()}, "
               "(SELECT log_first FROM syncd.node) AS first FROM syncd.log WHERE pos > $1 ORDER BY pos LIMIT $2")
@@ -260,10 +260,8 @@ class ChildLinks:
             return await self._push_batch()
 
     def _cut(self, heads: list[asyncpg.Record]) -> list[asyncpg.Record]:
-        """The log entries (from ``heads``) of the next push: :func:`syncd.batching.cut_batch`."""
-        t = self.cfg.tuning
-        return cut_batch(heads, t.batch_max_changes, [r["size"] + CHANGE_OVERHEAD_BYTES for r in heads],
-                         t.batch_max_bytes)
+        """The log entries (from ``heads``) of the next push: :func:`syncd.batching.cut_log`."""
+        return cut_log(heads, self.cfg.tuning.batch_max_changes, self.cfg.tuning.batch_max_bytes)
 
     async def _push_batch(self) -> bool:
         if self.upward_pending:  # a resync is loading: its upward snapshot goes first

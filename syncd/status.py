@@ -70,6 +70,10 @@ class Metrics:
         self.subtree_nodes = Gauge("syncd_subtree_nodes", "expected nodes of the subtree by state", ["state"],
                                    registry=r)
 
+    def count_bytes(self, peer: str, kind: str, direction: str, n: int) -> None:
+        """``n`` message bytes crossed the link with ``peer`` (``transport.http.OnBytes``)."""
+        self.link_bytes.labels(peer, kind, direction).inc(n)
+
     def batch_applied(self, peer: str, kind: str, res: Any, seconds: float) -> None:
         """One batch from ``peer`` went through ``apply_batch`` (a retried duplicate counts no changes)."""
         self.apply_seconds.observe(seconds)

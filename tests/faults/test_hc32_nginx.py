@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from syncd.node import Node
+from tests.integration.test_batch_bytes import N, insert_long_members
 from tests.pg import Cluster
 from tests.tree import Pending, Tree, eventually, node_config
 
@@ -28,8 +29,6 @@ pytestmark = pytest.mark.timeout(300)
 
 REPO = Path(__file__).resolve().parents[2]
 TREE = {"430100": ("长沙市", "city", None), "430102": ("芙蓉区", "county", "430100")}
-N = 1300
-LONG = "长沙市政协委员履职记录：调研、视察与协商。" * 240  # ~14 kB of UTF-8
 
 
 def nginx_binary() -> str:
@@ -101,9 +100,7 @@ async def test_hc32_a_link_through_the_shipped_nginx(cluster: Cluster, tmp_path:
         await asyncio.sleep(8)
         assert county_node.links.pull_health.state == "running", county_node.links.pull_health.last_error
         # a catch-up of long values: 19 MB, more than the message cap, cut into batches under nginx's limit
-        for k in range(0, N, 100):
-            await county.execute("INSERT INTO members (org_code, name, title) SELECT '430102', '委员' || g, $1 || g "
-                                 "FROM generate_series($2::int, $3::int) g", LONG, k + 1, k + 100)
+        await insert_long_members(county)
         await eventually(lambda: city.fetchval(
             "SELECT count(*) = $1 FROM members WHERE org_code = '430102' AND length(title) > 1000", N), 120)
         log = (tmp_path / "access.log").read_text()

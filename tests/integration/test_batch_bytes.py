@@ -29,6 +29,14 @@ N = 1300
 LONG = "长沙市政协委员履职记录：调研、视察与协商。" * 240
 
 
+async def insert_long_members(county: asyncpg.Connection) -> None:
+    """``N`` 芙蓉区 members with a ``LONG`` title each (~19 MB), in 100-row transactions."""
+    for k in range(0, N, 100):
+        await county.execute(
+            "INSERT INTO members (org_code, name, title) "
+            "SELECT '430102', '委员' || g, $1 || g FROM generate_series($2::int, $3::int) g", LONG, k + 1, k + 100)
+
+
 async def _count(conn: asyncpg.Connection, sql: str, want: int) -> bool | Pending:
     got = await conn.fetchval(sql)
     return True if got == want else Pending(f"{got} of {want}: {sql}")
@@ -43,10 +51,7 @@ async def test_hc32_changes_over_the_message_cap_arrive_in_size_bounded_batches(
         await t.stop("430102")
         county, province = t.db("430102"), t.db("430000")
         assert len(LONG.encode()) * N > 16 * 1024 * 1024
-        for k in range(0, N, 100):  # 13 transactions
-            await county.execute(
-                "INSERT INTO members (org_code, name, title) "
-                "SELECT '430102', '委员' || g, $1 || g FROM generate_series($2::int, $3::int) g", LONG, k + 1, k + 100)
+        await insert_long_members(county)  # 13 transactions
         await province.execute(  # one transaction of N activities for every county
             "INSERT INTO activities (org_code, kind, title, starts_at, place) "
             "SELECT '430000', '视察', '全省视察' || g, now(), $1 || g FROM generate_series(1, $2::int) g", LONG, N)
