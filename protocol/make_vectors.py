@@ -98,6 +98,13 @@ def messages() -> list[dict[str, Any]]:
                     {"status": ("缺席", edited), "note": ("", Version(1, 0, 0, NOW_US - 9_000_000, "430102"))},
                     {"status": Version(1, 0, 0, NOW_US - 9_000_000, "430102")}),
     ), None, True)
+    chunk_v4 = SnapshotChunk("attendance", 5000, (
+        *chunk_v3.rows, SnapshotRow(ROW2, "430102", 2, {"home": "430102"}, {})), None, True)
+
+    def v4_chunk_with(**row: str) -> bytes:
+        m = codec.unpack(codec.encode(chunk_v4, 4))
+        m["r"][0].update(row)
+        return codec.pack_object(m)
     return [
         valid("hello", "v2_basic", HELLO, "Child 芙蓉区 (430102) says hello speaking versions 1 and 2."),
         valid("hello", "fresh_node", Hello((2,), "430102", U[2], U[3], 0, NOW_US, 0, None, {}),
@@ -134,7 +141,7 @@ def messages() -> list[dict[str, Any]]:
         invalid("push", "v1_with_summary", "push", codec.encode(PUSH, 2), "DECODE_ERROR",
                 "A version-2 push (with sm) read at version 1.", version=1),
         invalid("push", "unknown_protocol_version", "push", codec.encode(PUSH, 2), "UNSUPPORTED_VERSION",
-                "Decoding at version 4, which this build does not speak.", version=4),
+                "Decoding at version 5, which this build does not speak.", version=5),
         invalid("push", "truncated", "push", codec.encode(PUSH, 2)[:60], "DECODE_ERROR", "Cut after 60 bytes."),
         invalid("push", "trailing_bytes", "push", codec.encode(PUSH, 2) + b"\xc0", "DECODE_ERROR",
                 "A nil after the message."),
@@ -184,6 +191,18 @@ def messages() -> list[dict[str, Any]]:
         valid("snapshot_chunk", "v3_cell_with_prev", chunk_v3,
               "Version 3: note, never edited, is a bare value at the row's version v; 湖南省's edit of status "
               "is in x with the version it replaced.", version=3),
+        valid("snapshot_chunk", "v4_stored_rows", chunk_v4,
+              "Version 4: each row's values and versions as JSON text, as the parent stores them; 湖南省's edit "
+              "of status carries the version it replaced; the tombstone has no columns.", version=4),
+        invalid("snapshot_chunk", "v4_versions_not_json", "snapshot_chunk",
+                v4_chunk_with(v='{"status": [1, 0, 0, 5, "430102", null]'), "DECODE_ERROR",
+                "A version-4 row whose versions text is cut short."),
+        invalid("snapshot_chunk", "v4_column_without_version", "snapshot_chunk",
+                v4_chunk_with(c='{"note": "", "status": "缺席"}', v='{"status": [1, 0, 0, 5, "430102", null]}'),
+                "DECODE_ERROR", "A version-4 row with a value for note but no version."),
+        invalid("snapshot_chunk", "v4_version_float", "snapshot_chunk",
+                v4_chunk_with(c='{"status": "缺席"}', v='{"status": [1.0, 0, 0, 5, "430102", null]}'),
+                "DECODE_ERROR", "A version-4 row whose version's cl is a float."),
         invalid("snapshot_chunk", "v3_row_read_at_v2", "snapshot_chunk", codec.encode(chunk_v3, 3), "DECODE_ERROR",
                 "A version-3 row (v, c, x) read at version 2."),
         valid("verify", "two_ranges", VerifyRequest("members", None, (IdRange(U[1], U[8]), IdRange(U[8], None))),

@@ -23,21 +23,24 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import uuid
 import zlib
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, TypeVar
 
 import msgpack
+import orjson
 
 from syncd.errors import CODE_RE, SyncdError
 from syncd.proto import fields as f
 from syncd.proto.change import OPS, Change, ColumnChange, StoredChange, Version
 from syncd.proto.fields import DecodeError
+from syncd.proto.fields import uuid_from_bytes as _uuid
 from syncd.proto.messages import (
     KINDS, PROTOCOL_VERSION, SUPPORTED_VERSIONS, ErrorReply, Hello, HelloReply, IdRange,
     Message, PullReply, PullRequest, Push, PushReply, Quarantined, RangeSum, SnapshotChunk,
-    SnapshotRequest, SnapshotRow, TableDecl, VerifyReply, VerifyRequest,
+    SnapshotRequest, SnapshotRow, StoredRow, TableDecl, VerifyReply, VerifyRequest,
 )
 
 # -- limits (SPEC R4.7) -------------------------------------------------------------------
@@ -325,7 +328,7 @@ def _change_fast(v: Any) -> Change | None:
         if cc is None:
             return None
         cols[k] = cc
-    return Change(table, uuid.UUID(bytes=rid), org, op, cl, ts, origin, txn, dict(homes), cols, pos)
+    return Change(table, _uuid(rid), org, op, cl, ts, origin, txn, dict(homes), cols, pos)
 
 
 def _fast_or_checked(fast: Callable[[Any], T | None], checked: Callable[[Any, str], T]) -> Callable[[Any, str], T]:
@@ -375,7 +378,7 @@ def _change_fast_v3(v: Any) -> Change | None:
         if cc is None:
             return None
         cols[k] = cc
-    return Change(table, uuid.UUID(bytes=rid), org, op, cl, ts, origin, txn, dict(homes), cols, pos)
+    return Change(table, _uuid(rid), org, op, cl, ts, origin, txn, dict(homes), cols, pos)
 
 
 _change_v3 = _fast_or_checked(_change_fast_v3, _change_checked_v3)
@@ -438,7 +441,7 @@ def _snapshot_row_fast(v: Any) -> SnapshotRow | None:
         if ver is None or not ok:
             return None
         cols[k] = (value, ver)
-    return SnapshotRow(uuid.UUID(bytes=v["i"]), v["o"], v["cl"], dict(homes), cols)
+    return SnapshotRow(_uuid(v["i"]), v["o"], v["cl"], dict(homes), cols)
 
 
 def _snapshot_row_fast_v3(v: Any) -> SnapshotRow | None:
@@ -482,7 +485,7 @@ def _snapshot_row_fast_v3(v: Any) -> SnapshotRow | None:
                 return None
             prevs[k] = prev
         cols[k] = (value, ver)
-    return SnapshotRow(uuid.UUID(bytes=v["i"]), v["o"], v["cl"], dict(homes), cols, prevs)
+    return SnapshotRow(_uuid(v["i"]), v["o"], v["cl"], dict(homes), cols, prevs)
 
 
 def _snapshot_row_head(m: dict, p: str) -> dict[str, Any]:
@@ -525,7 +528,130 @@ def _snapshot_row_checked_v3(v: Any, p: str) -> SnapshotRow:
     return SnapshotRow(**head, cols=cols, prevs={k: pv for k, (_, _, pv) in other.items() if pv is not None})
 
 
+_ROW_KEYS_V4 = frozenset(("i", "o", "cl", "h", "c", "v"))
+#: column-name tuples already checked (a table's rows repeat a handful of them)
+_NAMES_SEEN: set[tuple[str, ...]] = set()
+
+
+def _names_ok(names: tuple[str, ...]) -> bool:
+    if names in _NAMES_SEEN:
+        return True
+    if not all(type(k) is str and (k in _IDENTS or _is_ident(k)) for k in names):
+        return False
+    if len(_NAMES_SEEN) >= 4096:
+        _NAMES_SEEN.clear()
+    _NAMES_SEEN.add(names)
+    return True
+
+
+def _stored_row_fast(v: Any) -> StoredRow | None:
+    """The version-4 snapshot row in ``v`` if every check passes, else None: ``c`` holds the
+    values as JSON text (or, for a row whose text would pass MAX_VALUE_BYTES, a map), ``v``
+    each column's ``[cl, round, stage, ts, origin, prev|nil]`` as JSON text, both for the
+    same columns (R9.2).  Checked cell by cell; the texts are kept for the database
+    (:class:`StoredRow`): a bootstrap's rows are parsed once and never re-encoded."""
+    if type(v) is not dict or v.keys() != _ROW_KEYS_V4:
+        return None
+    homes, vals_json, vers_json = v["h"], v["c"], v["v"]
+    if not (_row_head_ok(v, homes) and type(vers_json) is str):
+        return None
+    try:
+        vers = orjson.loads(vers_json)
+        if type(vals_json) is str:
+            vals = orjson.loads(vals_json)
+        elif type(vals_json) is dict:
+            vals, vals_json = vals_json, None
+        else:
+            return None
+    except orjson.JSONDecodeError:
+        return None
+    if not (type(vals) is dict and type(vers) is dict and len(vers) <= MAX_COLUMNS
+            and vals.keys() == vers.keys() and _names_ok(names := tuple(vers))):
+        return None
+    for x in vals.values():
+        t = type(x)
+        if x is None or t is str or t is bool:
+            continue
+        # beyond ±2**63 a float may be an integer orjson could not hold: the checked reader reads
+        # the text again exactly (``json``) and names it (R4.6: values are 64-bit integers)
+        if f.huge(x) or not _fast_value(x)[0]:
+            return None
+    nodes = _NODES
+    prevs = False
+    for ver in vers.values():
+        if type(ver) is not list:
+            return None
+        n = len(ver)
+        if n == 6:
+            if ver[5] is not None:
+                if _fast_version(ver[5]) is None:
+                    return None
+                prevs = True
+        elif n != 5:
+            return None
+        cl, rnd, stage, ts, origin = ver[0], ver[1], ver[2], ver[3], ver[4]
+        if not (type(cl) is int and type(rnd) is int and type(stage) is int and type(ts) is int
+                and 0 <= cl <= _I64 and 0 <= rnd <= _I64 and -1 <= stage <= _I64 and 0 <= ts <= _I64
+                and type(origin) is str and (origin in nodes or _is_node(origin))):
+            return None
+    return StoredRow(_uuid(v["i"]), v["o"], v["cl"], dict(homes), None if vals_json else vals, None,
+                     vals_json=vals_json, vers_json=vers_json, names=names, has_prevs=prevs)
+
+
+def _json_doc(text: Any, p: str) -> Any:
+    """The value of a JSON text field, integers exact; DECODE_ERROR naming ``p`` if it is none."""
+    if type(text) is not str:
+        raise DecodeError(p, f"expected JSON text, got {f.type_name(text)}")
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise DecodeError(p, f"not JSON text: {exc}") from None
+
+
+def _stored_row_checked(v: Any, p: str) -> StoredRow:
+    m = f.fields(v, p, ("i", "o", "cl", "h", "c", "v"))
+    head = _snapshot_row_head(m, p)
+    raw = m["c"] if type(m["c"]) is dict else _json_doc(m["c"], f.sub(p, "cols"))
+    vals = f.str_map(raw, f.sub(p, "cols"), f.value, MAX_COLUMNS, key_code="UNKNOWN_COLUMN")
+
+    def version(x: Any, q: str) -> list[Any]:
+        if type(x) is not list or len(x) not in (5, 6):
+            raise DecodeError(q, "expected [cl, round, stage, ts, origin, prev|nil]")
+        if len(x) == 6 and x[5] is not None:
+            _version(x[5], f.sub(q, "prev"))
+        return [*_version(x[:5], q), *x[5:]]
+
+    vers = f.str_map(_json_doc(m["v"], f.sub(p, "versions")), f.sub(p, "versions"), version, MAX_COLUMNS,
+                     key_code="UNKNOWN_COLUMN")
+    if vals.keys() != vers.keys():
+        odd = sorted(vals.keys() ^ vers.keys())[0]
+        raise DecodeError(f.sub(p, "versions" if odd in vals else "cols"),
+                          f"column {odd!r} needs both a value and a version")
+    return StoredRow(**head, vals=vals, vers=vers, vals_json=m["c"] if type(m["c"]) is str else None,
+                     vers_json=m["v"])  # texts as they came: the row re-encodes to the same bytes
+
+
+def stored_row(r: SnapshotRow | StoredRow) -> StoredRow:
+    """``r`` as a :class:`StoredRow` (each version with the one its write replaced, or nil)."""
+    if type(r) is StoredRow:
+        return r
+    prevs = r.prevs
+    return StoredRow(r.id, r.org_code, r.cl, r.homes, {k: cell[0] for k, cell in r.cols.items()},
+                     {k: [*cell[1], list(prevs[k]) if k in prevs else None] for k, cell in r.cols.items()})
+
+
+def _stored_row_out(r: SnapshotRow | StoredRow) -> dict[str, Any]:
+    """A snapshot row's version-4 wire map (R9.2); its texts are kept on the row.  A text the
+    row has already (as stored at the parent, or as received) goes as it is."""
+    s = stored_row(r)
+    vals: Any = s.vals_json
+    if len(vals) > MAX_VALUE_BYTES // 4 and len(vals.encode()) > MAX_VALUE_BYTES:
+        vals = _canon(s.vals)  # too long for one string (R4.7): the values as a map
+    return {"i": s.id.bytes, "o": s.org_code, "cl": s.cl, "h": _homes_out(s.homes), "c": vals, "v": s.vers_json}
+
+
 _snapshot_row = _fast_or_checked(_snapshot_row_fast, _snapshot_row_checked)
+_stored_row = _fast_or_checked(_stored_row_fast, _stored_row_checked)
 _snapshot_row_v3 = _fast_or_checked(_snapshot_row_fast_v3, _snapshot_row_checked_v3)
 
 
@@ -698,7 +824,9 @@ FIELDS: Mapping[type, tuple[Field, ...]] = {
         _fl("r", "rows", (lambda v, p: f.array(v, p, _snapshot_row, MAX_CHANGES),
                           lambda rs: [_row_out(r) for r in rs]), until=2),
         _fl("r", "rows", (lambda v, p: f.array(v, p, _snapshot_row_v3, MAX_CHANGES),
-                          lambda rs: [_row_out_v3(r) for r in rs]), since=3),
+                          lambda rs: [_row_out_v3(r) for r in rs]), since=3, until=3),
+        _fl("r", "rows", (lambda v, p: f.array(v, p, _stored_row, MAX_CHANGES),
+                          lambda rs: [_stored_row_out(r) for r in rs]), since=4),
         _fl("nx", "next_after_id", _OPT_UUID), _fl("d", "done", (f.boolean, _same)),
     ),
     VerifyRequest: (

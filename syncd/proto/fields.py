@@ -111,8 +111,22 @@ def binary(v: Any, path: str, size: int) -> bytes:
     return v
 
 
+_new = object.__new__
+_set = object.__setattr__
+_SAFE_UNKNOWN = uuid.SafeUUID.unknown
+
+
+def uuid_from_bytes(b: bytes) -> uuid.UUID:
+    """``uuid.UUID(bytes=b)`` for 16 bytes already checked, without its argument parsing: 0.9
+    against 2.5 µs, and every change and snapshot row read from the wire makes one."""
+    u = _new(uuid.UUID)
+    _set(u, "int", int.from_bytes(b, "big"))
+    _set(u, "is_safe", _SAFE_UNKNOWN)
+    return u  # type: ignore[no-any-return]
+
+
 def uuid_(v: Any, path: str) -> uuid.UUID:
-    return uuid.UUID(bytes=binary(v, path, 16))
+    return uuid_from_bytes(binary(v, path, 16))
 
 
 def optional(reader: Callable[..., T]) -> Callable[..., T | None]:
@@ -142,6 +156,29 @@ def str_map(v: Any, path: str, item: Callable[[Any, str], T], max_len: int,
         string(k, sub(path, str(k)), 64, key_pattern, key_code)
         out[k] = item(x, sub(path, k))
     return out
+
+
+#: orjson reads an integer outside int64 (below) or u64 (above) as a float: a float this large may have been one
+HUGE = 2.0 ** 63  # below -2**63 orjson reads an integer as a float too
+
+
+def huge(v: Any) -> bool:
+    """Does ``v`` hold a float of magnitude ≥ 2**63 (at any depth)?"""
+    t = type(v)
+    if t is float:
+        return not -HUGE < v < HUGE
+    if t is dict:
+        v = v.values()
+    elif t is not list:
+        return False
+    for x in v:
+        tx = type(x)
+        if tx is float:
+            if not -HUGE < x < HUGE:
+                return True
+        elif (tx is dict or tx is list) and huge(x):
+            return True
+    return False
 
 
 def value(v: Any, path: str, depth: int = 0) -> Any:

@@ -11,12 +11,16 @@ import uuid
 from typing import Any, Mapping
 
 from syncd.proto.change import ColumnChange, Version
+from syncd.proto.messages import StoredRow
 
 
 def to_json(x: Any) -> Any:
     """A JSON-able rendering of a message or any part of one."""
     if isinstance(x, Version):
         return x.as_list()
+    if isinstance(x, StoredRow):  # rendered as the SnapshotRow it equals
+        return {"id": str(x.id), "org_code": x.org_code, "cl": x.cl, "homes": to_json(x.homes),
+                "cols": to_json(x.cols), "prevs": to_json(x.prevs)}
     if isinstance(x, ColumnChange):
         return {k: to_json(v) for k, v in x._asdict().items()}
     if dataclasses.is_dataclass(x) and not isinstance(x, type):

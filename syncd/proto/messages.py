@@ -16,16 +16,19 @@ and ``VerifyRequest``; the parent answers ``HelloReply``, ``PushReply``, ``PullR
 """
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
+
+import orjson
 
 from syncd.errors import SyncdError
 from syncd.proto.change import Change, Version
 
 #: The protocol version this build prefers, and every version it speaks (SPEC R3.1).
-PROTOCOL_VERSION = 3
-SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3)
+PROTOCOL_VERSION = 4
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4)
 
 
 def _tuple(obj: object, name: str) -> None:
@@ -165,12 +168,122 @@ class SnapshotRow:
     cols: Mapping[str, tuple[Any, Version]]
     prevs: Mapping[str, Version] = field(default_factory=dict)
 
+    @property
+    def names(self) -> Any:
+        """The columns the row carries (as :attr:`StoredRow.names`)."""
+        return self.cols.keys()
+
+    @property
+    def has_prevs(self) -> bool:
+        return bool(self.prevs)
+
+
+
+_tnew = tuple.__new__  # a Version from a checked 5-list, without its Python-level __new__
+
+
+class StoredRow:
+    """A snapshot row in the form the parent stores it and protocol version 4 carries it
+    (SPEC R9.2): its values ``{column: value}`` and its versions ``{column: [cl, round,
+    stage, ts, origin, prev|nil]}`` (``syncd.rowver.v``), as JSON text (``vals_json``,
+    ``vers_json``) and as Python values (``vals``, ``vers``), each made from the other on
+    first use.  Rows go from the parent's database to the child's this way without a
+    :class:`Version` made per cell, and without holding each cell as an object on the way: a
+    bootstrap moves a million of them.  ``cols`` and ``prevs``, the :class:`SnapshotRow`
+    view, are made on first use (rows that need a merge, older protocol versions, verify);
+    it equals a :class:`SnapshotRow` with the same content.  ``names``: the columns (the
+    keys of both); the codec checks a row from the wire before one is made."""
+
+    __slots__ = ("id", "org_code", "cl", "homes", "names", "_has_prevs", "_vals", "_vers", "_vals_json",
+                 "_vers_json", "_cols", "_prevs")
+
+    def __init__(self, id: uuid.UUID, org_code: str, cl: int, homes: Mapping[str, str],
+                 vals: dict[str, Any] | None = None, vers: dict[str, list[Any]] | None = None, *,
+                 vals_json: str | None = None, vers_json: str | None = None,
+                 names: tuple[str, ...] | None = None, has_prevs: bool | None = None) -> None:
+        if (vals is None and vals_json is None) or (vers is None and vers_json is None):
+            raise ValueError("a StoredRow needs its values and its versions")
+        self.id, self.org_code, self.cl, self.homes = id, org_code, cl, homes
+        self._vals, self._vers, self._vals_json, self._vers_json = vals, vers, vals_json, vers_json
+        self._cols: dict[str, tuple[Any, Version]] | None = None
+        self._prevs: dict[str, Version] | None = None
+        self.names: tuple[str, ...] = names if names is not None else tuple(self.vers)
+        self._has_prevs = has_prevs
+
+    @property
+    def has_prevs(self) -> bool:
+        """Some version carries the one its write replaced (closes conflicts, R9.2)."""
+        if self._has_prevs is None:
+            self._has_prevs = any(len(v) > 5 and v[5] for v in self.vers.values())
+        return self._has_prevs
+
+    @property
+    def vals(self) -> dict[str, Any]:
+        if self._vals is None:
+            self._vals = orjson.loads(self._vals_json)  # type: ignore[arg-type]
+        return self._vals
+
+    @property
+    def vers(self) -> dict[str, list[Any]]:
+        if self._vers is None:
+            self._vers = orjson.loads(self._vers_json)  # type: ignore[arg-type]
+        return self._vers
+
+    @property
+    def vals_json(self) -> str:
+        if self._vals_json is None:
+            self._vals_json = json_text(self._vals)
+        return self._vals_json
+
+    @property
+    def vers_json(self) -> str:
+        if self._vers_json is None:
+            self._vers_json = json_text(self._vers)
+        return self._vers_json
+
+    @property
+    def cols(self) -> Mapping[str, tuple[Any, Version]]:
+        if self._cols is None:
+            vals = self.vals
+            self._cols = {k: (vals.get(k), _tnew(Version, v[:5])) for k, v in self.vers.items()}
+        return self._cols
+
+    @property
+    def prevs(self) -> Mapping[str, Version]:
+        if self._prevs is None:
+            self._prevs = {k: _tnew(Version, v[5]) for k, v in self.vers.items() if len(v) > 5 and v[5]}
+        return self._prevs
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.id, self.org_code, self.cl, dict(self.homes), dict(self.cols), dict(self.prevs))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, (StoredRow, SnapshotRow)):
+            return NotImplemented
+        return self._key() == (other.id, other.org_code, other.cl, dict(other.homes), dict(other.cols),
+                               dict(other.prevs))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"StoredRow(id={self.id!r}, org_code={self.org_code!r}, cl={self.cl}, homes={dict(self.homes)!r}, "
+                f"vals={self.vals!r}, vers={self.vers!r})")
+
+
+def json_text(o: Any) -> str:
+    """Canonical JSON text (keys sorted at every depth, R4.2) of a :class:`StoredRow`'s values
+    or versions; an integer beyond 64 bits (which the receiver refuses by name) by ``json``."""
+    try:
+        return orjson.dumps(o, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:
+        return json.dumps(o, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
 
 @dataclass(frozen=True)
 class SnapshotChunk:
     table: str
     position: int  # p₀: the log position the snapshot is consistent with
-    rows: tuple[SnapshotRow, ...]
+    rows: tuple[SnapshotRow | StoredRow, ...]
     next_after_id: uuid.UUID | None  # ask again with this after_id; None when done
     done: bool
 

@@ -23,7 +23,7 @@ from typing import Literal, Sequence
 import asyncpg
 
 from syncd.proto.change import Change
-from syncd.proto.messages import SnapshotRow
+from syncd.proto.messages import SnapshotRow, StoredRow
 from syncd.schema.declarations import SCHEMA, Schema
 
 AuditDirection = Literal["sent", "received"]
@@ -95,10 +95,10 @@ def snapshot_batch(table: str, after_id: uuid.UUID | None, next_after_id: uuid.U
 
 
 async def record_rows(conn: asyncpg.Connection, peer: str, direction: AuditDirection, batch_id: str,
-                      table: str, rows: Sequence[SnapshotRow], schema: Schema = SCHEMA) -> int | None:
+                      table: str, rows: Sequence[SnapshotRow | StoredRow], schema: Schema = SCHEMA) -> int | None:
     """The audit row of snapshot rows of ``table`` that crossed a link (a snapshot chunk,
     or the rows verify read to name differences); None when there were none."""
-    names = {name for r in rows for name in r.cols}
+    names = {name for r in rows for name in r.names}
     t = schema[table] if table in schema else None
     personal = sorted(f"{table}.{n}" for n in names if t is not None and n in t.shipped_set and t.column(n).personal)
     return await _insert(conn, peer, direction, batch_id, {table: len(rows)}, len(rows), personal)

@@ -19,7 +19,7 @@ import asyncpg
 from syncd.errors import OperatorRequestError
 
 from syncd.proto.change import Change, Version
-from syncd.proto.messages import SnapshotRow
+from syncd.proto.messages import SnapshotRow, StoredRow
 from syncd.schema.declarations import SCHEMA, Schema
 
 
@@ -128,13 +128,13 @@ async def close_seen(conn: asyncpg.Connection, changes: Sequence[Change]) -> int
                                for c in changes if any(cc.prev is not None for cc in c.cols.values())])
 
 
-async def close_seen_rows(conn: asyncpg.Connection, table: str, rows: Sequence[SnapshotRow]) -> int:
+async def close_seen_rows(conn: asyncpg.Connection, table: str, rows: Sequence[SnapshotRow | StoredRow]) -> int:
     """:func:`close_seen` for snapshot rows: a cell whose version replaced the conflict's winner
     (or a later one) closes it, as the change that wrote it would have (DESIGN §5: a
     resolution closes a conflict everywhere, a node that resyncs after it too)."""
     return await _close(conn, [(table, r.id, {k: (p, r.cols[k][0], r.cols[k][1].origin)
                                               for k, p in r.prevs.items() if k in r.cols})
-                               for r in rows if r.prevs])
+                               for r in rows if r.has_prevs])
 
 
 async def _close(conn: asyncpg.Connection, seen: list[Seen]) -> int:

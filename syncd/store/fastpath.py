@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import asyncpg
 
 from syncd.proto.change import OP_INSERT, OP_UPDATE, Change
-from syncd.proto.messages import SnapshotRow
+from syncd.proto.messages import SnapshotRow, StoredRow
 from syncd.schema.declarations import Table
 from syncd.store.log import dumps, encode_homes
 
@@ -283,15 +283,19 @@ _SNAP_VERSIONS = ("INSERT INTO syncd.rowver (tbl, id, org_code, cl, homes, v) "
                   "SELECT $1, s.id, s.org_code, s.cl, s.homes, s.vers FROM syncd_snap_stage s")
 
 
-def _snapshot_values(r: SnapshotRow) -> tuple[str, str]:
+def _snapshot_values(r: SnapshotRow | StoredRow) -> tuple[str, str]:
     """A snapshot row's values and versions as JSON (as :func:`_stage_record`), each version
-    with the one its write replaced where the row carries it (else null)."""
+    with the one its write replaced where the row carries it (else null).  A
+    :class:`StoredRow` has them in that form already (protocol version 4)."""
+    if type(r) is StoredRow:  # the texts that crossed the link, parsed and checked by the codec
+        return (r.vals_json if r.vals_json is not None else dumps(r.vals),
+                r.vers_json if r.vers_json is not None else dumps(r.vers))
     cols, prevs = r.cols, r.prevs
     return (dumps({k: vv[0] for k, vv in cols.items()}),
             dumps({k: [*vv[1], list(prevs[k]) if k in prevs else None] for k, vv in cols.items()}))
 
 
-async def insert_snapshot_rows(conn: asyncpg.Connection, t: Table, rows: Sequence[SnapshotRow]) -> bool:
+async def insert_snapshot_rows(conn: asyncpg.Connection, t: Table, rows: Sequence[SnapshotRow | StoredRow]) -> bool:
     """Insert live snapshot rows this node holds nothing of, with their versions; False
     (nothing written) when the write fails and the rows must take the row-by-row path."""
     await conn.execute(_SNAP_STAGE)
@@ -300,7 +304,7 @@ async def insert_snapshot_rows(conn: asyncpg.Connection, t: Table, rows: Sequenc
                                      records=[(r.id, r.org_code, r.cl, encode_homes(r.homes), *_snapshot_values(r))
                                               for r in rows])
     table = f'public."{t.name}"'
-    cols = _insert_columns(t, set().union(*[r.cols.keys() for r in rows]))
+    cols = _insert_columns(t, set().union(*[r.names for r in rows]))
     try:
         async with conn.transaction():
             await conn.execute(

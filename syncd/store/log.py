@@ -13,6 +13,7 @@ import asyncpg
 import orjson
 
 from syncd.proto.change import Change, ColumnChange, StoredChange, Version
+from syncd.proto.fields import HUGE as _HUGE, huge as _huge
 
 LOG_COLUMNS = ("pos", "epoch", "tbl", "id", "org_code", "op", "cl", "ts", "origin", "txn",
                "homes", "cols", "received_from")
@@ -55,29 +56,6 @@ def dumps(o: Any) -> str:
         return orjson.dumps(o, default=_tuple_as_list).decode()
     except TypeError:
         return _stdlib_dumps(o)
-
-
-#: orjson reads an integer outside int64 (below) or u64 (above) as a float: a float this large may have been one
-_HUGE = 2.0 ** 63  # below -2**63 orjson reads an integer as a float too
-
-
-def _huge(v: Any) -> bool:
-    """Does ``v`` hold a float of magnitude ≥ 2**63 (at any depth)?"""
-    t = type(v)
-    if t is float:
-        return not -_HUGE < v < _HUGE
-    if t is dict:
-        v = v.values()
-    elif t is not list:
-        return False
-    for x in v:
-        tx = type(x)
-        if tx is float:
-            if not -_HUGE < x < _HUGE:
-                return True
-        elif (tx is dict or tx is list) and _huge(x):
-            return True
-    return False
 
 
 def loads(text: str, inexact: Callable[[Any], bool] = _huge) -> Any:

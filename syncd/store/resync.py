@@ -35,7 +35,7 @@ import structlog
 
 from syncd.config import Secret
 from syncd.proto.change import OP_DELETE, OP_UPDATE, UPWARD_TXN_BASE, Change, ColumnChange
-from syncd.proto.messages import SnapshotRow
+from syncd.proto.messages import SnapshotRow, StoredRow
 from syncd.schema.declarations import Schema, Table
 from syncd.store import links
 from syncd.store.log import add_pending
@@ -147,7 +147,7 @@ def live_outside_chunk(bounds: str) -> str:
 
 async def purge_stale_copies(conn: asyncpg.Connection, schema: Schema, topo: Topology, me: str, table: str,
                              after_id: uuid.UUID | None, next_after_id: uuid.UUID | None,
-                             rows: Sequence[SnapshotRow]) -> int:
+                             rows: Sequence[SnapshotRow | StoredRow]) -> int:
     """Remove live copies in the id range a snapshot chunk covered that the parent did not
     send: rows homed outside this subtree and not created here (caller's transaction,
     ``syncd.applying`` on, sequencer lock held).  Return how many."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Sequence
 
 import asyncpg
@@ -26,8 +27,8 @@ import orjson
 
 from syncd.batching import MAX_BATCH_BYTES, ROW_OVERHEAD_BYTES, utf8_len
 from syncd.merge import RowState, merge_states, state_conflicts
-from syncd.proto.change import OP_DELETE, OP_INSERT, Change, Version
-from syncd.proto.messages import SnapshotRow
+from syncd.proto.change import OP_DELETE, OP_INSERT, Change
+from syncd.proto.messages import SnapshotRow, StoredRow, json_text
 from syncd.routing import column_reach, reach, reach_rule
 from syncd.schema.declarations import Schema
 from syncd.store.apply import (ApplyContext, ApplyResult, _Row, _state, lock_and_load, lock_targets, park,
@@ -39,38 +40,37 @@ from syncd.store.opaque import has_opaque
 from syncd.topology import Topology, TopologyError
 
 
-def _project(table: Any, row: SnapshotRow, behind: frozenset[str], topo: Topology) -> SnapshotRow | None:
-    """The row as it may cross to ``behind`` (None: not at all); the column choice depends
-    on the table, homes, org_code and column names only, so it is memoised per tree."""
-    key = ("snapshot_project", table.name, tuple(row.homes.items()), row.org_code, tuple(row.cols), behind)
+def _keep(table: Any, names: tuple[str, ...], held: frozenset[str], homes_text: str, homes: dict[str, str],
+          org_code: str, behind: frozenset[str], topo: Topology) -> tuple[str, ...] | None:
+    """The columns of a row holding versions for ``names`` (``held``: those kept opaque here,
+    HC-13) that may cross to ``behind``, in code-point order (the wire's, R4.2); None: the
+    row does not cross at all.  Depends on the table, the names, homes and org_code only, so
+    it is memoised per tree."""
+    key = ("snapshot_keep", table.name, names, held, homes_text, org_code, behind)
     keep = topo.memo.get(key, _MISSING)
     if keep is _MISSING:
         if len(topo.memo) > 100_000:
             topo.memo.clear()
-        keep = topo.memo[key] = _columns_crossing(table, row, behind, topo)
-    if keep is None:
-        return None
-    if len(keep) == len(row.cols):  # type: ignore[arg-type]
-        return row
-    return SnapshotRow(row.id, row.org_code, row.cl, row.homes,  # type: ignore[union-attr]
-                       {n: row.cols[n] for n in keep},
-                       {n: row.prevs[n] for n in keep if n in row.prevs})  # type: ignore[union-attr]
+        keep = topo.memo[key] = _columns_crossing(
+            table, sorted(n for n in names if n in table.shipped_set or n in held), homes, org_code, behind, topo)
+    return keep  # type: ignore[return-value]
 
 
 _MISSING = object()
-_tnew = tuple.__new__  # Version from a stored 5-list, without its Python-level __new__
+_NONE: frozenset[str] = frozenset()
 
 
-def _columns_crossing(table: Any, row: SnapshotRow, behind: frozenset[str], topo: Topology) -> tuple[str, ...] | None:
+def _columns_crossing(table: Any, names: list[str], homes: dict[str, str], org_code: str, behind: frozenset[str],
+                      topo: Topology) -> tuple[str, ...] | None:
     try:
-        reached = reach(table, row.homes, topo) & behind
+        reached = reach(table, homes, topo) & behind
     except TopologyError:
         return None
     if not reached:
         return None
     out = []
-    for name in row.cols:
-        allowed = column_reach(reach_rule(table, name), row.org_code, topo)
+    for name in names:
+        allowed = column_reach(reach_rule(table, name), org_code, topo)
         if allowed is None or allowed & reached:
             out.append(name)
     return tuple(out)
@@ -93,7 +93,7 @@ def id_range(after_id: uuid.UUID | None, upto_id: uuid.UUID | None, first_param:
 
 async def read_chunk(conn: asyncpg.Connection, schema: Schema, topo: Topology, me: str, child: str,
                      table: str, after_id: uuid.UUID | None, limit: int,
-                     max_bytes: int = MAX_BATCH_BYTES) -> tuple[list[SnapshotRow], uuid.UUID | None]:
+                     max_bytes: int = MAX_BATCH_BYTES) -> tuple[list[StoredRow], uuid.UUID | None]:
     """Up to ``limit`` rows of ``table`` for ``child`` after ``after_id``, of about ``max_bytes``
     on the wire at most (:mod:`syncd.batching`; a larger row goes alone); and where to go on.
 
@@ -111,8 +111,8 @@ async def read_chunk(conn: asyncpg.Connection, schema: Schema, topo: Topology, m
         f"WHERE r.tbl = $1{bounds} ORDER BY r.id LIMIT $2",
         table, limit, *args)
     behind = topo.behind(me, child)
-    out = []
-    shipped = set(t.shipped_names)
+    homes_of: dict[str, dict[str, str]] = {}  # a chunk repeats a handful of homes: read each once
+    out: list[StoredRow] = []
     nxt = recs[-1]["id"] if len(recs) == limit else None
     total = 0
     for i, r in enumerate(recs):
@@ -124,15 +124,29 @@ async def read_chunk(conn: asyncpg.Connection, schema: Schema, topo: Topology, m
         held = loads(r["vals"]) if r["vals"] else {}  # columns kept opaque here (HC-13)
         if held:
             values.update(held)
-        # versions are syncd's own 64-bit integers and node codes: orjson reads them exactly
-        stored = orjson.loads(r["v"])
-        cols = {c: (values.get(c), _tnew(Version, v[:5])) for c, v in stored.items() if c in shipped or c in held}
-        prevs = {c: _tnew(Version, v[5]) for c, v in stored.items() if c in cols and len(v) > 5 and v[5]}
-        row = _project(t, SnapshotRow(r["id"], r["org_code"], r["cl"], decode_homes(r["homes"]), cols, prevs),
-                       behind, topo)
-        if row is not None:
-            out.append(row)
-            total += size
+        # versions are syncd's own 64-bit integers and node codes: orjson reads them exactly;
+        # they go on as stored, [cl, round, stage, ts, origin, prev|null] (StoredRow)
+        text = r["v"]
+        stored = orjson.loads(text)
+        names = tuple(stored)
+        homes = homes_of.get(r["homes"])
+        if homes is None:
+            homes = homes_of[r["homes"]] = decode_homes(r["homes"])
+        keep = _keep(t, names, frozenset(held) if held else _NONE, r["homes"], homes, r["org_code"], behind, topo)
+        if keep is None:
+            continue
+        try:
+            vals = dict(zip(keep, itemgetter(*keep)(values))) if len(keep) > 1 else {n: values[n] for n in keep}
+        except KeyError:  # a tombstone, or a column without a value: null
+            vals = {n: values.get(n) for n in keep}
+        # held as two texts until they are sent, not as objects per cell
+        if len(keep) == len(names):  # every column crosses: the versions go as stored
+            out.append(StoredRow(r["id"], r["org_code"], r["cl"], homes, vals_json=json_text(vals), vers_json=text,
+                                 names=names))
+        else:
+            out.append(StoredRow(r["id"], r["org_code"], r["cl"], homes, vals_json=json_text(vals),
+                                 vers_json=json_text({n: stored[n] for n in keep}), names=keep))
+        total += size
     return out, nxt
 
 
@@ -143,8 +157,10 @@ def _pseudo_change(table: str, row: SnapshotRow) -> Change:
 
 
 async def merge_chunk(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, table: str,
-                      rows: Sequence[SnapshotRow]) -> ApplyResult:
-    """Merge snapshot rows into this node (caller's transaction, ``syncd.applying`` on)."""
+                      rows: Sequence[SnapshotRow | StoredRow]) -> ApplyResult:
+    """Merge snapshot rows into this node (caller's transaction, ``syncd.applying`` on).
+    New live rows go in set-based as they came (a :class:`StoredRow` is not taken apart);
+    the others are merged row by row through their :class:`SnapshotRow` view."""
     result = ApplyResult()
     if not rows:
         return result
@@ -153,7 +169,7 @@ async def merge_chunk(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ta
     targets = [(table, r.id) for r in rows]
     existing, held = await lock_targets(conn, ctx, targets)
     new = [r for r in rows if r.cl % 2 == 1 and (table, r.id) not in existing and (table, r.id) not in held
-           and not has_opaque(t, r.cols)]
+           and not has_opaque(t, r.names)]
     if ctx.fast_path and new and await insert_snapshot_rows(conn, t, new):  # the common case, set-based
         result.applied += len(new)
         done = {r.id for r in new}

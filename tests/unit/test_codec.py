@@ -104,9 +104,9 @@ def test_r4_6_deep_nesting_is_a_decode_error() -> None:
 
 
 def test_r3_1_negotiate_highest_common_or_unsupported() -> None:
-    assert negotiate([1, 2]) == 2 and negotiate([1]) == 1 and negotiate([2, 3]) == 3 and negotiate([3, 4]) == 3
+    assert negotiate([1, 2]) == 2 and negotiate([1]) == 1 and negotiate([2, 3]) == 3 and negotiate([4, 5]) == 4
     with pytest.raises(SyncdError) as info:
-        negotiate([4, 5])
+        negotiate([5, 6])
     assert info.value.code == "UNSUPPORTED_VERSION"
 
 
@@ -188,3 +188,18 @@ def test_r9_2_a_cells_prev_travels_from_version_3_and_is_left_out_of_the_digest(
     bad["r"][0]["v"] = None  # bare values without the row's version
     with pytest.raises(DecodeError):
         codec.decode("snapshot_chunk", codec.pack_object(bad), 3)
+
+
+def test_r9_2_v4_row_too_long_for_one_string_sends_its_values_as_a_map() -> None:
+    """A row's values text over MAX_VALUE_BYTES (each value within it) goes as a map (R4.7)."""
+    ver = Version(1, 0, 0, 10**15, "430102")
+    big = "委" * 250_000  # 750 kB of UTF-8: one is allowed, the two in one text are not
+    row = SnapshotRow(uuid.uuid4(), "430102", 1, {"home": "430102"}, {"body": (big, ver), "title": (big, ver)})
+    data = codec.encode(SnapshotChunk("proposals", 1, (row,), None, True), 4)
+    raw = codec.unpack(data)["r"][0]
+    assert raw["c"] == {"body": big, "title": big} and isinstance(raw["v"], str)
+    back = codec.decode("snapshot_chunk", data, 4)
+    assert back.rows == (row,) and codec.encode(back, 4) == data
+    small = SnapshotRow(row.id, "430102", 1, {"home": "430102"}, {"title": ("短", ver)})
+    assert isinstance(codec.unpack(codec.encode(SnapshotChunk("proposals", 1, (small,), None, True), 4))["r"][0]["c"],
+                      str)
