@@ -594,7 +594,7 @@ def _stored_row_fast(v: Any) -> StoredRow | None:
                 and 0 <= cl <= _I64 and 0 <= rnd <= _I64 and -1 <= stage <= _I64 and 0 <= ts <= _I64
                 and type(origin) is str and (origin in nodes or _is_node(origin))):
             return None
-    return StoredRow(_uuid(v["i"]), v["o"], v["cl"], dict(homes), None if vals_json else vals, None,
+    return StoredRow(_uuid(v["i"]), v["o"], v["cl"], dict(homes), vals, None,
                      vals_json=vals_json, vers_json=vers_json, names=names, has_prevs=prevs)
 
 

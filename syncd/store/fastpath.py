@@ -24,7 +24,7 @@ that both paths leave identical rows and versions.
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Sequence
 
 import asyncpg
 
@@ -295,9 +295,91 @@ def _snapshot_values(r: SnapshotRow | StoredRow) -> tuple[str, str]:
             dumps({k: [*vv[1], list(prevs[k]) if k in prevs else None] for k, vv in cols.items()}))
 
 
+#: Column types whose text input reads back the value ``to_jsonb`` gave for them, written as
+#: Python holds it (json and jsonb: as JSON text).  Not here — arrays (``to_jsonb`` gives a
+#: JSON array, not ``{…}``), numeric (orjson reads it as a float: digits would be lost),
+#: composites and the rest — make :func:`insert_snapshot_rows` take the JSON stage instead.
+_COPY_TEXT_TYPES = frozenset(("text", "varchar", "bpchar", "name", "uuid", "bool", "int2", "int4", "int8",
+                              "float4", "float8", "date", "time", "timetz", "timestamp", "timestamptz"))
+_COPY_JSON_TYPES = frozenset(("json", "jsonb"))
+_COLUMN_TYPES = ("SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+                 "WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped")
+_ROWVER_COLUMNS = ("tbl", "id", "org_code", "cl", "homes", "v")
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(v: Any, as_json: bool) -> str:
+    """A value as a field of PostgreSQL's COPY text format (``\\N``: NULL)."""
+    if v is None:
+        return "\\N"
+    t = type(v)
+    if as_json:
+        v = dumps(v)
+    elif t is bool:
+        return "t" if v else "f"
+    elif t is int or t is float:
+        return repr(v)
+    elif t is not str:
+        v = dumps(v)
+    if "\\" in v or "\t" in v or "\n" in v or "\r" in v:
+        v = v.translate(_COPY_ESCAPES)
+    return v  # type: ignore[no-any-return]
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    """``data`` as COPY's source: asyncpg reads a file-like source in its thread pool (threads
+    and their stacks for one in-memory buffer), an async iterable in the event loop."""
+    yield data
+
+
+async def _copy_snapshot_rows(conn: asyncpg.Connection, t: Table, rows: Sequence[SnapshotRow | StoredRow],
+                              cols: list[str]) -> bool | None:
+    """Write new rows straight into their table with one COPY (text format) and their versions
+    into ``syncd.rowver`` with another, under a savepoint: no JSON stage, no ``json_populate_record``
+    (a third of the city's PostgreSQL time in a bootstrap).  None: a column's type has no text
+    form here (nothing done); False: the write failed (nothing written)."""
+    types = dict(await conn.fetch(_COLUMN_TYPES, f'public."{t.name}"'))  # per chunk: a release may change them
+    as_json: list[bool] = []
+    for n in cols:
+        typ = types.get(n)
+        if typ not in _COPY_TEXT_TYPES and typ not in _COPY_JSON_TYPES:
+            return None
+        as_json.append(typ in _COPY_JSON_TYPES)
+    # org_code first and id last (unless derived) come from the row; the values between
+    values = list(zip(cols[1:-1] if cols[-1] == "id" else cols[1:], as_json[1:]))
+    lines = []
+    for r in rows:
+        vals = r.vals if type(r) is StoredRow else {k: cell[0] for k, cell in r.cols.items()}
+        fields = [r.org_code]
+        for n, js in values:
+            v = vals.get(n)
+            # most values are plain text, written as they are (the test is C: no call per value)
+            fields.append(v if type(v) is str and not js and v.isprintable() and "\\" not in v
+                          else _copy_text(v, js))
+        if cols[-1] == "id":
+            fields.append(str(r.id))
+        lines.append("\t".join(fields))
+    data = ("\n".join(lines) + "\n").encode()
+    try:
+        async with conn.transaction():
+            await conn.copy_to_table(t.name, schema_name="public", source=_once(data), columns=cols, format="text")
+            await conn.copy_records_to_table("rowver", schema_name="syncd", columns=_ROWVER_COLUMNS, records=[
+                (t.name, r.id, r.org_code, r.cl, encode_homes(r.homes), _snapshot_values(r)[1]) for r in rows])
+    except asyncpg.LockNotAvailableError:
+        raise  # not the rows' fault: the whole batch waits its turn (HC-3)
+    except asyncpg.PostgresError:
+        return False
+    return True
+
+
 async def insert_snapshot_rows(conn: asyncpg.Connection, t: Table, rows: Sequence[SnapshotRow | StoredRow]) -> bool:
     """Insert live snapshot rows this node holds nothing of, with their versions; False
-    (nothing written) when the write fails and the rows must take the row-by-row path."""
+    (nothing written) when the write fails and the rows must take the row-by-row path.
+    Straight COPY where every column's type allows it (:func:`_copy_snapshot_rows`), else
+    through a JSON stage (one COPY of the rows' texts, then ``json_populate_record``)."""
+    done = await _copy_snapshot_rows(conn, t, rows, _insert_columns(t, set().union(*[r.names for r in rows])))
+    if done is not None:
+        return done
     await conn.execute(_SNAP_STAGE)
     await conn.execute("TRUNCATE syncd_snap_stage")
     await conn.copy_records_to_table("syncd_snap_stage", columns=("id", "org_code", "cl", "homes", "vals", "vers"),
