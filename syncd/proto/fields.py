@@ -111,18 +111,21 @@ def binary(v: Any, path: str, size: int) -> bytes:
     return v
 
 
-_new = object.__new__
-_set = object.__setattr__
-_SAFE_UNKNOWN = uuid.SafeUUID.unknown
+try:  # asyncpg's uuid type: a uuid.UUID made, hashed and sent to PostgreSQL in C
+    from asyncpg.pgproto.pgproto import UUID as _FastUUID
+except ImportError:  # pragma: no cover - asyncpg is a dependency; the codec does not need it
+    _FastUUID = None
 
 
 def uuid_from_bytes(b: bytes) -> uuid.UUID:
-    """``uuid.UUID(bytes=b)`` for 16 bytes already checked, without its argument parsing: 0.9
-    against 2.5 µs, and every change and snapshot row read from the wire makes one."""
-    u = _new(uuid.UUID)
-    _set(u, "int", int.from_bytes(b, "big"))
-    _set(u, "is_safe", _SAFE_UNKNOWN)
-    return u  # type: ignore[no-any-return]
+    """``uuid.UUID(bytes=b)`` for 16 bytes already checked, as asyncpg's own subclass (what it
+    returns for a uuid column): made in 0.2 µs against 2.5, hashed in 0.1 against 0.3, and
+    sent as a query argument without the checks asyncpg runs on any other object.  Every
+    change and snapshot row read from the wire makes one, and its id is used in sets, dicts
+    and id arrays all through an apply."""
+    if _FastUUID is not None:
+        return _FastUUID(b)  # type: ignore[no-any-return]
+    return uuid.UUID(bytes=b)
 
 
 def uuid_(v: Any, path: str) -> uuid.UUID:
