@@ -344,6 +344,24 @@ async def lock_targets(conn: asyncpg.Connection, ctx: ApplyContext,
     return existing, {(r["tbl"], r["id"]): r["cl"] for r in recs}
 
 
+async def lock_span(conn: asyncpg.Connection, ctx: ApplyContext, table: str,
+                    ids: Sequence[uuid.UUID]) -> tuple[set[Key], dict[Key, int]]:
+    """:func:`lock_targets` for the rows of one table whose ids lie in one span (a snapshot
+    chunk's, in id order): two index range scans instead of an index probe per id in each of
+    the table and ``syncd.rowver``; a row of the span the targets do not name (a copy the
+    parent no longer sends, HC-21) is locked too.  For a new node's bootstrap both scans find
+    nothing, where the probes cost ~3.5 µs of PostgreSQL and ~4 µs of Python a row."""
+    lo, hi = min(ids), max(ids)
+    wanted = set(ids)
+    recs = await conn.fetch(f'SELECT x.id FROM public."{ctx.schema[table].name}" x WHERE x.id BETWEEN $1 AND $2 '
+                            "ORDER BY x.id FOR UPDATE", lo, hi)
+    existing = {(table, r["id"]) for r in recs if r["id"] in wanted}
+    await _version_local(conn, ctx, [(table, i) for i in ids])
+    recs = await conn.fetch("SELECT r.id, r.cl FROM syncd.rowver r WHERE r.tbl = $1 AND r.id BETWEEN $2 AND $3",
+                            table, lo, hi)
+    return existing, {(table, r["id"]): r["cl"] for r in recs if r["id"] in wanted}
+
+
 async def merge_rows(conn: asyncpg.Connection, ctx: ApplyContext, peer: str,
                      changes: Sequence[Change], result: ApplyResult, staged: Staged | None = None) -> list[Change]:
     """Lock, version local captures, decide and write; return the changes parked.

@@ -31,7 +31,7 @@ from syncd.proto.change import OP_DELETE, OP_INSERT, Change
 from syncd.proto.messages import SnapshotRow, StoredRow, json_text
 from syncd.routing import column_reach, reach, reach_rule
 from syncd.schema.declarations import Schema
-from syncd.store.apply import (ApplyContext, ApplyResult, _Row, _state, lock_and_load, lock_targets, park,
+from syncd.store.apply import (ApplyContext, ApplyResult, _Row, _state, lock_and_load, lock_span, park,
                                record_conflicts, write_rows)
 from syncd.store.conflicts import close_seen_rows
 from syncd.store.fastpath import insert_snapshot_rows
@@ -166,16 +166,15 @@ async def merge_chunk(conn: asyncpg.Connection, ctx: ApplyContext, peer: str, ta
         return result
     snapshot = rows  # all of them: the set-based insert below takes some out of ``rows``
     t = ctx.schema[table]
-    targets = [(table, r.id) for r in rows]
-    existing, held = await lock_targets(conn, ctx, targets)
+    existing, held = await lock_span(conn, ctx, table, [r.id for r in rows])
     new = [r for r in rows if r.cl % 2 == 1 and (table, r.id) not in existing and (table, r.id) not in held
            and not has_opaque(t, r.names)]
     if ctx.fast_path and new and await insert_snapshot_rows(conn, t, new):  # the common case, set-based
         result.applied += len(new)
         done = {r.id for r in new}
         rows = [r for r in rows if r.id not in done]
-        targets = [(table, r.id) for r in rows]
-    values, rowver = await lock_and_load(conn, ctx, targets, locked=True)
+    values, rowver = (await lock_and_load(conn, ctx, [(table, r.id) for r in rows], locked=True) if rows
+                      else ({}, {}))
     merged: list[_Row] = []
     for r in rows:
         key = (table, r.id)

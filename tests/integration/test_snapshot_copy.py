@@ -5,7 +5,8 @@ A bootstrap writes a city's new rows with one COPY (text format) into their tabl
 ``json_populate_record`` is the reference.  Values are those ``to_jsonb`` gives at the
 parent, for every column type the COPY takes, with the characters COPY's text format must
 escape.  A type it does not take (an array) goes through the JSON stage; a write that fails
-(a foreign-key miss) writes nothing and says so, for the row-by-row path to take over.
+(a foreign-key miss) writes nothing and says so, for the row-by-row path to take over.  The
+rows a chunk names that this node holds are found by the chunk's id span.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import pytest
 from syncd.proto.messages import StoredRow
 from syncd.schema.declarations import SCHEMA, Column, Table
 from syncd.store import fastpath
+from syncd.store.apply import ApplyContext, lock_span
+from syncd.topology import Topology
 
 TYPES = {"t": "text", "vc": "varchar(40)", "u": "uuid", "b": "boolean", "i2": "smallint", "i4": "integer",
          "i8": "bigint", "f4": "real", "f8": "double precision", "d": "date", "tm": "time", "ttz": "timetz",
@@ -113,3 +116,23 @@ async def test_a_failed_copy_writes_nothing_and_says_so(county: asyncpg.Connecti
         assert await fastpath.insert_snapshot_rows(county, t, [row]) is False
     assert await county.fetchval("SELECT count(*) FROM attendance") == 0
     assert await county.fetchval("SELECT count(*) FROM syncd.rowver WHERE tbl = 'attendance'") == 0
+
+
+async def test_lock_span_finds_the_chunks_rows_held_here_and_no_other(county: asyncpg.Connection) -> None:
+    """A chunk's rows are looked up by their id span (syncd.store.apply.lock_span): a live row
+    and a tombstone held here are found, a row of the span the chunk does not name is not
+    returned, and rows outside the span are not touched."""
+    ids = [uuid.UUID(int=n) for n in range(10, 60, 10)]  # 10 20 30 40 50: the chunk names 20, 30, 40
+    async with county.transaction():
+        await county.execute("SET LOCAL syncd.applying = 'on'")
+        for n, name in ((10, "外"), (20, "在"), (30, "间")):
+            await county.execute("INSERT INTO members (id, org_code, name) VALUES ($1, '430102', $2)",
+                                 uuid.UUID(int=n), name)
+        await county.executemany(
+            "INSERT INTO syncd.rowver (tbl, id, org_code, cl, homes, v) VALUES ('members', $1, '430102', $2, "
+            """'{"home": "430102"}', '{}')""", [(uuid.UUID(int=10), 1), (uuid.UUID(int=20), 1), (uuid.UUID(int=40), 2)])
+    ctx = ApplyContext(SCHEMA, "430102", Topology.from_rows([("430102", "芙蓉区", "county", None)]))
+    async with county.transaction():
+        existing, held = await lock_span(county, ctx, "members", [ids[1], ids[3], ids[2]])
+    assert existing == {("members", ids[1]), ("members", ids[2])}  # 30 has no version: a local row
+    assert held == {("members", ids[1]): 1, ("members", ids[3]): 2}  # 40: a tombstone held here
