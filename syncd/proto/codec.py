@@ -631,19 +631,10 @@ def _stored_row_checked(v: Any, p: str) -> StoredRow:
                      vers_json=m["v"])  # texts as they came: the row re-encodes to the same bytes
 
 
-def stored_row(r: SnapshotRow | StoredRow) -> StoredRow:
-    """``r`` as a :class:`StoredRow` (each version with the one its write replaced, or nil)."""
-    if type(r) is StoredRow:
-        return r
-    prevs = r.prevs
-    return StoredRow(r.id, r.org_code, r.cl, r.homes, {k: cell[0] for k, cell in r.cols.items()},
-                     {k: [*cell[1], list(prevs[k]) if k in prevs else None] for k, cell in r.cols.items()})
-
-
 def _stored_row_out(r: SnapshotRow | StoredRow) -> dict[str, Any]:
     """A snapshot row's version-4 wire map (R9.2); its texts are kept on the row.  A text the
     row has already (as stored at the parent, or as received) goes as it is."""
-    s = stored_row(r)
+    s = StoredRow.of(r)
     vals: Any = s.vals_json
     if len(vals) > MAX_VALUE_BYTES // 4 and len(vals.encode()) > MAX_VALUE_BYTES:
         vals = _canon(s.vals)  # too long for one string (R4.7): the values as a map

@@ -210,6 +210,15 @@ class StoredRow:
         self.names: tuple[str, ...] = names if names is not None else tuple(self.vers)
         self._has_prevs = has_prevs
 
+    @classmethod
+    def of(cls, r: "SnapshotRow | StoredRow") -> "StoredRow":
+        """``r`` in stored form: each version followed by the one its write replaced, or None."""
+        if type(r) is StoredRow:
+            return r
+        prevs = r.prevs
+        return cls(r.id, r.org_code, r.cl, r.homes, {k: cell[0] for k, cell in r.cols.items()},
+                   {k: [*cell[1], list(prevs[k]) if k in prevs else None] for k, cell in r.cols.items()})
+
     @property
     def has_prevs(self) -> bool:
         """Some version carries the one its write replaced (closes conflicts, R9.2)."""

@@ -283,18 +283,6 @@ _SNAP_VERSIONS = ("INSERT INTO syncd.rowver (tbl, id, org_code, cl, homes, v) "
                   "SELECT $1, s.id, s.org_code, s.cl, s.homes, s.vers FROM syncd_snap_stage s")
 
 
-def _snapshot_values(r: SnapshotRow | StoredRow) -> tuple[str, str]:
-    """A snapshot row's values and versions as JSON (as :func:`_stage_record`), each version
-    with the one its write replaced where the row carries it (else null).  A
-    :class:`StoredRow` has them in that form already (protocol version 4)."""
-    if type(r) is StoredRow:  # the texts that crossed the link, parsed and checked by the codec
-        return (r.vals_json if r.vals_json is not None else dumps(r.vals),
-                r.vers_json if r.vers_json is not None else dumps(r.vers))
-    cols, prevs = r.cols, r.prevs
-    return (dumps({k: vv[0] for k, vv in cols.items()}),
-            dumps({k: [*vv[1], list(prevs[k]) if k in prevs else None] for k, vv in cols.items()}))
-
-
 #: Column types whose text input reads back the value ``to_jsonb`` gave for them, written as
 #: Python holds it (json and jsonb: as JSON text).  Not here — arrays (``to_jsonb`` gives a
 #: JSON array, not ``{…}``), numeric (orjson reads it as a float: digits would be lost),
@@ -332,7 +320,7 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-async def _copy_snapshot_rows(conn: asyncpg.Connection, t: Table, rows: Sequence[SnapshotRow | StoredRow],
+async def _copy_snapshot_rows(conn: asyncpg.Connection, t: Table, rows: Sequence[StoredRow],
                               cols: list[str]) -> bool | None:
     """Write new rows straight into their table with one COPY (text format) and their versions
     into ``syncd.rowver`` with another, under a savepoint: no JSON stage, no ``json_populate_record``
@@ -349,7 +337,7 @@ async def _copy_snapshot_rows(conn: asyncpg.Connection, t: Table, rows: Sequence
     values = list(zip(cols[1:-1] if cols[-1] == "id" else cols[1:], as_json[1:]))
     lines = []
     for r in rows:
-        vals = r.vals if type(r) is StoredRow else {k: cell[0] for k, cell in r.cols.items()}
+        vals = r.vals
         fields = [r.org_code]
         for n, js in values:
             v = vals.get(n)
@@ -364,7 +352,7 @@ async def _copy_snapshot_rows(conn: asyncpg.Connection, t: Table, rows: Sequence
         async with conn.transaction():
             await conn.copy_to_table(t.name, schema_name="public", source=_once(data), columns=cols, format="text")
             await conn.copy_records_to_table("rowver", schema_name="syncd", columns=_ROWVER_COLUMNS, records=[
-                (t.name, r.id, r.org_code, r.cl, encode_homes(r.homes), _snapshot_values(r)[1]) for r in rows])
+                (t.name, r.id, r.org_code, r.cl, encode_homes(r.homes), r.vers_json) for r in rows])
     except asyncpg.LockNotAvailableError:
         raise  # not the rows' fault: the whole batch waits its turn (HC-3)
     except asyncpg.PostgresError:
@@ -376,17 +364,19 @@ async def insert_snapshot_rows(conn: asyncpg.Connection, t: Table, rows: Sequenc
     """Insert live snapshot rows this node holds nothing of, with their versions; False
     (nothing written) when the write fails and the rows must take the row-by-row path.
     Straight COPY where every column's type allows it (:func:`_copy_snapshot_rows`), else
-    through a JSON stage (one COPY of the rows' texts, then ``json_populate_record``)."""
-    done = await _copy_snapshot_rows(conn, t, rows, _insert_columns(t, set().union(*[r.names for r in rows])))
+    through a JSON stage (one COPY of the rows' texts, then ``json_populate_record``).  Rows
+    of protocol versions before 4 are put in stored form first (:meth:`StoredRow.of`)."""
+    rows = [StoredRow.of(r) for r in rows]
+    cols = _insert_columns(t, set().union(*[r.names for r in rows]))
+    done = await _copy_snapshot_rows(conn, t, rows, cols)
     if done is not None:
         return done
     await conn.execute(_SNAP_STAGE)
     await conn.execute("TRUNCATE syncd_snap_stage")
     await conn.copy_records_to_table("syncd_snap_stage", columns=("id", "org_code", "cl", "homes", "vals", "vers"),
-                                     records=[(r.id, r.org_code, r.cl, encode_homes(r.homes), *_snapshot_values(r))
+                                     records=[(r.id, r.org_code, r.cl, encode_homes(r.homes), r.vals_json, r.vers_json)
                                               for r in rows])
     table = f'public."{t.name}"'
-    cols = _insert_columns(t, set().union(*[r.names for r in rows]))
     try:
         async with conn.transaction():
             await conn.execute(
