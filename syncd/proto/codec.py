@@ -230,15 +230,17 @@ def _is_u64(v: Any) -> bool:
     return type(v) is int and 0 <= v <= _I64
 
 
-def _fast_version(v: Any) -> Version | None:
-    """The version in ``v`` if it is a valid 5-array, else None (inlined: a snapshot chunk
-    checks one per cell)."""
-    if type(v) is not list or len(v) != 5:
-        return None
-    cl, rnd, stage, ts, origin = v
-    if (type(cl) is int and type(rnd) is int and type(stage) is int and type(ts) is int
+def _version_fields_ok(v: list[Any]) -> bool:
+    """The first five items of the list ``v`` are a valid version (R4.5)."""
+    cl, rnd, stage, ts, origin = v[0], v[1], v[2], v[3], v[4]
+    return (type(cl) is int and type(rnd) is int and type(stage) is int and type(ts) is int
             and 0 <= cl <= _I64 and 0 <= rnd <= _I64 and -1 <= stage <= _I64 and 0 <= ts <= _I64
-            and type(origin) is str and (origin in _NODES or _is_node(origin))):
+            and type(origin) is str and (origin in _NODES or _is_node(origin)))
+
+
+def _fast_version(v: Any) -> Version | None:
+    """The version in ``v`` if it is a valid 5-array, else None."""
+    if type(v) is list and len(v) == 5 and _version_fields_ok(v):
         return _tnew(Version, v)
     return None
 
@@ -576,24 +578,14 @@ def _stored_row_fast(v: Any) -> StoredRow | None:
         # the text again exactly (``json``) and names it (R4.6: values are 64-bit integers)
         if f.huge(x) or not _fast_value(x)[0]:
             return None
-    nodes = _NODES
     prevs = False
-    for ver in vers.values():
-        if type(ver) is not list:
+    for ver in vers.values():  # [cl, round, stage, ts, origin] and, if a sixth, the replaced version
+        if type(ver) is not list or len(ver) not in (5, 6) or not _version_fields_ok(ver):
             return None
-        n = len(ver)
-        if n == 6:
-            if ver[5] is not None:
-                if _fast_version(ver[5]) is None:
-                    return None
-                prevs = True
-        elif n != 5:
-            return None
-        cl, rnd, stage, ts, origin = ver[0], ver[1], ver[2], ver[3], ver[4]
-        if not (type(cl) is int and type(rnd) is int and type(stage) is int and type(ts) is int
-                and 0 <= cl <= _I64 and 0 <= rnd <= _I64 and -1 <= stage <= _I64 and 0 <= ts <= _I64
-                and type(origin) is str and (origin in nodes or _is_node(origin))):
-            return None
+        if len(ver) == 6 and ver[5] is not None:
+            if _fast_version(ver[5]) is None:
+                return None
+            prevs = True
     return StoredRow(_uuid(v["i"]), v["o"], v["cl"], dict(homes), vals, None,
                      vals_json=vals_json, vers_json=vers_json, names=names, has_prevs=prevs)
 
