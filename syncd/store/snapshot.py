@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any, Sequence
 
 import asyncpg
@@ -111,7 +110,6 @@ async def read_chunk(conn: asyncpg.Connection, schema: Schema, topo: Topology, m
         f"WHERE r.tbl = $1{bounds} ORDER BY r.id LIMIT $2",
         table, limit, *args)
     behind = topo.behind(me, child)
-    homes_of: dict[str, dict[str, str]] = {}  # a chunk repeats a handful of homes: read each once
     out: list[StoredRow] = []
     nxt = recs[-1]["id"] if len(recs) == limit else None
     total = 0
@@ -129,16 +127,11 @@ async def read_chunk(conn: asyncpg.Connection, schema: Schema, topo: Topology, m
         text = r["v"]
         stored = orjson.loads(text)
         names = tuple(stored)
-        homes = homes_of.get(r["homes"])
-        if homes is None:
-            homes = homes_of[r["homes"]] = decode_homes(r["homes"])
+        homes = decode_homes(r["homes"])
         keep = _keep(t, names, frozenset(held) if held else _NONE, r["homes"], homes, r["org_code"], behind, topo)
         if keep is None:
             continue
-        try:
-            vals = dict(zip(keep, itemgetter(*keep)(values))) if len(keep) > 1 else {n: values[n] for n in keep}
-        except KeyError:  # a tombstone, or a column without a value: null
-            vals = {n: values.get(n) for n in keep}
+        vals = {n: values.get(n) for n in keep}  # a tombstone's, or a column's without a value: null
         # held as two texts until they are sent, not as objects per cell
         if len(keep) == len(names):  # every column crosses: the versions go as stored
             out.append(StoredRow(r["id"], r["org_code"], r["cl"], homes, vals_json=json_text(vals), vers_json=text,
