@@ -10,6 +10,13 @@ under load, ``auto_explain``).  A lookup inside a LATERAL subquery that PostgreS
 flatten into a join (it locks rows, or has a LIMIT) is a parameterised index probe in any plan.
 The same for ``syncd.rowver`` joined to ``unnest($1, $2)``: kept from an empty table, a hash join
 over a sequential scan of every version held (60 ms at 200k rows, each apply).
+
+The queues the sequencer empties (``syncd.capture``, ``syncd.pending``) meet the other side of
+it: once autovacuum's ANALYZE has found a queue empty it records pages but no rows, and the
+planner estimates one row however many wait.  ``serial IN (SELECT serial … LIMIT $1)`` then
+became a nested-loop semi join running the subquery again for every queued row: 64 s to claim
+5,000 of 20,000 captures (bench catch-up, a county's 20k offline writes).  A range up to the
+batch's last serial is one index range scan in any plan.
 """
 from __future__ import annotations
 
@@ -29,3 +36,9 @@ def rowvers_by_key(columns: str) -> str:
     is found twice)."""
     return ("SELECT r.* FROM unnest($1::text[], $2::uuid[]) AS k(tbl, id) CROSS JOIN LATERAL "
             f"(SELECT {columns} FROM syncd.rowver r WHERE r.tbl = k.tbl AND r.id = k.id LIMIT 1) AS r")
+
+
+def oldest_of_queue(table: str) -> str:
+    """SQL condition on ``table``'s ``serial``: the oldest $1 rows visible to the statement (a
+    range up to the last of them, which holds exactly those rows in the statement's snapshot)."""
+    return f"serial <= (SELECT max(serial) FROM (SELECT serial FROM {table} ORDER BY serial LIMIT $1) AS q)"

@@ -39,6 +39,7 @@ from syncd.proto.change import Change, StoredChange
 from syncd.schema.declarations import SCHEMA, Schema
 from syncd.store.listen import Listener
 from syncd.store.log import append_log, stored_from_record
+from syncd.store.lookup import oldest_of_queue
 from syncd.store.versioning import Versioner, claim_captures
 
 SEQUENCER_LOCK = 0x5379_6E63_0002  # 'Sync' 2: positions and versions
@@ -62,10 +63,9 @@ class TickResult:
 
 #: Move the oldest pending changes into the log at head+1…, in serial order; return what
 #: the outbox rule and the clock need ($1 batch, $2 head, $3 epoch).
-_MOVE_PENDING = """
+_MOVE_PENDING = f"""
 WITH moved AS (
-    DELETE FROM syncd.pending WHERE serial IN
-        (SELECT serial FROM syncd.pending ORDER BY serial LIMIT $1)
+    DELETE FROM syncd.pending WHERE {oldest_of_queue('syncd.pending')}
     RETURNING *
 ), logged AS (
     INSERT INTO syncd.log (pos, epoch, tbl, id, org_code, op, cl, ts, origin, txn, homes, cols, received_from)
@@ -73,7 +73,7 @@ WITH moved AS (
            cols, received_from
     FROM moved
     RETURNING pos, tbl, id, org_code, op, cl, ts, origin, txn, homes, received_from,
-              CASE WHEN tbl = 'committees' THEN cols ELSE '{}'::json END AS cols
+              CASE WHEN tbl = 'committees' THEN cols ELSE '{{}}'::json END AS cols
 )
 SELECT * FROM logged ORDER BY pos
 """

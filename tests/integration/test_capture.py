@@ -6,6 +6,7 @@ import json
 import uuid
 from collections import Counter
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import asyncpg
 import pytest
@@ -347,3 +348,80 @@ async def test_hc10_natural_key_ids_match_python(county: asyncpg.Connection) -> 
     got = await county.fetch("SELECT syncd.natural_id('proposals', k) AS id FROM unnest($1::text[]) WITH ORDINALITY AS u(k, n) "
                              "ORDER BY n", ["\x1f".join("" if x is None else str(x) for x in p) for p in parts])
     assert [r["id"] for r in got] == [natural_id("proposals", p) for p in parts]
+
+
+def _rows_touched(node: dict[str, Any]) -> float:
+    """Rows a plan node and the nodes under it returned or discarded, over all their loops."""
+    per_loop = (node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
+                + node.get("Rows Removed by Join Filter", 0))
+    return per_loop * node.get("Actual Loops", 1) + sum(_rows_touched(n) for n in node.get("Plans", []))
+
+
+async def _touched(conn: asyncpg.Connection, sql: str, *args: object) -> float:
+    """Rows ``sql`` touched, run (EXPLAIN ANALYZE) in a transaction that is rolled back, with a
+    custom and a generic plan: the larger."""
+    touched = 0.0
+    for mode in ("force_custom_plan", "force_generic_plan"):
+        tr = conn.transaction()
+        await tr.start()
+        try:
+            await conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
+            plan = json.loads(await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", *args))
+            touched = max(touched, _rows_touched(plan[0]["Plan"]))
+        finally:
+            await tr.rollback()
+    return touched
+
+
+async def _emptied_and_analysed(conn: asyncpg.Connection, queue: str) -> None:
+    """Bring ``queue`` to the state autovacuum leaves a drained queue in: pages but no rows."""
+    await conn.execute(f"DELETE FROM {queue}")
+    await conn.execute(f"ANALYZE {queue}")
+    pages, rows = await conn.fetchrow("SELECT relpages, reltuples FROM pg_class WHERE oid = $1::regclass", queue)
+    assert pages > 0 and rows == 0  # the planner now estimates one row however many wait
+
+
+async def test_queue_claims_read_each_queued_row_once_after_an_emptied_queue_was_analysed(
+        county: asyncpg.Connection) -> None:
+    """Once ANALYZE has found a drained queue empty, the planner estimates one row however many
+    wait.  The sequencer's claim of the oldest captures (``serial IN (SELECT … LIMIT $1)``) then
+    ran its subquery again for every queued row: 64 s to claim 5,000 of 20,000 captures (bench
+    catch-up, a county's offline writes); an apply's claim of its rows' captures, a join to
+    the keys, read the keys again for every capture (12.5 s for 2,000 among 20,000); the move of
+    received changes from ``syncd.pending`` had the first pattern.  Each now reads a queued row
+    about once in any plan, and claims what it should."""
+    from syncd.store.sequencer import _MOVE_PENDING
+    from syncd.store.versioning import CLAIM_OLDEST, CLAIM_ROWS
+
+    n = 20000
+    insert = ("INSERT INTO members (org_code, name, work_unit) SELECT $1, '委员' || g, repeat('长沙市', 40) "
+              "FROM generate_series($2::int, $3::int) AS g")  # captures of a real row's width
+    await county.execute(insert, ME, 1, n)
+    await _emptied_and_analysed(county, "syncd.capture")
+    await county.execute(insert, ME, n + 1, 2 * n)
+    queued = await county.fetch("SELECT serial, row_id FROM syncd.capture ORDER BY serial")
+    assert len(queued) == n
+    picked = [r["row_id"] for r in queued[1::10]]  # 2,000 rows across the queue
+
+    assert await _touched(county, CLAIM_OLDEST, 1000) < 4 * n
+    assert await _touched(county, CLAIM_ROWS, ["members"] * len(picked), picked) < 4 * n
+    async with county.transaction():
+        oldest = await claim_captures(county, 1000)
+        assert [c.serial for c in oldest] == [r["serial"] for r in queued[:1000]]
+        mine = await claim_captures(county, 1_000_000, [("members", i) for i in picked] + [("attendance", picked[0])])
+        assert [c.row_id for c in mine] == picked[100:]  # those the first claim left, once each, oldest first
+        assert await county.fetchval("SELECT count(*) FROM syncd.capture") == n - 1000 - len(mine)
+
+    fill = ("INSERT INTO syncd.pending (tbl, id, org_code, op, cl, ts, origin, txn, homes, cols, received_from) "
+            "SELECT 'members', gen_random_uuid(), '430102', 'i', 1, g, '430102', g, '{}', '{}', '430100' "
+            "FROM generate_series(1, $1::int) AS g")
+    await county.execute(fill, 1000)
+    await _emptied_and_analysed(county, "syncd.pending")
+    await county.execute(fill, n)
+    head, epoch = await county.fetchrow("SELECT head, epoch FROM syncd.node")
+    assert await _touched(county, _MOVE_PENDING, 1000, head, epoch) < 4 * n
+    waiting = await county.fetch("SELECT id FROM syncd.pending ORDER BY serial")
+    async with county.transaction():
+        moved = await county.fetch(_MOVE_PENDING, 1000, head, epoch)
+        assert [(r["pos"], r["id"]) for r in moved] == [(head + 1 + k, r["id"]) for k, r in enumerate(waiting[:1000])]
+        assert await county.fetchval("SELECT count(*) FROM syncd.pending") == n - 1000
