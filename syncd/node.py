@@ -93,10 +93,18 @@ async def load_topology(conn: asyncpg.Connection, cfg: Config) -> Topology:
 
 
 #: a child's pull reads its own outbox and the log entries it names, never the rest of the
-#: log (HC-37: a city's pull at the root costs what its scope holds, not the root log's size)
+#: log (HC-37: a city's pull at the root costs what its scope holds, not the root log's size).
+#: The batch is cut in the outbox before the join: joined first, then sorted and cut, the
+#: planner read every entry of the child's backlog for each batch once ANALYZE had found the
+#: outbox drained (``syncd.store.lookup``): 20,000 log rows for a 2,000-entry batch
 OUTBOX_READ = (f"SELECT {', '.join('l.' + c for c in CHANGE_COLUMNS.split(', '))}, {entry_size_sql('l')} "
-               "FROM syncd.outbox o "
-               "JOIN syncd.log l ON l.pos = o.pos WHERE o.peer = $1 AND o.pos > $2 ORDER BY o.pos LIMIT $3")
+               "FROM (SELECT pos FROM syncd.outbox WHERE peer = $1 AND pos > $2 ORDER BY pos LIMIT $3) AS o "
+               "JOIN syncd.log l ON l.pos = o.pos ORDER BY o.pos")
+#: what waits in a child's outbox after $2: how many, the newest position, and when the oldest
+#: was logged (``logged_at`` grows with the position); one log row read, not the whole backlog
+OUTBOX_BACKLOG = ("SELECT count(*) AS n, max(o.pos) AS head, "
+                  "(SELECT l.logged_at FROM syncd.log l WHERE l.pos = min(o.pos)) AS oldest "
+                  "FROM syncd.outbox o WHERE o.peer = $1 AND o.pos > $2")
 
 
 @dataclass
@@ -258,9 +266,7 @@ class ParentService:
         out = []
         for c in self.cfg.children:
             after = self.pull_after.get(c.id)
-            row = await conn.fetchrow(
-                "SELECT count(*) AS n, min(l.logged_at) AS oldest, max(o.pos) AS head FROM syncd.outbox o "
-                "JOIN syncd.log l ON l.pos = o.pos WHERE o.peer = $1 AND o.pos > $2", c.id, after or 0)
+            row = await conn.fetchrow(OUTBOX_BACKLOG, c.id, after or 0)
             lag_s = round(time.time() - row["oldest"].timestamp(), 3) if row["oldest"] else 0.0
             view = child_link_view(self, c.id, int(row["n"]), lag_s)
             view["epoch"] = await conn.fetchval("SELECT epoch FROM syncd.links WHERE peer = $1", c.id)

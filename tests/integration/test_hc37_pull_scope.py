@@ -9,10 +9,11 @@ of 20,000 entries for 长沙市 and 40 for 岳阳市.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import asyncpg
 
-from syncd.node import OUTBOX_READ
+from syncd.node import OUTBOX_BACKLOG, OUTBOX_READ
 from syncd.store.sequencer import Sequencer
 from tests.pg import Cluster
 from tests.tree import Tree
@@ -87,3 +88,47 @@ async def test_hc37_a_citys_pull_reads_its_own_outbox_not_the_root_log(cluster: 
         assert big == 1001 and read_big["log"] >= 1000, (big, read_big)
     finally:
         await t.close()
+
+
+async def test_hc37_a_pull_reads_one_batch_of_the_log_after_the_outbox_was_analysed_drained(cluster: Cluster) -> None:
+    """Once ANALYZE has found the outbox and the log drained (retention removes what every
+    child has), the planner estimates one row however many wait.  The pull joined a child's
+    whole backlog to the log, then sorted and cut it: 20,000 log rows read for a 1,001-entry
+    batch, for every batch of a catch-up.  The batch is now cut before the join.  The child's
+    backlog in ``/status`` reads one log row, not the backlog."""
+    t = Tree(cluster, TREE)
+    try:
+        await t.prepare()
+        conn = t.db("430000")
+        await _fill(conn)
+        await conn.execute("DELETE FROM syncd.outbox; DELETE FROM syncd.log; ANALYZE syncd.outbox; ANALYZE syncd.log")
+        assert await conn.fetchval("SELECT bool_and(relpages > 0 AND reltuples = 0) FROM pg_class "
+                                   "WHERE oid IN ('syncd.log'::regclass, 'syncd.outbox'::regclass)")
+        await conn.execute("SET plan_cache_mode = force_generic_plan")  # as a daemon runs it, kept
+        await _fill(_Unanalysed(conn))
+        first = await conn.fetchval("SELECT min(pos) FROM syncd.outbox WHERE peer = '430100'")
+        n, read = await _read(conn, "430100", 0)
+        assert n == 1001 and read["log"] <= 2 * (n + 1), (n, read)
+        assert [r["pos"] for r in await conn.fetch(OUTBOX_READ, "430100", first + 9, 5)] == list(
+            range(first + 10, first + 15))  # the batch after the cursor, in order
+
+        backlog = await conn.fetchrow(OUTBOX_BACKLOG, "430100", first)
+        assert (backlog["n"], backlog["head"]) == (OTHERS - 1, first + OTHERS - 1)
+        assert backlog["oldest"] == await conn.fetchval("SELECT logged_at FROM syncd.log WHERE pos = $1", first + 1)
+        plan = json.loads(await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + OUTBOX_BACKLOG, "430100", 0))
+        assert _rows_read(plan[0]["Plan"])["log"] <= 1, plan
+    finally:
+        await t.close()
+
+
+class _Unanalysed:
+    """``conn`` with its ANALYZE statements left out (autovacuum has not come by yet)."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    async def execute(self, sql: str, *args: Any) -> str:
+        return "" if sql.startswith("ANALYZE") else await self._conn.execute(sql, *args)
