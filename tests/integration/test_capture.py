@@ -374,7 +374,9 @@ async def _touched(conn: asyncpg.Connection, sql: str, *args: object) -> float:
 
 
 async def _emptied_and_analysed(conn: asyncpg.Connection, queue: str) -> None:
-    """Bring ``queue`` to the state autovacuum leaves a drained queue in: pages but no rows."""
+    """Bring ``queue`` to the state autovacuum leaves a drained queue in: pages but no rows (and
+    keep it there: no autovacuum truncates it or counts its rows again while the test runs)."""
+    await conn.execute(f"ALTER TABLE {queue} SET (autovacuum_enabled = false)")
     await conn.execute(f"DELETE FROM {queue}")
     await conn.execute(f"ANALYZE {queue}")
     pages, rows = await conn.fetchrow("SELECT relpages, reltuples FROM pg_class WHERE oid = $1::regclass", queue)
