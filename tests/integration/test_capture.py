@@ -17,6 +17,7 @@ from syncd.store.log import read_log
 from syncd.store.sequencer import Sequencer, lock
 from syncd.store.versioning import Versioner, claim_captures
 from tests.pg import Cluster
+from tests.plans import drained_and_analysed
 
 ME = "430102"
 
@@ -373,16 +374,6 @@ async def _touched(conn: asyncpg.Connection, sql: str, *args: object) -> float:
     return touched
 
 
-async def _emptied_and_analysed(conn: asyncpg.Connection, queue: str) -> None:
-    """Bring ``queue`` to the state autovacuum leaves a drained queue in: pages but no rows (and
-    keep it there: no autovacuum truncates it or counts its rows again while the test runs)."""
-    await conn.execute(f"ALTER TABLE {queue} SET (autovacuum_enabled = false)")
-    await conn.execute(f"DELETE FROM {queue}")
-    await conn.execute(f"ANALYZE {queue}")
-    pages, rows = await conn.fetchrow("SELECT relpages, reltuples FROM pg_class WHERE oid = $1::regclass", queue)
-    assert pages > 0 and rows == 0  # the planner now estimates one row however many wait
-
-
 async def test_queue_claims_read_each_queued_row_once_after_an_emptied_queue_was_analysed(
         county: asyncpg.Connection) -> None:
     """Once ANALYZE has found a drained queue empty, the planner estimates one row however many
@@ -399,7 +390,7 @@ async def test_queue_claims_read_each_queued_row_once_after_an_emptied_queue_was
     insert = ("INSERT INTO members (org_code, name, work_unit) SELECT $1, '委员' || g, repeat('长沙市', 40) "
               "FROM generate_series($2::int, $3::int) AS g")  # captures of a real row's width
     await county.execute(insert, ME, 1, n)
-    await _emptied_and_analysed(county, "syncd.capture")
+    await drained_and_analysed(county, "syncd.capture")
     await county.execute(insert, ME, n + 1, 2 * n)
     queued = await county.fetch("SELECT serial, row_id FROM syncd.capture ORDER BY serial")
     assert len(queued) == n
@@ -418,7 +409,7 @@ async def test_queue_claims_read_each_queued_row_once_after_an_emptied_queue_was
             "SELECT 'members', gen_random_uuid(), '430102', 'i', 1, g, '430102', g, '{}', '{}', '430100' "
             "FROM generate_series(1, $1::int) AS g")
     await county.execute(fill, 1000)
-    await _emptied_and_analysed(county, "syncd.pending")
+    await drained_and_analysed(county, "syncd.pending")
     await county.execute(fill, n)
     head, epoch = await county.fetchrow("SELECT head, epoch FROM syncd.node")
     assert await _touched(county, _MOVE_PENDING, 1000, head, epoch) < 4 * n

@@ -9,13 +9,13 @@ of 20,000 entries for 长沙市 and 40 for 岳阳市.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import asyncpg
 
 from syncd.node import OUTBOX_BACKLOG, OUTBOX_READ
 from syncd.store.sequencer import Sequencer
 from tests.pg import Cluster
+from tests.plans import drained_and_analysed
 from tests.tree import Tree
 
 TREE = {
@@ -26,8 +26,9 @@ TREE = {
 OTHERS, MINE = 20_000, 40
 
 
-async def _fill(conn: asyncpg.Connection) -> None:
-    """Clone one logged province change into OTHERS entries for 长沙市 and MINE for 岳阳市."""
+async def _fill(conn: asyncpg.Connection, analyse: bool = True) -> None:
+    """Clone one logged province change into OTHERS entries for 长沙市 and MINE for 岳阳市;
+    ``analyse``: then bring the statistics of the log and the outbox up to date."""
     await conn.execute("INSERT INTO activities (org_code, kind, title, starts_at) "
                        "VALUES ('430000', '全体会议', '模板', now())")
     await Sequencer(me="430000").drain(conn)
@@ -45,7 +46,8 @@ async def _fill(conn: asyncpg.Connection) -> None:
             SELECT CASE WHEN g <= $1::int THEN '430100' ELSE '430600' END, n.head + g
             FROM generate_series(1, $1::int + $2::int) g, (SELECT head FROM syncd.node) n""", OTHERS, MINE)
         await conn.execute("UPDATE syncd.node SET head = head + $1, hlc = hlc + $1", OTHERS + MINE)
-    await conn.execute("ANALYZE syncd.log; ANALYZE syncd.outbox")  # what autovacuum keeps up to date
+    if analyse:
+        await conn.execute("ANALYZE syncd.log; ANALYZE syncd.outbox")  # what autovacuum keeps up to date
 
 
 def _rows_read(plan: dict) -> dict[str, int]:
@@ -101,13 +103,9 @@ async def test_hc37_a_pull_reads_one_batch_of_the_log_after_the_outbox_was_analy
         await t.prepare()
         conn = t.db("430000")
         await _fill(conn)
-        await conn.execute("ALTER TABLE syncd.outbox SET (autovacuum_enabled = false); "  # the state is kept
-                           "ALTER TABLE syncd.log SET (autovacuum_enabled = false); "
-                           "DELETE FROM syncd.outbox; DELETE FROM syncd.log; ANALYZE syncd.outbox; ANALYZE syncd.log")
-        assert await conn.fetchval("SELECT bool_and(relpages > 0 AND reltuples = 0) FROM pg_class "
-                                   "WHERE oid IN ('syncd.log'::regclass, 'syncd.outbox'::regclass)")
+        await drained_and_analysed(conn, "syncd.outbox", "syncd.log")
         await conn.execute("SET plan_cache_mode = force_generic_plan")  # as a daemon runs it, kept
-        await _fill(_Unanalysed(conn))
+        await _fill(conn, analyse=False)  # autovacuum has not come by yet
         first = await conn.fetchval("SELECT min(pos) FROM syncd.outbox WHERE peer = '430100'")
         n, read = await _read(conn, "430100", 0)
         assert n == 1001 and read["log"] <= 2 * (n + 1), (n, read)
@@ -122,15 +120,3 @@ async def test_hc37_a_pull_reads_one_batch_of_the_log_after_the_outbox_was_analy
     finally:
         await t.close()
 
-
-class _Unanalysed:
-    """``conn`` with its ANALYZE statements left out (autovacuum has not come by yet)."""
-
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self._conn = conn
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._conn, name)
-
-    async def execute(self, sql: str, *args: Any) -> str:
-        return "" if sql.startswith("ANALYZE") else await self._conn.execute(sql, *args)
