@@ -132,13 +132,12 @@ async def read_chunk(conn: asyncpg.Connection, schema: Schema, topo: Topology, m
         if keep is None:
             continue
         vals = {n: values.get(n) for n in keep}  # a tombstone's, or a column's without a value: null
-        # held as two texts until they are sent, not as objects per cell
-        if len(keep) == len(names):  # every column crosses: the versions go as stored
-            out.append(StoredRow(r["id"], r["org_code"], r["cl"], homes, vals_json=json_text(vals), vers_json=text,
-                                 names=names))
-        else:
-            out.append(StoredRow(r["id"], r["org_code"], r["cl"], homes, vals_json=json_text(vals),
-                                 vers_json=json_text({n: stored[n] for n in keep}), names=keep))
+        # held as two texts until they are sent, not as objects per cell; when every column
+        # crosses, the versions go as stored
+        if len(keep) < len(names):
+            text, names = json_text({n: stored[n] for n in keep}), keep
+        out.append(StoredRow(r["id"], r["org_code"], r["cl"], homes, vals_json=json_text(vals), vers_json=text,
+                             names=names))
         total += size
     return out, nxt
 
