@@ -2,7 +2,8 @@
 
 One run = one embedded PostgreSQL cluster (settings in ``bench.harness.SETTINGS``, the same
 for ceilings and syncd), the chosen scenarios in order, a table on stdout and
-``<out>/<YYYY-MM-DD>-<size>.json``.  Ratios are only taken between measures of the same run.
+``<out>/<YYYY-MM-DD>-<size>.json`` (``<YYYY-MM-DD>b-<size>.json`` and on for a day's later runs:
+nothing is overwritten).  Ratios are only taken between measures of the same run.
 """
 from __future__ import annotations
 
@@ -160,7 +161,7 @@ async def main(size: str, only: list[str] | None, out_dir: Path, pg_dir: Path | 
         print(_statements_text(run.extra["statements"]))
     today = dt.date.today().isoformat()
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{today}-{size}.json"
+    path = result_path(out_dir, today, size)
     doc = {
         "date": today, "size": size, "params": {**run.size.__dict__, "sequencer_interval_ms": sequencer_interval_ms()}, "seconds": round(time.perf_counter() - started, 1),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
@@ -175,6 +176,16 @@ async def main(size: str, only: list[str] | None, out_dir: Path, pg_dir: Path | 
     tmp.replace(path)
     print(f"\nwrote {path}")
     return path
+
+
+def result_path(out_dir: Path, day: str, size: str) -> Path:
+    """The first free of ``<day>-<size>.json``, ``<day>b-<size>.json`` … ``<day>z-<size>.json``:
+    a second run of the day keeps the first one's results."""
+    for tag in ["", *"bcdefghijklmnopqrstuvwxyz"]:
+        path = out_dir / f"{day}{tag}-{size}.json"
+        if not path.exists():
+            return path
+    raise SystemExit(f"RESULTS_FULL: {out_dir} already holds 26 {size} results of {day}; move some away")
 
 
 def cli(argv: list[str] | None = None) -> int:
