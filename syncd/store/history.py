@@ -107,11 +107,13 @@ def _logged(r: asyncpg.Record, stage: str, current: dict[str, list[Any]]) -> Ent
 def _captured(r: asyncpg.Record) -> Entry:
     new = json.loads(r["new"]) if r["new"] is not None else None
     old = json.loads(r["old"]) if r["old"] is not None else None
-    if isinstance(old, list):  # op 'u': the names of the changed columns
+    op = r["op"].decode() if isinstance(r["op"], bytes) else str(r["op"])
+    if op == "p":  # new: the changed columns alone (old: the row's context)
+        changed = sorted(new or {})
+    elif isinstance(old, list):  # op 'u': the names of the changed columns
         changed = sorted(k for k in old if k in (new or {}))
     else:
         changed = sorted(k for k in (new or {}) if old is None or old.get(k) != new.get(k))
-    op = r["op"].decode() if isinstance(r["op"], bytes) else str(r["op"])
     return Entry("captured", None, None, None, op, None, None, _iso(r["stmt_ts"]),
                  [ColumnEntry(k, (new or {}).get(k), [], None, False) for k in changed])
 

@@ -62,8 +62,8 @@ class Capture(NamedTuple):
     tbl: str
     op: str
     row_id: uuid.UUID
-    old: dict[str, Any] | list[str] | None  # op 'u': the names of the changed columns
-    new: dict[str, Any] | None
+    old: dict[str, Any] | list[str] | None  # ops 'u' and 'p': the names of the changed columns
+    new: dict[str, Any] | None  # op 'p': the changed columns and the row's context, not the whole row
 
 
 _tnew = tuple.__new__  # a named tuple from known-good fields, without its Python-level __new__
@@ -116,15 +116,19 @@ def _changed_columns(t: Table, new: Mapping[str, Any], old: Mapping[str, Any] | 
         out = {c: new.get(c) for c in _plain_columns(t) if c in named}
     else:
         out = {c: new.get(c) for c in _plain_columns(t) if new.get(c) != old.get(c)}  # type: ignore[union-attr]
-    if any(src in out for src in _derived_sources(t)):
-        out.update(_derive(t, new, key))
+    if any(src in out for src in _derived_sources(t)):  # derived again only from a changed source
+        out.update({k: v for k, v in _derive(t, new, key).items() if _source_of(t, k) in out})
     return out
 
 
+def _source_of(t: Table, derived: str) -> str:
+    return _cached(t, "sources", lambda: {c.name: c.derived_from for c in t.shipped if c.derived_from})[derived]
+
+
 def _old(cap: "Capture") -> dict[str, Any] | list[str]:
-    """What an update capture says of the old row: the changed columns' names (op ``u``)
-    or the full old image (op ``U``)."""
-    if cap.op == "u":
+    """What an update capture says of the old row: the changed columns' names (ops ``u``
+    and ``p``) or the full old image (op ``U``)."""
+    if cap.op == "u" or cap.op == "p":
         return cap.old if isinstance(cap.old, list) else []
     return cap.old or {}
 
@@ -141,12 +145,15 @@ def version_captures(
     hlc: int,
     homes_of: Mapping[tuple[str, uuid.UUID], dict[str, str]],
     id_hash_key: Secret | None = None,
+    rows_now: Mapping[tuple[str, uuid.UUID], dict[str, Any]] | None = None,
 ) -> tuple[list[Change], int]:
     """Version ``captures`` (in serial order) against ``state``, which is updated in place.
 
     ``homes_of`` gives the route homes of each captured row (looked up by the
     caller); returns the changes and the new highest ts.  Captures of tables
-    not in ``schema`` are ignored.
+    not in ``schema`` are ignored.  An update captured with its changed columns only
+    (op ``p``) of a row that has no live version (:func:`needs_whole_row`) ships the
+    row as it is now, from ``rows_now``; a row gone since is left to its delete's capture.
     """
     changes: list[Change] = []
     for cap in sorted(captures, key=lambda c: c.serial):
@@ -159,9 +166,13 @@ def version_captures(
         if cap.op == "D":
             op, cl, values = OP_DELETE, (rv.cl if rv else 1) + 1, {}
         elif rv is None or rv.cl % 2 == 0 or cap.op == "I":
+            if cap.op == "p":
+                image = (rows_now or {}).get(key)
+                if image is None:
+                    continue
             op = OP_INSERT
             cl = 1 if rv is None else (rv.cl + 1 if rv.cl % 2 == 0 else rv.cl)
-            values = _changed_columns(t, cap.new or {}, None, id_hash_key)
+            values = _changed_columns(t, image, None, id_hash_key)
         else:
             op, cl, values = OP_UPDATE, rv.cl, _changed_columns(t, cap.new or {}, _old(cap), id_hash_key)
             if not values:
@@ -215,8 +226,29 @@ CLAIM_ROWS = ("DELETE FROM syncd.capture c WHERE ((c.tbl, c.row_id) IN (SELECT *
 
 def _capture_from_record(r: asyncpg.Record) -> Capture:
     serial, ts_us, xid, tbl, op, row_id, old, new = r
+    if op == "p":  # new: the changed columns; old: the row's context (org_code, route columns)
+        changed = loads(new)
+        return _tnew(Capture, (serial, ts_us, xid, tbl, op, row_id, list(changed), {**loads(old), **changed}))
     return _tnew(Capture, (serial, ts_us, xid, tbl, op, row_id, None if old is None else loads(old),
                            None if new is None else loads(new)))
+
+
+def needs_whole_row(captures: Sequence[Capture],
+                    state: Mapping[tuple[str, uuid.UUID], RowVer]) -> set[tuple[str, uuid.UUID]]:
+    """Rows with an op ``p`` capture that :func:`version_captures` ships as a new row (no live
+    version when it comes, in serial order): the capture holds only the changed columns, so
+    the caller reads those rows whole."""
+    live = {k: rv.cl % 2 == 1 for k, rv in state.items()}
+    out = set()
+    for cap in sorted(captures, key=lambda c: c.serial):
+        key = (cap.tbl, cap.row_id)
+        if cap.op == "D":
+            live[key] = False
+        elif cap.op == "p" and not live.get(key, False):
+            out.add(key)
+        else:
+            live[key] = True
+    return out
 
 
 async def claim_captures(conn: asyncpg.Connection, limit: int,
@@ -293,6 +325,20 @@ async def lookup_homes(conn: asyncpg.Connection, schema: Schema,
     return out
 
 
+async def _rows_now(conn: asyncpg.Connection, schema: Schema,
+                    keys: set[tuple[str, uuid.UUID]]) -> dict[tuple[str, uuid.UUID], dict[str, Any]]:
+    """The current images of rows (``keys``) of replicated tables that are still there."""
+    by_table: dict[str, list[uuid.UUID]] = {}
+    for tbl, rid in keys:
+        if tbl in schema:
+            by_table.setdefault(tbl, []).append(rid)
+    out = {}
+    for tbl, ids in by_table.items():
+        for r in await conn.fetch(rows_by_id(tbl, "x.id, to_json(x)"), ids):
+            out[(tbl, r[0])] = loads(r[1])
+    return out
+
+
 @dataclass
 class Versioner:
     """Versions captures inside the caller's transaction (which holds the sequencer lock)."""
@@ -307,8 +353,9 @@ class Versioner:
         keys = [(c.tbl, c.row_id) for c in captures]
         state = await load_rowver(conn, keys)
         homes = await lookup_homes(conn, self.schema, captures)
+        rows_now = await _rows_now(conn, self.schema, needs_whole_row(captures, state))
         held = set(state)
-        changes, hlc = version_captures(captures, state, self.schema, self.me, hlc, homes, self.id_hash_key)
+        changes, hlc = version_captures(captures, state, self.schema, self.me, hlc, homes, self.id_hash_key, rows_now)
         touched = {(c.table, c.id) for c in changes}
         await insert_rowver(conn, {k: v for k, v in state.items() if k in touched and k not in held})
         await save_rowver(conn, {k: v for k, v in state.items() if k in touched and k in held})

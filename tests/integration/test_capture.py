@@ -81,27 +81,36 @@ async def test_setting_a_column_to_its_value_ships_only_real_changes(county: asy
     assert set(upd.cols) == {"title"}
 
 
-async def test_an_update_capture_names_its_changed_columns_and_an_older_full_image_still_versions(
+async def test_an_update_capture_holds_its_changed_columns_and_older_formats_still_version(
         county: asyncpg.Connection) -> None:
     mid = await _new_member(county, work_unit="湖南大学", title="教授")
     await _drain(county)
     start = await _head(county)
     await county.execute("UPDATE members SET work_unit = '中南大学', title = '教授', id_card_no = '430102199001011234' "
                          "WHERE id = $1", mid)
-    op, old = await county.fetchrow("SELECT op, old FROM syncd.capture WHERE row_id = $1", mid)
-    assert (op, sorted(json.loads(old))) == (b"u", ["id_card_no", "work_unit"])  # names, not a second image
-    # a capture as an earlier release wrote it (op U, the full old image) is read the same way
+    op, old, new = await county.fetchrow("SELECT op, old, new FROM syncd.capture WHERE row_id = $1", mid)
+    assert (op, json.loads(old), json.loads(new)) == (  # the changed columns, not a whole image
+        b"p", {"org_code": ME}, {"work_unit": "中南大学", "id_card_no": "430102199001011234"})
+    # captures as earlier releases wrote them are read the same way: op u (the changed names
+    # and the full new image), op U (the full old image; conflict resolution writes it still)
     await county.execute("SET syncd.applying = 'on'")
     await county.execute("UPDATE members SET title = '研究员' WHERE id = $1", mid)
     await county.execute("RESET syncd.applying")
     await county.execute(
         "INSERT INTO syncd.capture (stmt_ts, tbl, op, row_id, old, new) SELECT clock_timestamp(), 'members', 'U', "
         "m.id, to_jsonb(m) || '{\"title\": \"教授\"}'::jsonb, to_jsonb(m) FROM members m WHERE m.id = $1", mid)
+    await county.execute("SET syncd.applying = 'on'")
+    await county.execute("UPDATE members SET mobile = '13800000000', title = '教授' WHERE id = $1", mid)
+    await county.execute("RESET syncd.applying")
+    await county.execute(
+        "INSERT INTO syncd.capture (stmt_ts, tbl, op, row_id, old, new) SELECT clock_timestamp(), 'members', 'u', "
+        "m.id, '[\"mobile\"]', to_json(m) FROM members m WHERE m.id = $1", mid)
     await _drain(county)
-    upd, older = await read_log(county, start)
+    upd, older, oldest = await read_log(county, start)
     assert set(upd.cols) == {"work_unit", "id_card_no", "id_card_hash"}  # the hash follows its source
     assert upd.cols["work_unit"].value == "中南大学"
     assert set(older.cols) == {"title"} and older.cols["title"].value == "研究员"
+    assert set(oldest.cols) == {"mobile"} and oldest.cols["mobile"].value == "13800000000"
 
 
 async def test_hc19_app_maintained_updated_at_ships_nothing(county: asyncpg.Connection) -> None:
@@ -311,8 +320,9 @@ async def test_hc9_copies_elsewhere_are_read_only(county: asyncpg.Connection) ->
     with pytest.raises(asyncpg.PostgresError, match="READ_ONLY_COPY") as e:
         await county.execute("UPDATE members SET work_unit = '改了' WHERE id = $1", other)
     assert e.value.sqlstate == "SY001" and "430100" in str(e.value)
-    with pytest.raises(asyncpg.PostgresError, match="PERSONAL_DATA_AWAY_FROM_HOME"):
+    with pytest.raises(asyncpg.PostgresError, match="PERSONAL_DATA_AWAY_FROM_HOME") as e:
         await county.execute("UPDATE members SET mobile = '13900000000' WHERE id = $1", other)
+    assert e.value.hint == "Personal data (ID number, mobile, address, leave reason) stays at the member's home committee."
     with pytest.raises(asyncpg.PostgresError, match="READ_ONLY_COPY"):
         await county.execute("DELETE FROM members WHERE id = $1", other)
     with pytest.raises(asyncpg.PostgresError, match="READ_ONLY_COPY"):

@@ -78,8 +78,8 @@ async def test_captures_written_as_jsonb_survive_migration_10_and_new_ones_are_j
         assert 10 in res.migrations_applied and await schema_version(conn) == LATEST
         assert [await _type_of(conn, "capture", c) for c in ("old", "new")] == ["json", "json"]
         await conn.execute("UPDATE members SET work_unit = '中南大学' WHERE id = $1", rid)
-        op, old = await conn.fetchrow("SELECT op, old::text FROM syncd.capture ORDER BY serial DESC LIMIT 1")
-        assert (op, old) == (b"u", '["work_unit"]')  # the trigger now writes json text
+        op, new = await conn.fetchrow("SELECT op, new::text FROM syncd.capture ORDER BY serial DESC LIMIT 1")
+        assert (op, new) == (b"p", '{"work_unit":"中南大学"}')  # the trigger now writes json text
 
         head = await conn.fetchval("SELECT head FROM syncd.node")
         await Sequencer(me=ME).drain(conn)  # (the default score rules were captured too)
