@@ -91,20 +91,20 @@ async def test_an_update_capture_holds_its_changed_columns_and_older_formats_sti
     op, old, new = await county.fetchrow("SELECT op, old, new FROM syncd.capture WHERE row_id = $1", mid)
     assert (op, json.loads(old), json.loads(new)) == (  # the changed columns, not a whole image
         b"p", {"org_code": ME}, {"work_unit": "中南大学", "id_card_no": "430102199001011234"})
-    # captures as earlier releases wrote them are read the same way: op u (the changed names
-    # and the full new image), op U (the full old image; conflict resolution writes it still)
-    await county.execute("SET syncd.applying = 'on'")
-    await county.execute("UPDATE members SET title = '研究员' WHERE id = $1", mid)
-    await county.execute("RESET syncd.applying")
-    await county.execute(
-        "INSERT INTO syncd.capture (stmt_ts, tbl, op, row_id, old, new) SELECT clock_timestamp(), 'members', 'U', "
-        "m.id, to_jsonb(m) || '{\"title\": \"教授\"}'::jsonb, to_jsonb(m) FROM members m WHERE m.id = $1", mid)
-    await county.execute("SET syncd.applying = 'on'")
-    await county.execute("UPDATE members SET mobile = '13800000000', title = '教授' WHERE id = $1", mid)
-    await county.execute("RESET syncd.applying")
-    await county.execute(
-        "INSERT INTO syncd.capture (stmt_ts, tbl, op, row_id, old, new) SELECT clock_timestamp(), 'members', 'u', "
-        "m.id, '[\"mobile\"]', to_json(m) FROM members m WHERE m.id = $1", mid)
+    # captures as earlier releases wrote them are read the same way: op U (the full old image;
+    # conflict resolution writes it still), op u (the changed names and the full new image)
+
+    async def written_as(update: str, op: str, old: str, new: str) -> None:
+        await county.execute("SET syncd.applying = 'on'")  # the write itself is not captured
+        await county.execute(update, mid)
+        await county.execute("RESET syncd.applying")
+        await county.execute("INSERT INTO syncd.capture (stmt_ts, tbl, op, row_id, old, new) SELECT "
+                             f"clock_timestamp(), 'members', '{op}', m.id, {old}, {new} FROM members m WHERE m.id = $1",
+                             mid)
+    await written_as("UPDATE members SET title = '研究员' WHERE id = $1",
+                     "U", "to_jsonb(m) || '{\"title\": \"教授\"}'::jsonb", "to_jsonb(m)")
+    await written_as("UPDATE members SET mobile = '13800000000', title = '教授' WHERE id = $1",
+                     "u", "'[\"mobile\"]'", "to_json(m)")
     await _drain(county)
     upd, older, oldest = await read_log(county, start)
     assert set(upd.cols) == {"work_unit", "id_card_no", "id_card_hash"}  # the hash follows its source
