@@ -36,7 +36,7 @@ from syncd.merge import clock_check
 from syncd.proto.change import StoredChange
 from syncd.proto.messages import (PROTOCOL_VERSION, SUPPORTED_VERSIONS, Hello, HelloReply, PullReply,
                                   PullRequest, Push, PushReply, Quarantined, SnapshotChunk, SnapshotRequest,
-                                  TableDecl, VerifyReply, VerifyRequest)
+                                  StoredRow, TableDecl, VerifyReply, VerifyRequest)
 from syncd.routing import next_hops, project
 from syncd.schema.declarations import SCHEMA, Schema
 from syncd.store.apply import ApplyContext, apply_batch, current_topology
@@ -108,6 +108,26 @@ OUTBOX_BACKLOG = ("SELECT count(*) AS n, max(o.pos) AS head, "
 
 
 @dataclass
+class ReadAhead:
+    """A snapshot chunk being read before its child asks for it (:meth:`ParentService._read_ahead`)."""
+
+    key: tuple[str, uuid.UUID, int]  # table, after_id, limit
+    task: asyncio.Future[tuple[list[StoredRow], uuid.UUID | None]]
+
+    async def take(self, key: tuple[str, uuid.UUID | None, int] | None) -> tuple[list[StoredRow], uuid.UUID | None] | None:
+        """The rows if ``key`` is what was read ahead and the read went well, else None (the
+        read is cancelled or its failure dropped: the caller reads again)."""
+        if key != self.key:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+            return None
+        try:
+            return await self.task
+        except Exception:  # noqa: BLE001 - read again in the request, which reports its own error
+            return None
+
+
+@dataclass
 class ParentService:
     """The parent side of the protocol for one node (implements ``ParentHandler``)."""
 
@@ -122,6 +142,9 @@ class ParentService:
     last_seen: dict[str, float] = field(default_factory=dict)  # child -> wall time of last good request
     pull_after: dict[str, int] = field(default_factory=dict)  # child -> cursor it last pulled from
     snapshots: dict[str, float] = field(default_factory=dict)  # child -> last snapshot request (monotonic)
+    #: child -> the next chunk of its snapshot, read while the one served last is on its way
+    #: (:meth:`_read_ahead`)
+    read_ahead: dict[str, "ReadAhead"] = field(default_factory=dict)
     clock_offsets: dict[str, int] = field(default_factory=dict)  # child -> its clock minus ours at hello, ms
     versions: tuple[int, ...] = SUPPORTED_VERSIONS  # protocol versions spoken (SPEC R3.1)
     pull_watch: dict[str, CursorWatch] = field(default_factory=dict)  # child -> its pull cursor (syncd.stall)
@@ -363,6 +386,11 @@ class ParentService:
             raise SyncdError("SNAPSHOT_BUSY", f"{len(active)} snapshots are being served; "
                              f"{child} will be served when one finishes")
         limit = max(1, min(msg.limit, self.cfg.tuning.batch_max_changes))
+        # taken before a connection is: a request holding one while its read-ahead waits for one
+        # could take the pool's last
+        ahead = self.read_ahead.pop(child, None)
+        wanted = None if msg.position is None else (msg.table, msg.after_id, limit)  # a new snapshot reads afresh
+        got = await ahead.take(wanted) if ahead is not None else None
         async with self.pool.acquire() as conn:
             if msg.position is None and self.cfg.parent is not None and await loading(conn, self.cfg.parent.id):
                 # a snapshot of a node still loading its own would miss rows, and the child would
@@ -376,14 +404,41 @@ class ParentService:
                 "SELECT head FROM syncd.node")
             if msg.position is None:  # retention keeps the log from p0 on for the child's first pull
                 await self._store_served(conn, child, position)
-            rows, nxt = await read_chunk(conn, self.schema, self.ctx.topo, self.cfg.node.id, child,
-                                         msg.table, msg.after_id, limit, self.cfg.tuning.batch_max_bytes)
+            rows, nxt = got or await read_chunk(conn, self.schema, self.ctx.topo, self.cfg.node.id, child,
+                                                msg.table, msg.after_id, limit, self.cfg.tuning.batch_max_bytes)
+            self._read_ahead(child, msg.table, nxt, limit)
             await audit.record_rows(conn, child, "sent", audit.snapshot_batch(msg.table, msg.after_id, nxt),
                                     msg.table, rows)
         done = nxt is None
         if done and msg.table == self.schema.tables[-1].name:
             self.snapshots.pop(child, None)  # the last table: free the slot
         return SnapshotChunk(msg.table, position, tuple(rows), nxt, done)
+
+    def _read_ahead(self, child: str, table: str, after_id: uuid.UUID | None, limit: int) -> None:
+        """Read ``child``'s next snapshot chunk (``after_id`` on, None: the table is done) now,
+        on a connection of its own, for :meth:`on_snapshot` to serve when it is asked for.
+
+        A child asks for chunk n + 1 as soon as chunk n has come, and merges n meanwhile; reading
+        n + 1 here while n is sent and decoded takes the parent's read off that path.  A chunk
+        read a moment before it is asked for is as good as one read when asked: either holds the
+        rows as they were at some time after the snapshot's position, and the pull from that
+        position replays what came since (SPEC R9).  A read-ahead that is not what comes next
+        (the child retried, moved on or went away) is dropped, as are all at stop."""
+        from syncd.store.snapshot import read_chunk
+
+        if after_id is None:
+            return
+
+        async def read() -> tuple[list[StoredRow], uuid.UUID | None]:
+            async with self.pool.acquire() as c:
+                return await read_chunk(c, self.schema, self.ctx.topo, self.cfg.node.id, child, table, after_id,
+                                        limit, self.cfg.tuning.batch_max_bytes)
+        self.read_ahead[child] = ReadAhead((table, after_id, limit), asyncio.ensure_future(read()))
+
+    async def drop_read_aheads(self) -> None:
+        aheads, self.read_ahead = list(self.read_ahead.values()), {}
+        for a in aheads:
+            await a.take(None)
 
     async def on_verify(self, child: str, msg: VerifyRequest) -> VerifyReply:
         """Range checksums of what this link shares, at the child's outbox head (HC-33)."""
@@ -732,6 +787,8 @@ class Node:
             await self.links.link.close()
         if self.runner is not None:
             await self.runner.cleanup()
+        if self.service is not None:  # no request comes any more: none is read ahead after this
+            await self.service.drop_read_aheads()
         if self.pool is not None:
             await self.pool.close()
             self.pool = None
