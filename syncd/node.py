@@ -433,9 +433,13 @@ class ParentService:
             async with self.pool.acquire() as c:
                 return await read_chunk(c, self.schema, self.ctx.topo, self.cfg.node.id, child, table, after_id,
                                         limit, self.cfg.tuning.batch_max_bytes)
+        replaced = self.read_ahead.get(child)
+        if replaced is not None:  # two requests of one child at once: the later one's read stays
+            replaced.task.cancel()
         self.read_ahead[child] = ReadAhead((table, after_id, limit), asyncio.ensure_future(read()))
 
     async def drop_read_aheads(self) -> None:
+        """Cancel every read-ahead (the node stops) and wait for them to end."""
         aheads, self.read_ahead = list(self.read_ahead.values()), {}
         for a in aheads:
             await a.take(None)
