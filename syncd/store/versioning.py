@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Container, Iterable, Mapping, NamedTuple, Sequence
 
 import asyncpg
 import orjson
@@ -77,9 +77,11 @@ def id_card_hash(key: Secret | None, id_card_no: Any) -> str | None:
     return f"{key.key_id}:{digest.hexdigest()}"
 
 
-def _derive(t: Table, image: Mapping[str, Any], key: Secret | None) -> dict[str, Any]:
+def _derive(t: Table, image: Mapping[str, Any], key: Secret | None,
+            sources: Container[str] | None = None) -> dict[str, Any]:
+    """The derived columns of ``image`` (with ``sources``: those derived from one of them)."""
     derived = _cached(t, "derived_cols", lambda: tuple((c.name, c.derived_from) for c in t.shipped if c.derived_from))
-    return {name: id_card_hash(key, image.get(src)) for name, src in derived}
+    return {name: id_card_hash(key, image.get(src)) for name, src in derived if sources is None or src in sources}
 
 
 _CACHE: dict[tuple[int, str], Any] = {}
@@ -98,10 +100,6 @@ def _plain_columns(t: Table) -> tuple[str, ...]:
     return _cached(t, "plain", lambda: tuple(c.name for c in t.shipped if not c.derived_from))
 
 
-def _derived_sources(t: Table) -> tuple[str, ...]:
-    return _cached(t, "derived", lambda: tuple(c.derived_from for c in t.shipped if c.derived_from))
-
-
 def _changed_columns(t: Table, new: Mapping[str, Any], old: Mapping[str, Any] | list[str] | None,
                      key: Secret | None) -> dict[str, Any]:
     """Shipped columns and their new values that this capture changes: all of them for
@@ -116,13 +114,8 @@ def _changed_columns(t: Table, new: Mapping[str, Any], old: Mapping[str, Any] | 
         out = {c: new.get(c) for c in _plain_columns(t) if c in named}
     else:
         out = {c: new.get(c) for c in _plain_columns(t) if new.get(c) != old.get(c)}  # type: ignore[union-attr]
-    if any(src in out for src in _derived_sources(t)):  # derived again only from a changed source
-        out.update({k: v for k, v in _derive(t, new, key).items() if _source_of(t, k) in out})
+    out.update(_derive(t, new, key, out))  # derived again only from a changed source
     return out
-
-
-def _source_of(t: Table, derived: str) -> str:
-    return _cached(t, "sources", lambda: {c.name: c.derived_from for c in t.shipped if c.derived_from})[derived]
 
 
 def _old(cap: "Capture") -> dict[str, Any] | list[str]:
