@@ -114,17 +114,22 @@ class ReadAhead:
     key: tuple[str, uuid.UUID, int]  # table, after_id, limit
     task: asyncio.Future[tuple[list[StoredRow], uuid.UUID | None]]
 
-    async def take(self, key: tuple[str, uuid.UUID | None, int] | None) -> tuple[list[StoredRow], uuid.UUID | None] | None:
+    async def take(self, key: tuple[str, uuid.UUID | None, int] | None
+                   ) -> tuple[list[StoredRow], uuid.UUID | None] | None:
         """The rows if ``key`` is what was read ahead and the read went well, else None (the
         read is cancelled or its failure dropped: the caller reads again)."""
         if key != self.key:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+            await self.drop()
             return None
         try:
             return await self.task
         except Exception:  # noqa: BLE001 - read again in the request, which reports its own error
             return None
+
+    async def drop(self) -> None:
+        """Cancel the read and wait for it to end."""
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
 
 
 @dataclass
@@ -442,7 +447,7 @@ class ParentService:
         """Cancel every read-ahead (the node stops) and wait for them to end."""
         aheads, self.read_ahead = list(self.read_ahead.values()), {}
         for a in aheads:
-            await a.take(None)
+            await a.drop()
 
     async def on_verify(self, child: str, msg: VerifyRequest) -> VerifyReply:
         """Range checksums of what this link shares, at the child's outbox head (HC-33)."""
