@@ -183,34 +183,39 @@ def project(change: C, behind: Iterable[str], topo: Topology) -> C | None:
     cross even without columns: they carry the row's causal length.
     """
     behind = behind if isinstance(behind, frozenset) else frozenset(behind)
+    stored = type(change) is StoredChange
+    names = change.names if stored else tuple(change.cols)  # type: ignore[union-attr]
     # depends on the table, homes, org_code, op and column names only: memoised per tree
-    key = ("project", change.table, tuple(change.homes.items()), change.org_code, change.op, tuple(change.cols),
-           behind)
+    key = ("project", change.table, tuple(change.homes.items()), change.org_code, change.op, names, behind)
     keep = topo.memo.get(key, _MISSING)
     if keep is _MISSING:
         if len(topo.memo) > 100_000:
             topo.memo.clear()
-        keep = topo.memo[key] = _project_columns(change, behind, topo)
+        keep = topo.memo[key] = _project_columns(change, names, behind, topo)
     if keep is None:
         return None
-    if len(keep) == len(change.cols):  # type: ignore[arg-type]
+    if len(keep) == len(names):
         return change
-    c = change  # the constructor, not dataclasses.replace (which looks the fields up on every call)
-    return type(c)(c.table, c.id, c.org_code, c.op, c.cl, c.ts, c.origin, c.txn, c.homes,
-                  {n: c.cols[n] for n in keep}, c.pos)  # type: ignore[union-attr]
+    c = change
+    if stored:
+        return c.only(keep)  # type: ignore[union-attr, return-value]
+    # the constructor, not dataclasses.replace (which looks the fields up on every call)
+    return Change(c.table, c.id, c.org_code, c.op, c.cl, c.ts, c.origin, c.txn, c.homes,  # type: ignore[return-value]
+                  {n: c.cols[n] for n in keep}, c.pos)
 
 
 _MISSING = object()
 
 
-def _project_columns(change: Change | StoredChange, behind: frozenset[str], topo: Topology) -> tuple[str, ...] | None:
-    """The columns of ``change`` that may cross, or None when nothing of it may."""
+def _project_columns(change: Change | StoredChange, names: tuple[str, ...], behind: frozenset[str],
+                     topo: Topology) -> tuple[str, ...] | None:
+    """The columns of ``change`` (``names``) that may cross, or None when nothing of it may."""
     t = _table(change.table)
     row_reach = reach(t, change.homes, topo)
     if not row_reach & behind:
         return None
-    keep = columns_for(t, tuple(change.cols), change.org_code, behind, topo, row_reach)
-    if not keep and change.op not in (OP_INSERT, OP_DELETE) and change.cols:
+    keep = columns_for(t, names, change.org_code, behind, topo, row_reach)
+    if not keep and change.op not in (OP_INSERT, OP_DELETE) and names:
         return None
     return keep
 

@@ -8,9 +8,16 @@ from typing import Any, AsyncIterator, Callable, Iterator  # noqa: E402
 
 import asyncpg  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 from syncd.aio import loop_factory  # noqa: E402
 from tests.pg import Cluster  # noqa: E402
+
+# no per-example deadline: on this shared machine an example's time says nothing about the code
+# (an example that took 263 ms once and 2 ms when re-run failed a property test); what a test
+# checks is what the code does, never how fast (speed is the bench's, bench/)
+settings.register_profile("syncd", deadline=None)
+settings.load_profile("syncd")
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Iterable, Mapping, NamedTuple
 
 OP_INSERT = "I"  # insert or re-insert: cl odd, every shipped column present
 OP_UPDATE = "U"  # some columns of a live row: cl odd
@@ -81,26 +81,50 @@ class Change:
 
 
 class StoredChange:
-    """A change as its log row holds it, on its way out over a link: each column the log's
-    ``[value, round, stage, prev|None]`` list, not yet a :class:`ColumnChange` of a
-    :class:`Version` (``prev`` a 5-list).  The codec's writers read a column by index, so the
-    wire map of a stored change is the wire map of its :class:`Change` (:meth:`to_change`),
-    made without building one: that cost a push or pull ~20 µs a change (README, Benchmarks).
+    """A change as its log row holds it, on its way out over a link: its columns split as the
+    log keeps them and as the version-3 wire map sends them (SPEC §5.1) — ``plain``
+    ``{col: value}`` for the columns written at round 0, stage 0 that replaced nothing known,
+    ``other`` ``{col: [value, round, stage, prev]}`` (``prev`` a 5-list) for the rest, each
+    sorted by column name with canonical values.  A push or pull sends the two maps as they
+    were read, without a :class:`ColumnChange` or even a list per column: building those cost
+    a sent change ~30 µs (README, Benchmarks).  :attr:`cols` gives the columns as the log's
+    ``[value, round, stage, prev]`` lists for the writers of older protocol versions.
 
     Only the sending side makes these (``store.log.stored_from_record``); everything that
     judges or merges a change takes a :class:`Change`."""
 
-    __slots__ = ("table", "id", "org_code", "op", "cl", "ts", "origin", "txn", "homes", "cols", "pos")
+    __slots__ = ("table", "id", "org_code", "op", "cl", "ts", "origin", "txn", "homes", "plain", "other", "pos",
+                 "_cols")
 
     def __init__(self, table: str, id: uuid.UUID, org_code: str, op: str, cl: int, ts: int, origin: str,
-                 txn: int, homes: Mapping[str, str], cols: Mapping[str, list[Any]], pos: int = 0) -> None:
-        # the positional order of Change's fields: routing.project copies either kind alike
+                 txn: int, homes: Mapping[str, str], plain: dict[str, Any], other: dict[str, list[Any]],
+                 pos: int = 0) -> None:
         self.table, self.id, self.org_code, self.op, self.cl, self.ts = table, id, org_code, op, cl, ts
-        self.origin, self.txn, self.homes, self.cols, self.pos = origin, txn, homes, cols, pos
+        self.origin, self.txn, self.homes, self.plain, self.other, self.pos = origin, txn, homes, plain, other, pos
+        self._cols: dict[str, list[Any]] | None = None
 
     @property
     def alive(self) -> bool:
         return self.cl % 2 == 1
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The columns it carries: ``plain``'s, then ``other``'s."""
+        return (*self.plain, *self.other)
+
+    @property
+    def cols(self) -> dict[str, list[Any]]:
+        """``{col: [value, round, stage, prev|None]}``, made once when first asked for."""
+        if self._cols is None:
+            self._cols = {**{k: [v, 0, 0, None] for k, v in self.plain.items()}, **self.other}
+        return self._cols
+
+    def only(self, keep: Iterable[str]) -> "StoredChange":
+        """The same change with only the columns ``keep``."""
+        keep = set(keep)
+        return StoredChange(self.table, self.id, self.org_code, self.op, self.cl, self.ts, self.origin, self.txn,
+                            self.homes, {k: v for k, v in self.plain.items() if k in keep},
+                            {k: v for k, v in self.other.items() if k in keep}, self.pos)
 
     def to_change(self) -> Change:
         cols = {k: ColumnChange(v, r, s, Version(*p) if p else None) for k, (v, r, s, p) in self.cols.items()}

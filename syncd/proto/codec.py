@@ -91,14 +91,14 @@ def _uuid_out(u: uuid.UUID | None) -> bytes | None:
 _SCALARS = frozenset((str, int, float, bool, type(None)))
 
 
-def _canon(v: Any) -> Any:
+def canonical(v: Any) -> Any:
     """A value with every map sorted by key and tuples as lists (canonical form)."""
     if type(v) in _SCALARS:  # most values: no ABC check (isinstance of Mapping is slow)
         return v
     if isinstance(v, dict) or isinstance(v, Mapping):
-        return {k: _canon(v[k]) for k in sorted(v)}
+        return {k: canonical(v[k]) for k in sorted(v)}
     if isinstance(v, (list, tuple)):
-        return [_canon(x) for x in v]
+        return [canonical(x) for x in v]
     return v
 
 
@@ -629,7 +629,7 @@ def _stored_row_out(r: SnapshotRow | StoredRow) -> dict[str, Any]:
     s = StoredRow.of(r)
     vals: Any = s.vals_json
     if len(vals) > MAX_VALUE_BYTES // 4 and len(vals.encode()) > MAX_VALUE_BYTES:
-        vals = _canon(s.vals)  # too long for one string (R4.7): the values as a map
+        vals = canonical(s.vals)  # too long for one string (R4.7): the values as a map
     return {"i": s.id.bytes, "o": s.org_code, "cl": s.cl, "h": _homes_out(s.homes), "c": vals, "v": s.vers_json}
 
 
@@ -675,9 +675,9 @@ def _version_out(v: Version) -> list[Any]:
 
 
 def _homes_out(homes: Mapping[str, Any]) -> dict[str, Any]:
-    """Homes in canonical form: sorted by route, without ``_canon``'s walk when (as always
+    """Homes in canonical form: sorted by route, without ``canonical``'s walk when (as always
     from a valid change or row) every home is a string."""
-    return dict(sorted(homes.items())) if all(type(x) is str for x in homes.values()) else _canon(homes)
+    return dict(sorted(homes.items())) if all(type(x) is str for x in homes.values()) else canonical(homes)
 
 
 def change_map(c: Change | StoredChange, with_pos: bool = True) -> dict[str, Any]:
@@ -687,7 +687,7 @@ def change_map(c: Change | StoredChange, with_pos: bool = True) -> dict[str, Any
         "t": c.table, "i": c.id.bytes, "o": c.org_code, "op": c.op, "cl": c.cl, "ts": c.ts,
         "or": c.origin, "tx": c.txn,
         "h": _homes_out(c.homes),
-        "c": {k: {"v": cc[0] if type(cc[0]) in _SCALARS else _canon(cc[0]), "r": cc[1], "s": cc[2],
+        "c": {k: {"v": cc[0] if type(cc[0]) in _SCALARS else canonical(cc[0]), "r": cc[1], "s": cc[2],
                   "p": list(cc[3]) if cc[3] else None}
               for k, cc in sorted(c.cols.items())},
     }
@@ -699,11 +699,14 @@ def change_map(c: Change | StoredChange, with_pos: bool = True) -> dict[str, Any
 def change_map_v3(c: Change | StoredChange) -> dict[str, Any]:
     """The version-3 wire map of a change: columns at round 0, stage 0 with no prev as bare
     values in ``c``, the others as ``[value, round, stage, prev|nil]`` in ``x`` (SPEC §5.1).
-    A :class:`StoredChange` maps as its :class:`Change` would (a prev a list, not a Version)."""
+    A :class:`StoredChange` holds the two maps already, as the log keeps them."""
+    if type(c) is StoredChange:
+        return {"t": c.table, "i": c.id.bytes, "o": c.org_code, "op": c.op, "cl": c.cl, "ts": c.ts, "or": c.origin,
+                "tx": c.txn, "h": _homes_out(c.homes), "c": c.plain, "x": c.other, "p": c.pos}
     plain: dict[str, Any] = {}
     other: dict[str, Any] = {}
     for k, (val, rnd, stage, prev) in sorted(c.cols.items()):
-        val = val if type(val) in _SCALARS else _canon(val)
+        val = val if type(val) in _SCALARS else canonical(val)
         if rnd == 0 and stage == 0 and not prev:
             plain[k] = val
         else:
@@ -715,7 +718,7 @@ def change_map_v3(c: Change | StoredChange) -> dict[str, Any]:
 def _row_out(r: SnapshotRow) -> dict[str, Any]:
     """A snapshot row's wire map before version 3, and the map its digest is taken of (R9.2)."""
     return {"i": r.id.bytes, "o": r.org_code, "cl": r.cl, "h": _homes_out(r.homes),
-            "c": {k: [val if type(val) in _SCALARS else _canon(val), list(ver)] for k, (val, ver) in sorted(r.cols.items())}}
+            "c": {k: [val if type(val) in _SCALARS else canonical(val), list(ver)] for k, (val, ver) in sorted(r.cols.items())}}
 
 
 def _row_out_v3(r: SnapshotRow) -> dict[str, Any]:
@@ -732,7 +735,7 @@ def _row_out_v3(r: SnapshotRow) -> dict[str, Any]:
     plain: dict[str, Any] = {}
     other: dict[str, Any] = {}
     for k, (val, ver) in items:
-        val = val if type(val) in _SCALARS else _canon(val)
+        val = val if type(val) in _SCALARS else canonical(val)
         if ver == top and k not in prevs:
             plain[k] = val
         else:
@@ -778,7 +781,7 @@ FIELDS: Mapping[type, tuple[Field, ...]] = {
         _fl("to", "to_pos", _INT),
         _fl("ch", "changes", _CHANGES, until=2), _fl("ch", "changes", _CHANGES_V3, since=3),
         _fl("sm", "summary", (lambda v, p: f.array(v, p, _summary, MAX_SUMMARIES),
-                              lambda s: [_canon(x) for x in s]), since=2, absent=()),
+                              lambda s: [canonical(x) for x in s]), since=2, absent=()),
     ),
     PushReply: (
         _fl("a", "acked_pos", _INT), _fl("ap", "applied", _INT),
@@ -923,7 +926,7 @@ def decode(kind: str, data: bytes, version: int = PROTOCOL_VERSION) -> Message:
 def encode_value(v: Any) -> bytes:
     """Canonical bytes of a column value: msgpack with maps sorted by key, the last
     merge tie-break (SPEC R5.3)."""
-    return msgpack.packb(_canon(v), use_bin_type=True)
+    return msgpack.packb(canonical(v), use_bin_type=True)
 
 
 def change_hash(change: Change) -> bytes:

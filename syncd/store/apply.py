@@ -42,7 +42,7 @@ from syncd.schema.declarations import Schema, Table
 from syncd.store.conflicts import close_seen
 from syncd.store import opaque
 from syncd.store.fastpath import Staged, apply_fast, log_staged, relay_staged, stage_batch
-from syncd.store.log import add_pending, dumps, encode_cols, loads
+from syncd.store.log import add_pending, columns_map, dumps, loads
 from syncd.store.lookup import rows_by_id, rowvers_by_key
 from syncd.store.sequencer import APPLY_LOCK_TIMEOUT_MS, LOCK_APPLYING, Sequencer, TickResult
 from syncd.store.versioning import RowVer, Versioner, claim_captures, load_rowver, save_rowver
@@ -87,7 +87,7 @@ class ApplyContext:
 def change_to_json(c: Change) -> str:
     return json.dumps({"table": c.table, "id": str(c.id), "org_code": c.org_code, "op": c.op, "cl": c.cl,
                        "ts": c.ts, "origin": c.origin, "txn": c.txn, "homes": dict(c.homes),
-                       "cols": json.loads(encode_cols(c)), "pos": c.pos}, ensure_ascii=False)
+                       "cols": columns_map(c), "pos": c.pos}, ensure_ascii=False)
 
 
 def change_from_json(raw: str | dict[str, Any]) -> Change:

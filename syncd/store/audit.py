@@ -22,7 +22,7 @@ from typing import Literal, Sequence
 
 import asyncpg
 
-from syncd.proto.change import Change
+from syncd.proto.change import Change, StoredChange
 from syncd.proto.messages import SnapshotRow, StoredRow
 from syncd.schema.declarations import SCHEMA, Schema
 
@@ -34,14 +34,15 @@ def batch_tables(changes: Sequence[Change]) -> dict[str, int]:
     return dict(Counter(c.table for c in changes))
 
 
-def personal_columns(changes: Sequence[Change], schema: Schema = SCHEMA) -> list[str]:
+def personal_columns(changes: Sequence[Change | StoredChange], schema: Schema = SCHEMA) -> list[str]:
     """Sorted ``table.column`` names of reach-limited columns present in ``changes``."""
     personal = _personal(schema)  # an opaque column from a newer peer (HC-13) is never personal here
     out: set[str] = set()
     for c in changes:
         names = personal.get(c.table)
-        if names and not names.isdisjoint(c.cols):
-            out.update(f"{c.table}.{n}" for n in names.intersection(c.cols))
+        carried = c.names if type(c) is StoredChange else c.cols
+        if names and not names.isdisjoint(carried):
+            out.update(f"{c.table}.{n}" for n in names.intersection(carried))
     return sorted(out)
 
 

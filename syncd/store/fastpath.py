@@ -31,7 +31,7 @@ import asyncpg
 from syncd.proto.change import OP_INSERT, OP_UPDATE, Change
 from syncd.proto.messages import SnapshotRow, StoredRow
 from syncd.schema.declarations import Table
-from syncd.store.log import dumps, encode_homes
+from syncd.store.log import dumps, dumps_sorted, encode_homes
 
 if TYPE_CHECKING:
     from syncd.store.apply import ApplyContext, ApplyResult
@@ -77,22 +77,28 @@ def _stage_record(ord_: int, c: Change, received_from: str | None) -> tuple[Any,
     then its column values ``{col: value}`` and the versions it gives its row
     ``{col: [cl, round, stage, ts, origin, prev]}`` (as ``syncd.rowver`` stores them).
 
-    The three documents come from one pass over the columns, as plain lists: orjson calls
-    back into Python for every named tuple it meets (~1 µs each, 17 a members row, three
-    times), which cost more than building them.  Built here rather than in SQL: per row,
-    ``jsonb_each`` + ``jsonb_object_agg`` cost PostgreSQL ~60 µs for a members row."""
+    Built here rather than in SQL (per row, ``jsonb_each`` + ``jsonb_object_agg`` cost
+    PostgreSQL ~60 µs for a members row), and with as few Python objects as the documents
+    allow: a change of new values only (a catch-up's inserts) has its log columns
+    ``[plain, {}]`` written around the values' own text, and every column's version is one
+    shared list (``dict.fromkeys``)."""
     cl, ts, origin = c.cl, c.ts, c.origin
-    cols: dict[str, list[Any]] = {}
     vals: dict[str, Any] = {}
-    vers: dict[str, list[Any]] = {}
+    other: dict[str, list[Any]] = {}
     for k, (value, rnd, stage, prev) in c.cols.items():
-        if prev is not None:
-            prev = list(prev)
-        cols[k] = [value, rnd, stage, prev]
         vals[k] = value
-        vers[k] = [cl, rnd, stage, ts, origin, prev]
+        if rnd or stage or prev:
+            other[k] = [value, rnd, stage, list(prev) if prev else None]
+    vals_text = dumps_sorted(vals)
+    vers = dict.fromkeys(vals, [cl, 0, 0, ts, origin, None])
+    if other:
+        cols_text = dumps_sorted([{k: v for k, v in vals.items() if k not in other}, other])
+        for k, (_, rnd, stage, prev) in other.items():
+            vers[k] = [cl, rnd, stage, ts, origin, prev]
+    else:
+        cols_text = "[" + vals_text + ",{}]"
     return (ord_, c.table, c.id, c.org_code, c.op.encode(), cl, ts, origin, c.txn, encode_homes(c.homes),
-            dumps(cols), received_from, dumps(vals), dumps(vers))
+            cols_text, received_from, vals_text, dumps(vers))
 
 
 async def relay_staged(conn: asyncpg.Connection, staged: Staged, changes: Sequence[Change]) -> None:
@@ -140,16 +146,19 @@ _VALUES = "json_populate_record(NULL::{table}, s.vals)"
 _NEW_VERSIONS = ("INSERT INTO syncd.rowver (tbl, id, org_code, cl, homes, v) SELECT s.tbl, s.id, s.org_code, s.cl, "
                  f"s.homes, s.vers FROM syncd_batch s WHERE s.{_PICKED}")
 
-#: fast-forward: same cl, and every carried column's prev is the version held (or none is held).
-#: The held versions are read as jsonb once a row (``OFFSET 0`` keeps the sub-select from being
-#: merged into the update, which would parse them again at every reference).
+#: fast-forward: same cl, and every carried column's prev is the version held (or none is held):
+#: a column of ``plain`` (the stage's ``cols -> 0``) replaced nothing, so none may be held; one
+#: of ``other`` (``cols -> 1``) names its prev.  The held versions are read as jsonb once a row
+#: (``OFFSET 0`` keeps the sub-select from being merged into the update, which would parse them
+#: again at every reference).
 _FF_VERSIONS = f"""
 UPDATE syncd.rowver rv SET v = (f.held || f.vers::jsonb)::json, homes = f.homes
 FROM (SELECT r.tbl, r.id, r.v::jsonb AS held, s.vers, s.homes, s.cols
       FROM syncd_batch s JOIN syncd.rowver r ON r.tbl = s.tbl AND r.id = s.id AND r.cl = s.cl
       WHERE s.{_PICKED} OFFSET 0) f
 WHERE rv.tbl = f.tbl AND rv.id = f.id
-  AND NOT EXISTS (SELECT 1 FROM json_each(f.cols) AS e(k, v)
+  AND NOT EXISTS (SELECT 1 FROM json_object_keys(f.cols -> 0) AS k WHERE f.held ? k)
+  AND NOT EXISTS (SELECT 1 FROM json_each(f.cols -> 1) AS e(k, v)
                   WHERE f.held ? e.k AND (f.held -> e.k) - 5 IS DISTINCT FROM (e.v -> 3)::jsonb)
 RETURNING rv.id
 """

@@ -1,8 +1,13 @@
 """The change log: rows of ``syncd.log`` and ``syncd.pending`` <-> :class:`Change`.
 
-Column changes are stored as json ``{col: [value, round, stage, prev]}`` with ``prev`` a
-5-array version or null; ``homes`` as ``{route: home}`` (json, not jsonb: written, moved
-and read back whole, never queried inside — migration 0008).
+Column changes are stored as json ``[plain, other]``, the split of the version-3 wire map
+(SPEC §5.1): ``plain`` ``{col: value}`` holds the columns written at round 0, stage 0 that
+replaced nothing known, ``other`` ``{col: [value, round, stage, prev]}`` the rest, with
+``prev`` a 5-array version or null; both sorted by column name, values canonical (maps
+sorted by key), so a push sends them as read.  Entries written before this form hold
+``{col: [value, round, stage, prev]}``; they are read as well.  ``homes`` is ``{route:
+home}`` (json, not jsonb: written, moved and read back whole — migration 0008; the one
+statement that looks inside ``cols`` is the fast-forward check of ``fastpath``).
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import asyncpg
 import orjson
 
 from syncd.proto.change import Change, ColumnChange, StoredChange, Version
+from syncd.proto.codec import canonical
 from syncd.proto.fields import HUGE as _HUGE, huge as _huge
 
 LOG_COLUMNS = ("pos", "epoch", "tbl", "id", "org_code", "op", "cl", "ts", "origin", "txn",
@@ -25,20 +31,21 @@ def _no_default(o: Any) -> Any:
     raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
 
 
-def _make_stdlib_dumps() -> Callable[[Any], str]:
-    """``json.dumps(o, ensure_ascii=False)``, without building an encoder per call."""
+def _make_stdlib_dumps(sort_keys: bool = False) -> Callable[[Any], str]:
+    """``json.dumps(o, ensure_ascii=False, sort_keys=sort_keys)``, without building an encoder per call."""
     try:
         from json.encoder import c_encode_basestring, c_make_encoder  # type: ignore[attr-defined]
     except ImportError:  # pragma: no cover - CPython always has _json
         c_make_encoder = None
     if c_make_encoder is None or c_encode_basestring is None:  # pragma: no cover
-        return lambda o: json.dumps(o, ensure_ascii=False)
+        return lambda o: json.dumps(o, ensure_ascii=False, sort_keys=sort_keys)
     # markers None: no cycle check (the documents are built here and never cyclic)
-    enc = c_make_encoder(None, _no_default, c_encode_basestring, None, ": ", ", ", False, False, True)
+    enc = c_make_encoder(None, _no_default, c_encode_basestring, None, ": ", ", ", sort_keys, False, True)
     return lambda o: "".join(enc(o, 0))
 
 
 _stdlib_dumps = _make_stdlib_dumps()
+_stdlib_dumps_sorted = _make_stdlib_dumps(sort_keys=True)
 
 
 def _tuple_as_list(o: Any) -> Any:
@@ -70,23 +77,74 @@ def loads(text: str, inexact: Callable[[Any], bool] = _huge) -> Any:
     return json.loads(text) if inexact(v) else v
 
 
+def dumps_sorted(o: Any) -> str:
+    """:func:`dumps` with every map sorted by key: the canonical form of a value (codec)."""
+    try:
+        return orjson.dumps(o, default=_tuple_as_list, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:
+        return _stdlib_dumps_sorted(o)
+
+
+def split_cols(cols: Mapping[str, ColumnChange]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """``(plain, other)``: the values of the columns written at round 0, stage 0 that replaced
+    nothing known, and ``[value, round, stage, prev]`` of the rest (the wire's split, SPEC §5.1)."""
+    plain: dict[str, Any] = {}
+    other: dict[str, list[Any]] = {}
+    for k, (v, r, s, p) in cols.items():
+        if r == 0 and s == 0 and not p:
+            plain[k] = v
+        else:
+            other[k] = [v, r, s, list(p) if p else None]
+    return plain, other
+
+
 def encode_cols(change: Change) -> str:
-    """``{col: [value, round, stage, prev]}`` as JSON; the named tuples as plain lists first
-    (orjson would call back into Python for each)."""
-    return dumps({k: [v, r, s, None if p is None else list(p)] for k, (v, r, s, p) in change.cols.items()})
+    """The log's ``[plain, other]`` of ``change`` (the module's text) as JSON."""
+    return dumps_sorted(split_cols(change.cols))
 
 
-def _huge_value(cols: dict[str, list[Any]]) -> bool:
-    """``_huge`` for a log's ``{col: [value, round, stage, prev]}``: only the values can hold
-    what orjson reads inexactly (round, stage and prev are syncd's own 64-bit integers), so
-    only they are looked at — ``_huge`` over the whole document was a tenth of a caught-up
-    row's Python."""
-    for v in cols.values():
-        x = v[0]
+def columns_map(change: Change) -> dict[str, list[Any]]:
+    """``{col: [value, round, stage, prev]}``: the columns as one map, for documents people
+    read (a quarantined or parked change)."""
+    return {k: [v, r, s, None if p is None else list(p)] for k, (v, r, s, p) in change.cols.items()}
+
+
+def _huge_value(doc: Any) -> bool:
+    """``_huge`` for the log's columns (either form): only the values can hold what orjson
+    reads inexactly (round, stage and prev are syncd's own 64-bit integers), so only they are
+    looked at — ``_huge`` over the whole document was a tenth of a caught-up row's Python."""
+    if type(doc) is list:
+        values: Any = doc[0].values()
+        rest: Any = doc[1].values()
+    else:
+        values, rest = (), doc.values()
+    for x in values:
         tx = type(x)  # inline: a call per column would cost as much as the walk it replaces
         if (tx is float and not -_HUGE < x < _HUGE) or ((tx is list or tx is dict) and _huge(x)):
             return True
+    for v in rest:
+        x = v[0]
+        tx = type(x)
+        if (tx is float and not -_HUGE < x < _HUGE) or ((tx is list or tx is dict) and _huge(x)):
+            return True
     return False
+
+
+def read_cols(raw: str | list[Any] | dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """``(plain, other)`` of a log row's columns (text, or its parsed value), in either form."""
+    doc = loads(raw, _huge_value) if isinstance(raw, str) else raw
+    if type(doc) is list:
+        return doc[0], doc[1]
+    # the form before [plain, other]: split it, in the order and canonical form written now
+    plain: dict[str, Any] = {}
+    other: dict[str, list[Any]] = {}
+    for k in sorted(doc):
+        v, r, s, p = doc[k]
+        if r == 0 and s == 0 and not p:
+            plain[k] = canonical(v)
+        else:
+            other[k] = [canonical(v), r, s, p or None]
+    return plain, other
 
 
 _HOMES_TEXT: dict[tuple[tuple[str, str], ...], str] = {}
@@ -106,19 +164,13 @@ def encode_homes(homes: Mapping[str, str]) -> str:
 _tnew = tuple.__new__  # named tuples from lists encode_cols wrote, without their Python-level __new__
 
 
-def decode_cols(raw: str | dict[str, Any]) -> dict[str, ColumnChange]:
-    # written by encode_cols: ints are ints already, a column a 4-list, a prev a 5-list
-    if isinstance(raw, str):
-        data = loads(raw, _huge_value)  # our own lists: the prevs are replaced in place
-        for v in data.values():
-            p = v[3]
-            if p:
-                v[3] = _tnew(Version, p)
-            elif p is not None:
-                v[3] = None
-        return {name: _tnew(ColumnChange, v) for name, v in data.items()}
-    return {name: _tnew(ColumnChange, (v[0], v[1], v[2], _tnew(Version, v[3]) if v[3] else None))
-            for name, v in raw.items()}
+def decode_cols(raw: str | list[Any] | dict[str, Any]) -> dict[str, ColumnChange]:
+    """The columns of a log row (text, or its parsed value; either form) as the named tuples."""
+    plain, other = read_cols(raw)
+    cols = {name: _tnew(ColumnChange, (v, 0, 0, None)) for name, v in plain.items()}
+    for name, (v, r, s, p) in other.items():
+        cols[name] = _tnew(ColumnChange, (v, r, s, _tnew(Version, p) if p else None))
+    return cols
 
 
 _HOMES: dict[str, dict[str, str]] = {}  # a log holds a handful of distinct homes
@@ -148,12 +200,10 @@ def change_from_record(r: asyncpg.Record) -> Change:
 
 
 def stored_from_record(r: asyncpg.Record) -> StoredChange:
-    """A log row as it goes out over a link: :func:`change_from_record` without making the
-    columns' named tuples (the writers read them by index)."""
-    raw = r["cols"]
+    """A log row as it goes out over a link: its columns' two maps as read (:class:`StoredChange`)."""
+    plain, other = read_cols(r["cols"])
     return StoredChange(r["tbl"], r["id"], r["org_code"], _op(r["op"]), r["cl"], r["ts"], r["origin"], r["txn"],
-                        decode_homes(r["homes"]), loads(raw, _huge_value) if isinstance(raw, str) else dict(raw),
-                        r.get("pos", 0))
+                        decode_homes(r["homes"]), plain, other, r.get("pos", 0))
 
 
 def log_record(pos: int, epoch: int, c: Change, received_from: str | None) -> tuple[Any, ...]:

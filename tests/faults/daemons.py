@@ -199,10 +199,15 @@ class DaemonTree:
 
 # -- checks -------------------------------------------------------------------------------
 
+#: an entry's columns are ``[plain, other]`` (or, written before that form, one map: syncd.store.log);
+#: an entry without columns (a delete) counts as its column ""
 DUPLICATES_SQL = """
 SELECT origin, tbl, id, col, cl, ts, count(*) AS n
 FROM (SELECT origin, tbl, id, cl, ts, k AS col
-      FROM syncd.log, json_object_keys(CASE WHEN cols::text = '{}' THEN '{"":null}'::json ELSE cols END) k) x
+      FROM syncd.log,
+           LATERAL (SELECT CASE WHEN json_typeof(cols) = 'array' THEN (cols -> 0)::jsonb || (cols -> 1)::jsonb
+                                ELSE cols::jsonb END AS m) d,
+           jsonb_object_keys(CASE WHEN d.m = '{}' THEN '{"":null}'::jsonb ELSE d.m END) k) x
 GROUP BY origin, tbl, id, col, cl, ts HAVING count(*) > 1
 """
 

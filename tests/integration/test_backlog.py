@@ -47,7 +47,7 @@ async def _make_backlog(conn: asyncpg.Connection, n: int) -> None:
                  n AS (SELECT head, hlc FROM syncd.node)
             INSERT INTO syncd.log (pos, epoch, tbl, id, org_code, op, cl, ts, origin, txn, homes, cols)
             SELECT n.head + c.g, t.epoch, t.tbl, c.id, t.org_code, t.op, t.cl, n.hlc + c.g, t.origin,
-                   t.txn * 1000000 + c.g / 1000, t.homes, jsonb_set(t.cols::jsonb, '{title,0}', to_jsonb('积压' || c.g))::json
+                   t.txn * 1000000 + c.g / 1000, t.homes, jsonb_set(t.cols::jsonb, '{0,title}', to_jsonb('积压' || c.g))::json
             FROM clone c, t, n""")
         await conn.execute("""
             WITH t AS (SELECT r.* FROM syncd.rowver r JOIN micro_suggestions m ON m.id = r.id WHERE m.title = '模板'),

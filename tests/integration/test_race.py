@@ -18,6 +18,7 @@ import uuid
 import asyncpg
 
 from syncd.proto.change import Version
+from syncd.store.log import decode_cols
 from tests.tree import Tree, eventually
 
 ROUNDS = 40
@@ -44,7 +45,7 @@ async def _versions(conn: asyncpg.Connection, aid: uuid.UUID, col: str) -> list[
     """Every (version, value) of attendance.``col`` in this node's log."""
     out = []
     for r in await conn.fetch("SELECT cl, ts, origin, cols FROM syncd.log WHERE id = $1", aid):
-        cols = json.loads(r["cols"])
+        cols = decode_cols(r["cols"])
         if col in cols:
             value, rnd, stage, _prev = cols[col]
             out.append((Version(r["cl"], rnd, stage, r["ts"], r["origin"]), value))
