@@ -76,11 +76,13 @@ def _change_shape(c: Change) -> Iterator[tuple[str, str]]:
     if c.homes.get("home") != c.org_code:
         yield "INVALID_CHANGE", f"{c.table} {c.id}: homes.home must be the row's org_code"
     bad = False  # the common case: one pass without sorting; the problems, if any, in column order
-    for cc in c.cols.values():
-        v = cc.value
+    for v, _, _, prev in c.cols.values():
         t = type(v)
-        if (cc.prev is not None or not (v is None or t is bool or t is int or t is float
-                                        or (t is str and 4 * len(v) + 5 <= MAX_VALUE_BYTES))):
+        if t is str:
+            if 4 * len(v) + 5 > MAX_VALUE_BYTES or prev is not None:
+                bad = True
+                break
+        elif prev is not None or not (v is None or t is bool or t is int or t is float):
             bad = True
             break
     if not bad:
