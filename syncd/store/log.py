@@ -109,6 +109,10 @@ def columns_map(change: Change) -> dict[str, list[Any]]:
     return {k: [v, r, s, None if p is None else list(p)] for k, (v, r, s, p) in change.cols.items()}
 
 
+#: what orjson reads exactly whatever its size: only floats (and containers holding one) may not be
+_EXACT_TYPES = frozenset((str, type(None), bool, int))
+
+
 def _huge_value(doc: Any) -> bool:
     """``_huge`` for the log's columns (either form): only the values can hold what orjson
     reads inexactly (round, stage and prev are syncd's own 64-bit integers), so only they are
@@ -116,6 +120,8 @@ def _huge_value(doc: Any) -> bool:
     if type(doc) is list:
         values: Any = doc[0].values()
         rest: Any = doc[1].values()
+        if not rest and _EXACT_TYPES.issuperset(map(type, values)):  # one set operation, no loop
+            return False
     else:
         values, rest = (), doc.values()
     for x in values:

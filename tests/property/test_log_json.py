@@ -162,3 +162,12 @@ def _reversed(v: object) -> object:
     if isinstance(v, list):
         return [_reversed(x) for x in v]
     return v
+
+
+def test_a_split_entrys_integers_beyond_64_bits_and_large_floats_stay_as_written() -> None:
+    from syncd.store.log import encode_cols
+
+    cols = {"points": ColumnChange(2**70 + 1, 0, 0, None), "score": ColumnChange(1e300, 0, 0, None),
+            "nested": ColumnChange([1, {"x": -(2**65)}], 0, 0, None)}
+    back = decode_cols(encode_cols(_change(cols)))
+    assert back == cols and type(back["points"].value) is int and type(back["nested"].value[1]["x"]) is int
