@@ -165,6 +165,10 @@ def str_map(v: Any, path: str, item: Callable[[Any, str], T], max_len: int,
 HUGE = 2.0 ** 63  # below -2**63 orjson reads an integer as a float too
 
 
+#: what orjson reads exactly whatever its size (only a float may be an integer it could not hold)
+EXACT_TYPES = frozenset((str, type(None), bool, int))
+
+
 def huge(v: Any) -> bool:
     """Does ``v`` hold a float of magnitude ≥ 2**63 (at any depth)?"""
     t = type(v)
@@ -173,6 +177,8 @@ def huge(v: Any) -> bool:
     if t is dict:
         v = v.values()
     elif t is not list:
+        return False
+    if EXACT_TYPES.issuperset(map(type, v)):  # no float, list or map in it: one set operation
         return False
     for x in v:
         tx = type(x)

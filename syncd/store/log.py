@@ -19,7 +19,7 @@ import orjson
 
 from syncd.proto.change import Change, ColumnChange, StoredChange, Version
 from syncd.proto.codec import canonical
-from syncd.proto.fields import HUGE as _HUGE, huge as _huge
+from syncd.proto.fields import EXACT_TYPES as _EXACT_TYPES, HUGE as _HUGE, huge as _huge
 
 LOG_COLUMNS = ("pos", "epoch", "tbl", "id", "org_code", "op", "cl", "ts", "origin", "txn",
                "homes", "cols", "received_from")
@@ -107,10 +107,6 @@ def columns_map(change: Change) -> dict[str, list[Any]]:
     """``{col: [value, round, stage, prev]}``: the columns as one map, for documents people
     read (a quarantined or parked change)."""
     return {k: [v, r, s, None if p is None else list(p)] for k, (v, r, s, p) in change.cols.items()}
-
-
-#: what orjson reads exactly whatever its size: only floats (and containers holding one) may not be
-_EXACT_TYPES = frozenset((str, type(None), bool, int))
 
 
 def _huge_value(doc: Any) -> bool:

@@ -41,9 +41,14 @@ class RowVer:
 
     def to_db(self) -> tuple[str, int, str, str]:
         """Stored as ``{col: [cl, round, stage, ts, origin, prev-or-null]}``."""
-        p = self.prevs.get  # the named tuples unpacked here: orjson would call back for each
+        v, prevs = self.v, self.prevs
+        if v and not any(prevs.values()):
+            first = next(iter(v.values()))
+            if list(v.values()).count(first) == len(v):  # a new row: one version, nothing replaced
+                return self.org_code, self.cl, dumps(self.homes), dumps(dict.fromkeys(v, [*first, None]))
+        p = prevs.get  # the named tuples unpacked here: orjson would call back for each
         return (self.org_code, self.cl, dumps(self.homes), dumps(
-            {c: [*ver, list(pv) if (pv := p(c)) else None] for c, ver in self.v.items()}))
+            {c: [*ver, list(pv) if (pv := p(c)) else None] for c, ver in v.items()}))
 
     @classmethod
     def from_db(cls, org_code: str, cl: int, homes: str, v: str) -> "RowVer":

@@ -93,3 +93,20 @@ def test_a_new_row_with_a_workflow_column_gets_the_workflow_rank() -> None:
     stored = _stored(state[key])
     assert stored["status"] == [1, ranked.round, ranked.stage, T0 + 1, ME, None]
     assert stored["title"] == [1, 0, 0, T0 + 1, ME, None]
+
+
+def test_stored_versions_are_the_same_document_whichever_way_to_db_writes_them() -> None:
+    """A new row (one version, nothing replaced) is written in one step; a row of different
+    versions, or with a version it replaced, column by column: both give the general form."""
+    one, two = Version(1, 0, 0, T0 + 1, ME), Version(1, 0, 0, T0 + 2, ME)
+    general = lambda rv: {c: [*ver, list(rv.prevs[c]) if rv.prevs.get(c) else None]  # noqa: E731
+                          for c, ver in rv.v.items()}
+    for v, prevs in (({"name": one, "title": Version(*one)}, {}),  # equal versions, distinct objects
+                     ({"name": one, "title": one}, {"name": None, "title": None}),
+                     ({"name": one, "title": two}, {}),
+                     ({"name": two, "title": two}, {"title": one}),
+                     ({"name": one}, {"title": one}),  # a prev left from a column no longer held
+                     ({}, {})):
+        rv = RowVer(ME, 1, {"home": ME}, dict(v), dict(prevs))
+        assert _stored(rv) == general(rv), (v, prevs)
+        assert list(_stored(rv)) == list(v)
