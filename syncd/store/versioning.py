@@ -12,7 +12,6 @@ around it.  Callers hold the sequencer lock (``syncd.store.sequencer``).
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 import uuid
 from dataclasses import dataclass, field
@@ -78,8 +77,9 @@ def id_card_hash(key: Secret | None, id_card_no: Any) -> str | None:
     """Keyed hash of an ID number, tagged with the key id (HC-14); None without key or number."""
     if key is None or id_card_no in (None, ""):
         return None
-    digest = hmac.new(key.secret.encode(), str(id_card_no).strip().upper().encode(), hashlib.sha256)
-    return f"{key.key_id}:{digest.hexdigest()}"
+    # hmac.digest: the one-shot C path (an hmac.new object cost ~5 µs a row in Python)
+    digest = hmac.digest(key.secret.encode(), str(id_card_no).strip().upper().encode(), "sha256")
+    return f"{key.key_id}:{digest.hex()}"
 
 
 def _derive(t: Table, image: Mapping[str, Any], key: Secret | None,
@@ -111,7 +111,8 @@ def _changed_columns(t: Table, new: Mapping[str, Any], old: Mapping[str, Any] | 
     an insert (``old`` None), those named for an op ``u`` capture (``old`` the list of
     changed columns), those that differ from a full old image (op ``U``)."""
     if old is None:
-        out = {c: new.get(c) for c in _plain_columns(t)}
+        plain = _plain_columns(t)
+        out = dict(zip(plain, map(new.get, plain)))  # at C speed: every column of a new row
         out.update(_derive(t, new, key))
         return out
     if type(old) is list:

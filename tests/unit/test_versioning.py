@@ -110,3 +110,16 @@ def test_stored_versions_are_the_same_document_whichever_way_to_db_writes_them()
         rv = RowVer(ME, 1, {"home": ME}, dict(v), dict(prevs))
         assert _stored(rv) == general(rv), (v, prevs)
         assert list(_stored(rv)) == list(v)
+
+
+def test_the_id_number_hash_is_hmac_sha256_of_the_trimmed_upper_cased_number_tagged_with_the_key_id() -> None:
+    import hashlib
+    import hmac
+
+    from syncd.config import Secret
+    from syncd.store.versioning import id_card_hash
+
+    key = Secret("k1", "province-secret")
+    expected = "k1:" + hmac.new(b"province-secret", b"43010219900101123X", hashlib.sha256).hexdigest()
+    assert id_card_hash(key, " 43010219900101123x ") == expected
+    assert id_card_hash(key, "") is None and id_card_hash(None, "43010219900101123X") is None
