@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Literal, Sequence
 
 import asyncpg
@@ -119,13 +120,16 @@ OPEN_BY_ROW = ("SELECT c.id, c.tbl, c.row_id, c.col, c.winner FROM syncd.conflic
 Seen = tuple[str, uuid.UUID, dict[str, tuple[Version, Any, str]]]
 
 
+_PREV = itemgetter(3)  # a column change's prev: None, or a version (a non-empty tuple, true)
+
+
 async def close_seen(conn: asyncpg.Connection, changes: Sequence[Change]) -> int:
     """Close open conflicts whose cell got a version written by someone who saw them."""
     # only a column write that names the version it replaced can have seen a conflict: a batch
     # of new rows (a catch-up, live inserts) has none, and asks nothing
     return await _close(conn, [(c.table, c.id, {k: (cc.prev, cc.value, c.origin) for k, cc in c.cols.items()
                                                 if cc.prev is not None})
-                               for c in changes if any(cc.prev is not None for cc in c.cols.values())])
+                               for c in changes if any(map(_PREV, c.cols.values()))])
 
 
 async def close_seen_rows(conn: asyncpg.Connection, table: str, rows: Sequence[SnapshotRow | StoredRow]) -> int:
