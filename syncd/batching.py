@@ -10,8 +10,11 @@ size, estimated before encoding from what the log (or the table) stores:
 
 * a log entry: the UTF-8 bytes of its stored ``cols`` and ``homes`` JSON
   (:func:`entry_size_sql`) plus :data:`CHANGE_OVERHEAD_BYTES` for the fixed fields.  The JSON
-  spells every column as ``[value, round, stage, prev]``, so it is an overestimate of
-  the msgpack map for all but float-heavy rows; ``batch_max_bytes`` (at most
+  holds the same split as the wire (``[plain, other]``, or an earlier entry's one map of
+  ``[value, round, stage, prev]``), and spells a key, a string, a null, a boolean or an
+  integer in at least as many bytes as msgpack does (quotes and separators against its
+  headers), so it is an overestimate of the msgpack map for all but float-heavy rows;
+  ``batch_max_bytes`` (at most
   :data:`MAX_BATCH_BYTES`) leaves the rest of the cap as headroom;
 * a snapshot row: the UTF-8 bytes of its values and versions JSON (:func:`utf8_len`)
   plus :data:`ROW_OVERHEAD_BYTES`.

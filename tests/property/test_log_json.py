@@ -171,3 +171,26 @@ def test_a_split_entrys_integers_beyond_64_bits_and_large_floats_stay_as_written
             "nested": ColumnChange([1, {"x": -(2**65)}], 0, 0, None)}
     back = decode_cols(encode_cols(_change(cols)))
     assert back == cols and type(back["points"].value) is int and type(back["nested"].value[1]["x"]) is int
+
+
+_floatless = st.recursive(st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+                          | st.text(max_size=300), lambda inner: st.lists(inner, max_size=4)
+                          | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+
+
+@given(st.dictionaries(st.sampled_from(["name", "work_unit", "mobile", "id_card_no", "party", "title"]),
+                       st.builds(ColumnChange, _floatless, st.integers(0, 3), st.integers(-1, 3),
+                                 st.none() | _versions), min_size=1))
+def test_a_logged_entrys_text_is_no_smaller_than_its_change_on_the_wire(cols: dict[str, ColumnChange]) -> None:
+    """What batching estimates a log entry's wire size from (``batching.entry_size_sql``: its
+    columns' and homes' JSON plus the fixed overhead) is not below the msgpack map sent, for a
+    change without floats (``syncd/batching.py``)."""
+    import msgpack
+
+    from syncd.batching import CHANGE_OVERHEAD_BYTES
+    from syncd.proto import codec
+    from syncd.store.log import encode_cols, encode_homes
+
+    change = _change(cols)
+    estimate = len(encode_cols(change).encode()) + len(encode_homes(change.homes).encode()) + CHANGE_OVERHEAD_BYTES
+    assert estimate >= len(msgpack.packb(codec.change_map_v3(change), use_bin_type=True))
