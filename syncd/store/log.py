@@ -85,7 +85,8 @@ def dumps_sorted(o: Any) -> str:
         return _stdlib_dumps_sorted(o)
 
 
-def split_cols(cols: Mapping[str, ColumnChange]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+def split_cols(cols: Mapping[str, ColumnChange | tuple[Any, Any, Any, Any]]
+               ) -> tuple[dict[str, Any], dict[str, list[Any]]]:
     """``(plain, other)``: the values of the columns written at round 0, stage 0 that replaced
     nothing known, and ``[value, round, stage, prev]`` of the rest (the wire's split, SPEC §5.1)."""
     plain: dict[str, Any] = {}
@@ -137,16 +138,8 @@ def read_cols(raw: str | list[Any] | dict[str, Any]) -> tuple[dict[str, Any], di
     doc = loads(raw, _huge_value) if isinstance(raw, str) else raw
     if type(doc) is list:
         return doc[0], doc[1]
-    # the form before [plain, other]: split it, in the order and canonical form written now
-    plain: dict[str, Any] = {}
-    other: dict[str, list[Any]] = {}
-    for k in sorted(doc):
-        v, r, s, p = doc[k]
-        if r == 0 and s == 0 and not p:
-            plain[k] = canonical(v)
-        else:
-            other[k] = [canonical(v), r, s, p or None]
-    return plain, other
+    # the form before [plain, other]: split it as it is written now, sorted, values canonical
+    return split_cols({k: (canonical(doc[k][0]), *doc[k][1:]) for k in sorted(doc)})
 
 
 _HOMES_TEXT: dict[tuple[tuple[str, str], ...], str] = {}
