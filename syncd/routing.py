@@ -157,7 +157,7 @@ def columns_for(
     """
     t = _table(table)
     if isinstance(change_or_cols, Change):
-        names: Iterable[str] = change_or_cols.cols
+        names: Iterable[str] = change_or_cols.names
         if row_reach is None:
             row_reach = reach(t, change_or_cols.homes, topo)
     else:
@@ -183,8 +183,7 @@ def project(change: C, behind: Iterable[str], topo: Topology) -> C | None:
     cross even without columns: they carry the row's causal length.
     """
     behind = behind if isinstance(behind, frozenset) else frozenset(behind)
-    stored = type(change) is StoredChange
-    names = change.names if stored else tuple(change.cols)  # type: ignore[union-attr]
+    names = change.names
     # depends on the table, homes, org_code, op and column names only: memoised per tree
     key = ("project", change.table, tuple(change.homes.items()), change.org_code, change.op, names, behind)
     keep = topo.memo.get(key, _MISSING)
@@ -196,12 +195,7 @@ def project(change: C, behind: Iterable[str], topo: Topology) -> C | None:
         return None
     if len(keep) == len(names):
         return change
-    c = change
-    if stored:
-        return c.only(keep)  # type: ignore[union-attr, return-value]
-    # the constructor, not dataclasses.replace (which looks the fields up on every call)
-    return Change(c.table, c.id, c.org_code, c.op, c.cl, c.ts, c.origin, c.txn, c.homes,  # type: ignore[return-value]
-                  {n: c.cols[n] for n in keep}, c.pos)
+    return change.only(keep)  # type: ignore[return-value]
 
 
 _MISSING = object()
@@ -281,7 +275,7 @@ def _check_columns(change: Change, t: Table, me: str, topo: Topology) -> list[Re
     out: list[Refusal] = []
     origin = topo.resolve(change.origin)
     home = topo.resolve(change.org_code)
-    for name in change.cols:
+    for name in change.names:
         col = _column(t, name)
         if col is not None and col.local:
             out.append(Refusal(LOCAL_COLUMN, f"{t.name}.{name} is local and never shipped", name))
@@ -323,7 +317,7 @@ def check_origin(
     tname = table.name if isinstance(table, Table) else (table or change.table)
     key = ("check_origin", tname, id(table) if isinstance(table, Table) else None, change.origin,
            change.org_code, tuple(change.homes.items()), change.op, change.cl >= 1, change.cl % 2,
-           tuple(change.cols), sender, me, direction)
+           change.names, sender, me, direction)
     hit = topo.memo.get(key)
     if hit is None or hit[0] is not table:  # type: ignore[index]
         if len(topo.memo) > 100_000:

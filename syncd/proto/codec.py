@@ -26,7 +26,7 @@ import hashlib
 import json
 import uuid
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, TypeVar
 
 import msgpack
@@ -183,7 +183,7 @@ def _change_checked_v3(v: Any, p: str) -> Change:
     c = _change_checked({**{k: x for k, x in m.items() if k != "x"}, "c": {}}, p)  # never the caller's map
     cols = {k: _tnew(ColumnChange, (val, 0, 0, None)) for k, val in plain.items()}
     cols.update(other)
-    return replace(c, cols=cols)
+    return c.replace(cols=cols)
 
 
 
@@ -362,24 +362,33 @@ def _change_fast_v3(v: Any) -> Change | None:
     if not (_change_head_ok(table, rid, org, op, cl, ts, origin, txn, homes, pos)
             and type(plain) is dict and type(other) is dict and len(plain) + len(other) <= MAX_COLUMNS):
         return None
-    cols: dict[str, ColumnChange] = {}
     idents = _IDENTS
-    for k, value in plain.items():  # inline: the bulk of a catch-up's columns
-        if k not in idents and not _is_ident(k):
+    if not idents.issuperset(plain):
+        if not all(map(_is_ident, plain)):
             return None
+    for k, value in plain.items():  # inline: the bulk of a catch-up's columns, kept as sent
         t = type(value)
         if not (value is None or t is str or t is bool):
-            ok, value = _fast_value(value)
+            ok, checked = _fast_value(value)
             if not ok:
                 return None
-        cols[k] = _tnew(ColumnChange, (value, 0, 0, None))
+            if checked is not value:
+                plain[k] = checked
+    cells: dict[str, ColumnChange] = {}
+    regular = True
     for k, m in other.items():
-        if type(m) is not list or len(m) != 4 or (k not in idents and not _is_ident(k)) or k in cols:
+        if type(m) is not list or len(m) != 4 or (k not in idents and not _is_ident(k)) or k in plain:
             return None
         cc = _fast_cell(*m)
         if cc is None:
             return None
-        cols[k] = cc
+        cells[k] = cc
+        regular = regular and bool(cc[1] or cc[2] or cc[3] is not None)
+    if regular:
+        return Change.split(table, _uuid(rid), org, op, cl, ts, origin, txn, dict(homes), plain, cells, pos)
+    # a plain cell sent in x: valid, but the split's invariant is that ``other`` holds none
+    cols = {k: _tnew(ColumnChange, (v, 0, 0, None)) for k, v in plain.items()}
+    cols.update(cells)
     return Change(table, _uuid(rid), org, op, cl, ts, origin, txn, dict(homes), cols, pos)
 
 

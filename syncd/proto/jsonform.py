@@ -1,7 +1,7 @@
 """Messages as JSON-able values, for test vectors and operator tools (SPEC §12).
 
 uuids become their canonical text, bytes lower-case hex, a :class:`Version` its
-5-list, tuples lists; dataclasses become maps keyed by field name.  The form is
+5-list, tuples lists; dataclasses and changes become maps keyed by field name.  The form is
 one-way (for comparison and display); the wire form is :mod:`syncd.proto.codec`'s.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import dataclasses
 import uuid
 from typing import Any, Mapping
 
-from syncd.proto.change import ColumnChange, Version
+from syncd.proto.change import Change, ColumnChange, Version
 from syncd.proto.messages import StoredRow
 
 
@@ -23,6 +23,8 @@ def to_json(x: Any) -> Any:
                 "cols": to_json(x.cols), "prevs": to_json(x.prevs)}
     if isinstance(x, ColumnChange):
         return {k: to_json(v) for k, v in x._asdict().items()}
+    if isinstance(x, Change):
+        return {name: to_json(getattr(x, name)) for name in Change.FIELDS}
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
         return {fd.name: to_json(getattr(x, fd.name)) for fd in dataclasses.fields(x)}
     if isinstance(x, uuid.UUID):

@@ -71,18 +71,22 @@ def _change_shape(c: Change) -> Iterator[tuple[str, str]]:
         yield "INVALID_CHANGE", f"{c.table} {c.id}: causal length 0 (rows start at 1)"
     elif (c.op == OP_DELETE) == c.alive:
         yield "INVALID_CHANGE", f"{c.table} {c.id}: op {c.op} with cl {cl} (deletes have even cl, writes odd)"
-    if c.op == OP_DELETE and c.cols:
+    if c.op == OP_DELETE and c.names:
         yield "INVALID_CHANGE", f"{c.table} {c.id}: a delete carries no columns"
     if c.homes.get("home") != c.org_code:
         yield "INVALID_CHANGE", f"{c.table} {c.id}: homes.home must be the row's org_code"
-    bad = False  # the common case: one pass without sorting; the problems, if any, in column order
-    for v, _, _, prev in c.cols.values():
+    # the common case: one pass over the values without sorting (a column that names the version
+    # it replaced is checked below, as is a long value); the problems, if any, in column order
+    other = c.other
+    bad = any(cc[3] is not None for cc in other.values())
+    values = c.plain.values() if not other else [*c.plain.values(), *(cc[0] for cc in other.values())]
+    for v in () if bad else values:
         t = type(v)
         if t is str:
-            if 4 * len(v) + 5 > MAX_VALUE_BYTES or prev is not None:
+            if len(v) > _SHORT:
                 bad = True
                 break
-        elif prev is not None or not (v is None or t is bool or t is int or t is float):
+        elif not (v is None or t is bool or t is int or t is float):
             bad = True
             break
     if not bad:
@@ -94,11 +98,16 @@ def _change_shape(c: Change) -> Iterator[tuple[str, str]]:
             yield "VALUE_TOO_LARGE", f"{c.table} {c.id}.{name}: value exceeds {MAX_VALUE_BYTES} bytes"
 
 
+#: the longest string whose canonical encoding is certainly within MAX_VALUE_BYTES (4 UTF-8
+#: bytes a character at most, and a header)
+_SHORT = (MAX_VALUE_BYTES - 5) // 4
+
+
 def _may_be_large(v: object) -> bool:
     """False when ``v``'s canonical encoding is certainly within MAX_VALUE_BYTES (a scalar,
     or a string short enough even at 4 UTF-8 bytes per character)."""
     if type(v) is str:
-        return 4 * len(v) + 5 > MAX_VALUE_BYTES
+        return len(v) > _SHORT
     return v is not None and type(v) not in (bool, int, float)
 
 
@@ -131,7 +140,7 @@ def push_problems(
         if cols is None:
             out.append(Problem(c.pos, "UNKNOWN_TABLE", f"table {c.table!r} is not replicated here"))
             continue
-        for name in sorted(set(c.cols) - cols):
+        for name in () if cols.issuperset(c.plain) and cols.issuperset(c.other) else sorted(set(c.names) - cols):
             out.append(Problem(c.pos, "UNKNOWN_COLUMN", f"{c.table}.{name} is not a declared column"))
         if c.ts > now_us + max_future_us:
             out.append(Problem(c.pos, "FUTURE_TS", f"{c.table} {c.id}: ts is {(c.ts - now_us) // 1_000_000} s "

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Sequence
 
 import asyncpg
@@ -137,7 +137,7 @@ def held_here(ctx: ApplyContext, c: Change) -> Change:
             allowed = frozenset()
         if allowed is None or ctx.me in allowed:
             keep[name] = cc
-    return c if len(keep) == len(c.cols) else replace(c, cols=keep)
+    return c if len(keep) == len(c.cols) else c.replace(cols=keep)
 
 
 def _knows(topo: Topology, changes: Sequence[Change]) -> bool:

@@ -40,7 +40,7 @@ def personal_columns(changes: Sequence[Change | StoredChange], schema: Schema = 
     out: set[str] = set()
     for c in changes:
         names = personal.get(c.table)
-        carried = c.names if type(c) is StoredChange else c.cols
+        carried = c.names
         if names and not names.isdisjoint(carried):
             out.update(f"{c.table}.{n}" for n in names.intersection(carried))
     return sorted(out)

@@ -127,9 +127,9 @@ async def close_seen(conn: asyncpg.Connection, changes: Sequence[Change]) -> int
     """Close open conflicts whose cell got a version written by someone who saw them."""
     # only a column write that names the version it replaced can have seen a conflict: a batch
     # of new rows (a catch-up, live inserts) has none, and asks nothing
-    return await _close(conn, [(c.table, c.id, {k: (cc.prev, cc.value, c.origin) for k, cc in c.cols.items()
+    return await _close(conn, [(c.table, c.id, {k: (cc.prev, cc.value, c.origin) for k, cc in c.other.items()
                                                 if cc.prev is not None})
-                               for c in changes if any(map(_PREV, c.cols.values()))])
+                               for c in changes if any(map(_PREV, c.other.values()))])
 
 
 async def close_seen_rows(conn: asyncpg.Connection, table: str, rows: Sequence[SnapshotRow | StoredRow]) -> int:

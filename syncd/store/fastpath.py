@@ -79,23 +79,24 @@ def _stage_record(ord_: int, c: Change, received_from: str | None) -> tuple[Any,
 
     Built here rather than in SQL (per row, ``jsonb_each`` + ``jsonb_object_agg`` cost
     PostgreSQL ~60 µs for a members row), and with as few Python objects as the documents
-    allow: a change of new values only (a catch-up's inserts) has its log columns
-    ``[plain, {}]`` written around the values' own text, and every column's version is one
-    shared list (``dict.fromkeys``)."""
+    allow: a change of new values only (a catch-up's inserts) is its ``plain`` map as read off
+    the wire, its log columns ``[plain, {}]`` are written around the values' own text, and
+    every column's version is one shared list (``dict.fromkeys``)."""
     cl, ts, origin = c.cl, c.ts, c.origin
-    vals: dict[str, Any] = {}
-    other: dict[str, list[Any]] = {}
-    for k, (value, rnd, stage, prev) in c.cols.items():
-        vals[k] = value
-        if rnd or stage or prev:
-            other[k] = [value, rnd, stage, list(prev) if prev else None]
-    vals_text = dumps_sorted(vals)
-    vers = dict.fromkeys(vals, [cl, 0, 0, ts, origin, None])
+    plain, other = c.plain, c.other
     if other:
-        cols_text = dumps_sorted([{k: v for k, v in vals.items() if k not in other}, other])
-        for k, (_, rnd, stage, prev) in other.items():
-            vers[k] = [cl, rnd, stage, ts, origin, prev]
+        vals = {**plain, **{k: cc[0] for k, cc in other.items()}}
+        vals_text = dumps_sorted(vals)
+        vers = dict.fromkeys(vals, [cl, 0, 0, ts, origin, None])
+        lists = {}
+        for k, (value, rnd, stage, prev) in other.items():
+            pv = list(prev) if prev else None
+            lists[k] = [value, rnd, stage, pv]
+            vers[k] = [cl, rnd, stage, ts, origin, pv]
+        cols_text = dumps_sorted([plain, lists])
     else:
+        vals_text = dumps_sorted(plain)
+        vers = dict.fromkeys(plain, [cl, 0, 0, ts, origin, None])
         cols_text = "[" + vals_text + ",{}]"
     return (ord_, c.table, c.id, c.org_code, c.op.encode(), cl, ts, origin, c.txn, encode_homes(c.homes),
             cols_text, received_from, vals_text, dumps(vers))
@@ -194,7 +195,8 @@ def _classify(changes: Sequence[Change], existing: set[Key], held: dict[Key, int
         key = (c.table, c.id)
         cols = shipped.get(c.table)
         # a column this node cannot store yet is kept opaque by the row-by-row path (HC-13)
-        if count[key] != 1 or cols is None or c.cl % 2 == 0 or not cols.issuperset(c.cols):
+        if (count[key] != 1 or cols is None or c.cl % 2 == 0
+                or not (cols.issuperset(c.plain) and cols.issuperset(c.other))):
             continue
         if c.op == OP_INSERT and key not in existing and key not in held:
             new[key] = c
@@ -207,7 +209,7 @@ def _classify(changes: Sequence[Change], existing: set[Key], held: dict[Key, int
 async def _insert_new(conn: asyncpg.Connection, t: Table, group: list[Change], staged: Staged) -> bool:
     """Insert new rows of ``t`` and their versions; False (nothing written) if it fails."""
     table = f'public."{t.name}"'
-    cols = _insert_columns(t, set().union(*[c.cols.keys() for c in group]))
+    cols = _insert_columns(t, set().union(*[c.names for c in group]))
     ords = [staged[id(c)] for c in group]
     try:
         async with conn.transaction():
@@ -231,7 +233,7 @@ async def _forward(conn: asyncpg.Connection, t: Table, group: list[Change], stag
             by_cols: dict[tuple[str, ...], list[int]] = {}
             for c in group:
                 if c.id in done:
-                    by_cols.setdefault(tuple(sorted(n for n in c.cols if n in t.shipped_set)), []).append(staged[id(c)])
+                    by_cols.setdefault(tuple(sorted(n for n in c.names if n in t.shipped_set)), []).append(staged[id(c)])
             for names, ords in by_cols.items():
                 if not names:
                     continue

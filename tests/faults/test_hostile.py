@@ -275,7 +275,7 @@ async def test_hc34_unknown_column_is_422_named(tree: Tree3) -> None:
 async def test_hc34_same_change_twice_is_422_duplicate_row(tree: Tree3) -> None:
     before = await applied_from_evil(tree)
     c = member()
-    ans = await _push(tree, push_of(c, dataclasses.replace(c, pos=next(_POS))))
+    ans = await _push(tree, push_of(c, c.replace(pos=next(_POS))))
     assert (ans.status, ans.code) == (422, "DUPLICATE_ROW")
     assert await applied_from_evil(tree) == before
 

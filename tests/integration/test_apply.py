@@ -46,7 +46,7 @@ async def _county_changes(cluster: Cluster) -> tuple[str, list[Change]]:
 async def test_hc11_fk_target_in_next_batch_parks_then_applies_by_itself(cluster: Cluster) -> None:
     src, (proposal, cosigner) = await _county_changes(cluster)
     # the co-signer comes first in the stream, its proposal in the next batch
-    cosigner, proposal = replace(cosigner, pos=proposal.pos), replace(proposal, pos=cosigner.pos)
+    cosigner, proposal = cosigner.replace(pos=proposal.pos), proposal.replace(pos=cosigner.pos)
     dsn = await cluster.new_node_db("430100", prefix="city")
     city = await asyncpg.connect(dsn)
     try:
@@ -116,7 +116,7 @@ async def test_hc2_an_apply_logs_what_it_relays_itself_only_when_nothing_waits_i
         assert [tuple(r) for r in await city.fetch("SELECT peer, pos FROM syncd.outbox")] == [("430103", head + 1)]
         assert [(r.head, r.moved, r.peers) for r in reported] == [(head + 1, 1, frozenset({"430103"}))]
 
-        waiting = replace(first, id=uuid.uuid4())
+        waiting = first.replace(id=uuid.uuid4())
         await add_pending(city, [(waiting, "430102")])
         res = await apply_batch(city, ctx, "430102", "applied", "from_child", [second], second.pos, _now())
         assert res.queued  # queued behind what waits: the caller wakes the sequencer
@@ -282,7 +282,7 @@ async def test_a_batch_counts_every_change_it_parks_those_from_an_unknown_commit
         await Sequencer(me="430000").drain(prov)
         known, other = [c for c in await read_log(prov, start) if c.table == "activities"]
         # the tree has not brought 439999 here yet: that change waits (UNKNOWN_NODE), the other applies
-        unknown = replace(other, origin="439999", org_code="439999",
+        unknown = other.replace(origin="439999", org_code="439999",
                           homes={k: "439999" for k in other.homes})
         res = await apply_batch(city, _ctx("430100"), "430000", "pull", "from_parent", [known, unknown],
                                 unknown.pos, _now())

@@ -13,7 +13,6 @@ import asyncio
 import itertools
 import time
 import uuid
-from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -113,7 +112,7 @@ async def _run(dsns: tuple[str, str], batches: list[list[Change]]) -> None:
     try:
         ids = list({c.id for b in batches for c in b})
         for batch in batches:
-            batch = [replace(c, pos=next(_POS)) for c in batch]
+            batch = [c.replace(pos=next(_POS)) for c in batch]
             now = time.time_ns() // 1000
             for conn, f in ((fast, True), (slow, False)):
                 await apply_batch(conn, _ctx(f), COUNTY, "applied", "from_child", batch, batch[-1].pos, now)

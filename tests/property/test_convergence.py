@@ -10,7 +10,6 @@ hold exactly what an independent oracle says its scope allows.
 """
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -176,7 +175,7 @@ def arrives(c: Change, node: str, topo: Topology) -> Change | None:
             if node == c.org_code or not SCHEMA[c.table].column(n).personal}
     if not keep and c.op == "U":
         return None
-    return dataclasses.replace(c, cols=keep)
+    return c.replace(cols=keep)
 
 
 def expected(changes: list[Change]) -> RowState | None:

@@ -200,7 +200,7 @@ def test_check_origin_scope_shape_and_unknowns() -> None:
         routing.NOT_A_NEIGHBOUR]
     assert [r.code for r in routing.check_origin(c, None, PROVINCE, FURONG, TOPO, "from_parent")] == [
         routing.NOT_A_NEIGHBOUR]
-    mismatch = dataclasses.replace(c, homes={"home": TIANXIN})
+    mismatch = c.replace(homes={"home": TIANXIN})
     assert routing.HOME_MISMATCH in {
         r.code for r in routing.check_origin(mismatch, None, FURONG, CHANGSHA, TOPO, "from_child")}
     local = change("members", homes, FURONG, {"updated_at": "now"})
@@ -210,10 +210,10 @@ def test_check_origin_scope_shape_and_unknowns() -> None:
         bad = change("members", homes, FURONG, {}, op=op, cl=cl)
         assert [r.code for r in routing.check_origin(bad, None, FURONG, CHANGSHA, TOPO, "from_child")] == [
             routing.BAD_CAUSAL_LENGTH]
-    ghost = dataclasses.replace(c, origin="439999")
+    ghost = c.replace(origin="439999")
     assert [r.code for r in routing.check_origin(ghost, None, FURONG, CHANGSHA, TOPO, "from_child")] == [
         routing.UNKNOWN_NODE]
-    table = dataclasses.replace(c, table="nope")
+    table = c.replace(table="nope")
     assert [r.code for r in routing.check_origin(table, None, FURONG, CHANGSHA, TOPO, "from_child")] == [
         routing.UNKNOWN_TABLE]
     # an undeclared (newer) column travels like 'all' but only its home writes it (HC-13)
