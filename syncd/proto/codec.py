@@ -366,6 +366,7 @@ def _change_fast_v3(v: Any) -> Change | None:
     if not idents.issuperset(plain):
         if not all(map(_is_ident, plain)):
             return None
+    fixed: dict[str, Any] = {}  # values read into their checked form: written back once all pass
     for k, value in plain.items():  # inline: the bulk of a catch-up's columns, kept as sent
         t = type(value)
         if not (value is None or t is str or t is bool):
@@ -373,7 +374,7 @@ def _change_fast_v3(v: Any) -> Change | None:
             if not ok:
                 return None
             if checked is not value:
-                plain[k] = checked
+                fixed[k] = checked
     cells: dict[str, ColumnChange] = {}
     regular = True
     for k, m in other.items():
@@ -384,6 +385,8 @@ def _change_fast_v3(v: Any) -> Change | None:
             return None
         cells[k] = cc
         regular = regular and bool(cc[1] or cc[2] or cc[3] is not None)
+    if fixed:
+        plain.update(fixed)  # the map is this reader's own (msgpack made it), never the caller's
     if regular:
         return Change.split(table, _uuid(rid), org, op, cl, ts, origin, txn, dict(homes), plain, cells, pos)
     # a plain cell sent in x: valid, but the split's invariant is that ``other`` holds none
