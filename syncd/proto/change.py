@@ -152,8 +152,16 @@ class Change:
         return (*self._plain, *self._other)  # type: ignore[misc]
 
     def version(self, column: str) -> Version:
-        c = self.cols[column]
-        return Version(self.cl, c[1], c[2], self.ts, self.origin)
+        """The version this change gives ``column`` (KeyError if it does not carry it)."""
+        if self._cols is not None:
+            cell = self._cols[column]
+        else:
+            cell = self._other.get(column)  # type: ignore[union-attr]
+            if cell is None:
+                if column not in self._plain:  # type: ignore[operator]
+                    raise KeyError(column)
+                return _tnew(Version, (self.cl, 0, 0, self.ts, self.origin))  # a plain column
+        return Version(self.cl, cell[1], cell[2], self.ts, self.origin)
 
     @property
     def alive(self) -> bool:

@@ -200,8 +200,8 @@ def _classify(changes: Sequence[Change], existing: set[Key], held: dict[Key, int
             continue
         if c.op == OP_INSERT and key not in existing and key not in held:
             new[key] = c
-        elif (c.op == OP_UPDATE and key in existing and held.get(key) == c.cl and c.cols
-              and all(cc.prev is None or cc.prev < c.version(n) for n, cc in c.cols.items())):
+        elif (c.op == OP_UPDATE and key in existing and held.get(key) == c.cl and c.names
+              and all(cc.prev is None or cc.prev < c.version(n) for n, cc in c.other.items())):
             ff[key] = c
     return new, ff
 

@@ -93,3 +93,11 @@ def test_a_plain_cell_sent_in_x_is_read_as_plain() -> None:
     assert a.plain == b.plain == {"name": "甲", "gender": "女"}
     assert set(a.other) == {"title"} and a.other["title"].prev == Version(1, 0, 0, 4, "430102")
     assert _stage_record(1, a, None)[10] == _stage_record(1, b, None)[10]
+
+
+@given(changes)
+def test_a_split_change_gives_each_column_the_version_its_cells_give(c: Change) -> None:
+    twin = _split_twin(c)
+    for name in c.cols:
+        assert twin.version(name) == c.version(name)
+    assert twin._cols is None  # asked for versions only: still no cells made
