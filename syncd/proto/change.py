@@ -181,10 +181,9 @@ class Change:
         unknown = set(fields) - set(self.FIELDS)
         if unknown:
             raise TypeError(f"Change has no field {', '.join(sorted(unknown))}")
-        if "cols" not in fields and self._cols is None:
-            c = Change.split(*(fields.get(n, getattr(self, n)) for n in self.FIELDS[:9]), self._plain,  # type: ignore[arg-type]
-                             self._other, fields.get("pos", self.pos))  # type: ignore[arg-type]
-            return c
+        if "cols" not in fields and self._cols is None:  # keeps the split: no cells made
+            return Change.split(*(fields.get(n, getattr(self, n)) for n in self.FIELDS[:9]),  # type: ignore[arg-type]
+                                self._plain, self._other, fields.get("pos", self.pos))  # type: ignore[arg-type]
         return Change(*(fields[n] if n in fields else getattr(self, n) for n in self.FIELDS))
 
     def _key(self) -> tuple[Any, ...]:
