@@ -715,14 +715,9 @@ def change_map_v3(c: Change | StoredChange) -> dict[str, Any]:
     if type(c) is StoredChange:
         return {"t": c.table, "i": c.id.bytes, "o": c.org_code, "op": c.op, "cl": c.cl, "ts": c.ts, "or": c.origin,
                 "tx": c.txn, "h": _homes_out(c.homes), "c": c.plain, "x": c.other, "p": c.pos}
-    plain: dict[str, Any] = {}
-    other: dict[str, Any] = {}
-    for k, (val, rnd, stage, prev) in sorted(c.cols.items()):
-        val = val if type(val) in _SCALARS else canonical(val)
-        if rnd == 0 and stage == 0 and not prev:
-            plain[k] = val
-        else:
-            other[k] = [val, rnd, stage, prev or None]
+    plain = {k: val if type(val) in _SCALARS else canonical(val) for k, val in sorted(c.plain.items())}
+    other = {k: [val if type(val) in _SCALARS else canonical(val), rnd, stage, prev]
+             for k, (val, rnd, stage, prev) in sorted(c.other.items())}
     return {"t": c.table, "i": c.id.bytes, "o": c.org_code, "op": c.op, "cl": c.cl, "ts": c.ts, "or": c.origin,
             "tx": c.txn, "h": _homes_out(c.homes), "c": plain, "x": other, "p": c.pos}
 

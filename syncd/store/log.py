@@ -101,7 +101,8 @@ def split_cols(cols: Mapping[str, ColumnChange | tuple[Any, Any, Any, Any]]
 
 def encode_cols(change: Change) -> str:
     """The log's ``[plain, other]`` of ``change`` (the module's text) as JSON."""
-    return dumps_sorted(split_cols(change.cols))
+    return dumps_sorted([change.plain, {k: [v, r, s, None if p is None else list(p)]
+                                        for k, (v, r, s, p) in change.other.items()}])
 
 
 def columns_map(change: Change) -> dict[str, list[Any]]:
