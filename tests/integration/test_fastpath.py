@@ -217,12 +217,17 @@ async def test_staged_rows_are_picked_by_a_hash_join_even_in_a_generic_plan(clus
             await conn.execute(fastpath._STAGE)
             await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
             picks = {"relay": fastpath._RELAY, "new versions": fastpath._NEW_VERSIONS,
-                     "fast-forward versions": fastpath._FF_VERSIONS}
+                     "held versions": fastpath._HELD_VERSIONS}
             for name, sql in picks.items():
                 await conn.execute(f"PREPARE pick AS {sql}")
                 plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN EXECUTE pick('{1,2,3}')"))
                 await conn.execute("DEALLOCATE pick")
                 assert "ord = ANY" not in plan and "Hash" in plan, (name, plan)
+            # the fast-forwarded rows' versions: $1 ords beside $2 their new version maps
+            await conn.execute(f"PREPARE pick AS {fastpath._SET_VERSIONS}")
+            plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN EXECUTE pick('{1,2,3}', '{a,b,c}')"))
+            await conn.execute("DEALLOCATE pick")
+            assert "ANY" not in plan and "Hash" in plan, plan
     finally:
         await conn.close()
         await cluster.drop(dsn)
