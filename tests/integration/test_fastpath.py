@@ -223,11 +223,14 @@ async def test_staged_rows_are_picked_by_a_hash_join_even_in_a_generic_plan(clus
                 plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN EXECUTE pick('{1,2,3}')"))
                 await conn.execute("DEALLOCATE pick")
                 assert "ord = ANY" not in plan and "Hash" in plan, (name, plan)
-            # the fast-forwarded rows' versions: $1 ords beside $2 their new version maps
-            await conn.execute(f"PREPARE pick AS {fastpath._SET_VERSIONS}")
-            plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN EXECUTE pick('{1,2,3}', '{a,b,c}')"))
-            await conn.execute("DEALLOCATE pick")
-            assert "ANY" not in plan and "Hash" in plan, plan
+            # ords beside other lists: the fast-forwarded rows' new version maps; the changes
+            # logged with their outbox entries
+            for sql, args in ((fastpath._SET_VERSIONS, "'{1,2,3}', '{a,b,c}'"),
+                              (fastpath._LOG_STAGED, "'{1,2,3}', '{p}', '{1}', 0")):
+                await conn.execute(f"PREPARE pick AS {sql}")
+                plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE pick({args})"))
+                await conn.execute("DEALLOCATE pick")
+                assert "ANY" not in plan and "Hash" in plan, plan
     finally:
         await conn.close()
         await cluster.drop(dsn)

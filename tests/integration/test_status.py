@@ -131,6 +131,22 @@ async def test_province_rollup_lists_every_node_of_the_tree_with_its_state(tree:
     assert {ln["peer"] for ln in st["links"]} == {"430100", "430600"}
 
 
+async def test_a_daemons_connections_plan_its_statements_generically(tree: Tree) -> None:
+    """The daemon's statements are written and tested for generic plans (``tests/plans.py``,
+    the fast path's and HC-37's plan tests run them so); its connections must run them so."""
+    from syncd.node import SERVER_SETTINGS
+
+    assert SERVER_SETTINGS["plan_cache_mode"] == "force_generic_plan"
+    pool = tree.nodes["430100"].pool
+    conns = [await pool.acquire() for _ in range(3)]  # more than one connection of the pool
+    try:
+        for conn in conns:
+            assert await conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+    finally:
+        for conn in conns:
+            await pool.release(conn)
+
+
 async def test_metrics_parse_with_prometheus_parser_and_follow_the_links(tree: Tree) -> None:
     await eventually(lambda: all_running(tree, "430602"), 30)
 
