@@ -537,20 +537,30 @@ def tune_gc(freeze: bool = False) -> None:
         gc.freeze()
 
 
-#: Session settings of the daemon's connections.  ``plan_cache_mode``: syncd's statements are
-#: prepared once a connection and run thousands of times, and none needs a plan made for its
-#: parameters' values (the ones that pick staged rows by a list are written for a generic
-#: plan: ``fastpath._PICKED``, tested in ``tests/integration/test_fastpath.py``).  Under
-#: PostgreSQL's ``auto`` the relay's and the lookups' statements were planned afresh on every
-#: run, their custom plan for a one-row batch looking cheaper than the generic one: with
-#: single-row batches (idle traffic, 500 two-hop probes) planning was 0.41 of the city's
-#: 1.03 s of statement time and 0.38 of the province's 0.92 s; forced generic, 0.10 and 0.07.
+#: Session settings of the daemon's connections, set as each opens (:func:`_open_session`).
+#: ``plan_cache_mode``: syncd's statements are prepared once a connection and run thousands of
+#: times, and none needs a plan made for its parameters' values (the ones that pick staged rows
+#: by a list are written for a generic plan: ``fastpath._PICKED``, tested in
+#: ``tests/integration/test_fastpath.py``).  Under PostgreSQL's ``auto`` the relay's and the
+#: lookups' statements were planned afresh on every run, their custom plan for a one-row batch
+#: looking cheaper than the generic one: with single-row batches (idle traffic, 500 two-hop
+#: probes) planning was 0.41 of the city's 1.03 s of statement time and 0.38 of the province's
+#: 0.92 s; forced generic, 0.10 and 0.07.
 SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
 
 
+async def _open_session(conn: asyncpg.Connection) -> None:
+    """A new pool connection's settings, with ``SET`` rather than as startup parameters: a
+    connection pooler in front of PostgreSQL (PgBouncer) refuses startup parameters it does not
+    know, and passes a ``SET`` on."""
+    for name, value in SERVER_SETTINGS.items():
+        await conn.execute(f"SET {name} = {value}")
+
+
 async def _keep_session(conn: asyncpg.Connection) -> None:
-    """A released pool connection keeps its session: the daemon sets nothing beyond a
-    transaction (``SET LOCAL``, transaction advisory locks, cursors inside transactions) and
+    """A released pool connection keeps its session: its settings (:data:`SERVER_SETTINGS`)
+    stay, the daemon sets nothing else beyond a transaction (``SET LOCAL``, transaction
+    advisory locks, cursors inside transactions) and
     its one LISTEN (``store.listen``) UNLISTENs before release, so asyncpg's default reset
     (``RESET ALL; UNLISTEN *; CLOSE ALL; pg_advisory_unlock_all()``) would be a round trip
     for nothing on every release — 3–4 per push.  asyncpg still rolls back an open transaction."""
@@ -613,8 +623,8 @@ class Node:
         from syncd.peer import ChildLinks
 
         tune_gc()
-        self.pool = await asyncpg.create_pool(self.dsn, min_size=2, max_size=8, reset=_keep_session,
-                                              server_settings=SERVER_SETTINGS)
+        self.pool = await asyncpg.create_pool(self.dsn, min_size=2, max_size=8, init=_open_session,
+                                              reset=_keep_session)
         try:
             async with self.pool.acquire() as conn:
                 node = await conn.fetchrow("SELECT id, incarnation FROM syncd.node")
