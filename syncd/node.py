@@ -40,6 +40,7 @@ from syncd.proto.messages import (PROTOCOL_VERSION, SUPPORTED_VERSIONS, Hello, H
 from syncd.routing import next_hops, project
 from syncd.schema.declarations import SCHEMA, Schema
 from syncd.store.apply import ApplyContext, apply_batch, current_topology
+from syncd.store.fastpath import prepare_session
 from syncd.store.log import CHANGE_COLUMNS, stored_from_record
 from syncd.stall import CursorWatch, apply_stall, child_link_stall, parent_link_stall
 from syncd.status import Metrics, add_routes
@@ -550,11 +551,12 @@ SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
 
 
 async def _open_session(conn: asyncpg.Connection) -> None:
-    """A new pool connection's settings, with ``SET`` rather than as startup parameters: a
-    connection pooler in front of PostgreSQL (PgBouncer) refuses startup parameters it does not
-    know, and passes a ``SET`` on."""
+    """A new pool connection's settings, with ``SET`` rather than as startup parameters (a
+    connection pooler in front of PostgreSQL, PgBouncer, refuses startup parameters it does not
+    know, and passes a ``SET`` on), and the apply's stage (:func:`fastpath.prepare_session`)."""
     for name, value in SERVER_SETTINGS.items():
         await conn.execute(f"SET {name} = {value}")
+    await prepare_session(conn)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

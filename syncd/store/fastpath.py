@@ -25,6 +25,7 @@ that both paths leave identical rows and versions.
 from __future__ import annotations
 
 import uuid
+import weakref
 from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Sequence
 
 import asyncpg
@@ -66,9 +67,33 @@ _RELAY = ("INSERT INTO syncd.pending (tbl, id, org_code, op, cl, ts, origin, txn
           f"WHERE {_PICKED} ORDER BY ord")
 
 
+#: Database sessions whose stage was made by :func:`prepare_session`, outside a transaction, so
+#: it stays for the session (weakly held: a session ends with its connection).
+_PREPARED: "weakref.WeakSet[asyncpg.Connection]" = weakref.WeakSet()
+
+
+def _session(conn: asyncpg.Connection) -> asyncpg.Connection:
+    """The connection a pool's proxy stands for (one per database session), else ``conn``."""
+    return getattr(conn, "_con", None) or conn
+
+
+async def prepare_session(conn: asyncpg.Connection) -> None:
+    """Make the stage once for a new session (a daemon's pool connections, as each opens)."""
+    await conn.execute(_STAGE)
+    _PREPARED.add(_session(conn))
+
+
 async def stage_batch(conn: asyncpg.Connection, changes: Sequence[Change], received_from: str | None) -> Staged:
-    """Stage ``changes`` (replacing what was staged before in this transaction) with one COPY."""
-    await conn.execute(_STAGE + "; DELETE FROM syncd_batch")  # one round trip (simple query protocol)
+    """Stage ``changes`` (replacing what was staged before in this transaction) with one COPY.
+
+    In a session :func:`prepare_session` readied, the stage is only emptied, by a statement
+    prepared once (no plan to make); else it is made if missing and emptied in one simple-query
+    round trip — planned afresh each time: with single-row batches that had cost a node's
+    PostgreSQL ~0.2 ms a batch, an eighth of its statement time."""
+    if _session(conn) in _PREPARED:
+        await conn.fetchval("DELETE FROM syncd_batch")
+    else:
+        await conn.execute(_STAGE + "; DELETE FROM syncd_batch")
     await conn.copy_records_to_table("syncd_batch", columns=_STAGE_COLUMNS, records=[
         _stage_record(i, c, received_from) for i, c in enumerate(changes, 1)])
     return {id(c): i for i, c in enumerate(changes, 1)}

@@ -131,10 +131,13 @@ async def test_province_rollup_lists_every_node_of_the_tree_with_its_state(tree:
     assert {ln["peer"] for ln in st["links"]} == {"430100", "430600"}
 
 
-async def test_a_daemons_connections_plan_its_statements_generically(tree: Tree) -> None:
+async def test_a_daemons_connections_plan_generically_and_hold_the_apply_stage(tree: Tree) -> None:
     """The daemon's statements are written and tested for generic plans (``tests/plans.py``,
-    the fast path's and HC-37's plan tests run them so); its connections must run them so."""
+    the fast path's and HC-37's plan tests run them so); its connections must run them so.
+    Each also holds the apply's stage from the start, outside any transaction (a stage made
+    inside the first apply's transaction would vanish with its rollback)."""
     from syncd.node import SERVER_SETTINGS
+    from syncd.store import fastpath
 
     assert SERVER_SETTINGS["plan_cache_mode"] == "force_generic_plan"
     pool = tree.nodes["430100"].pool
@@ -142,6 +145,8 @@ async def test_a_daemons_connections_plan_its_statements_generically(tree: Tree)
     try:
         for conn in conns:
             assert await conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+            assert fastpath._session(conn) in fastpath._PREPARED
+            assert await conn.fetchval("SELECT to_regclass('pg_temp.syncd_batch') IS NOT NULL")
     finally:
         for conn in conns:
             await pool.release(conn)
