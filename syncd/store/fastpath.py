@@ -195,7 +195,7 @@ _NEW_VERSIONS = ("INSERT INTO syncd.rowver (tbl, id, org_code, cl, homes, v) SEL
 
 #: fast-forward candidates' versions (same cl), locked: ``(ord, v)``.  Whether each is a
 #: fast-forward, and the versions it leaves, are worked out in Python (:func:`_forwarded`,
-#: ~10 µs a members row): one statement doing both in SQL cost PostgreSQL ~110 µs a row,
+#: 10–14 µs a members row): one statement doing both in SQL cost PostgreSQL ~110 µs a row,
 #: over half of an update's apply there (the held versions and the change's columns were
 #: parsed as JSON several times a row); reading and writing the versions costs it ~38 µs.
 _HELD_VERSIONS = f"""
