@@ -59,6 +59,14 @@ class ColumnChange(NamedTuple):
 _tnew = tuple.__new__  # a named tuple from known-good fields, without its Python-level __new__
 
 
+def join_cols(plain: Mapping[str, Any], other: Mapping[str, ColumnChange]) -> dict[str, ColumnChange]:
+    """``{col: ColumnChange}`` of a split: ``plain``'s bare values as round 0, stage 0 cells
+    that replaced nothing, then ``other``'s cells."""
+    cols = {k: _tnew(ColumnChange, (v, 0, 0, None)) for k, v in plain.items()}
+    cols.update(other)
+    return cols
+
+
 class Change:
     """One origin's write of one row, as every node judges and merges it.
 
@@ -115,9 +123,7 @@ class Change:
         """``{col: ColumnChange}``: ``plain``'s columns, then ``other``'s."""
         cols = self._cols
         if cols is None:
-            cols = {k: _tnew(ColumnChange, (v, 0, 0, None)) for k, v in self._plain.items()}  # type: ignore[union-attr]
-            cols.update(self._other)  # type: ignore[arg-type]
-            self._cols = cols
+            cols = self._cols = join_cols(self._plain, self._other)  # type: ignore[arg-type]
         return cols
 
     @property

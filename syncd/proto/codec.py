@@ -34,7 +34,7 @@ import orjson
 
 from syncd.errors import CODE_RE, SyncdError
 from syncd.proto import fields as f
-from syncd.proto.change import OPS, Change, ColumnChange, StoredChange, Version
+from syncd.proto.change import OPS, Change, ColumnChange, StoredChange, Version, join_cols
 from syncd.proto.fields import DecodeError
 from syncd.proto.fields import uuid_from_bytes as _uuid
 from syncd.proto.messages import (
@@ -181,9 +181,7 @@ def _change_checked_v3(v: Any, p: str) -> Change:
     other = f.str_map(m["x"], f.sub(p, "other_cols"), _column_cell_checked, MAX_COLUMNS, key_code="UNKNOWN_COLUMN")
     _check_split(plain, other, p)
     c = _change_checked({**{k: x for k, x in m.items() if k != "x"}, "c": {}}, p)  # never the caller's map
-    cols = {k: _tnew(ColumnChange, (val, 0, 0, None)) for k, val in plain.items()}
-    cols.update(other)
-    return c.replace(cols=cols)
+    return c.replace(cols=join_cols(plain, other))
 
 
 
@@ -390,9 +388,7 @@ def _change_fast_v3(v: Any) -> Change | None:
     if regular:
         return Change.split(table, _uuid(rid), org, op, cl, ts, origin, txn, dict(homes), plain, cells, pos)
     # a plain cell sent in x: valid, but the split's invariant is that ``other`` holds none
-    cols = {k: _tnew(ColumnChange, (v, 0, 0, None)) for k, v in plain.items()}
-    cols.update(cells)
-    return Change(table, _uuid(rid), org, op, cl, ts, origin, txn, dict(homes), cols, pos)
+    return Change(table, _uuid(rid), org, op, cl, ts, origin, txn, dict(homes), join_cols(plain, cells), pos)
 
 
 _change_v3 = _fast_or_checked(_change_fast_v3, _change_checked_v3)

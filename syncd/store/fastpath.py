@@ -34,7 +34,7 @@ import orjson
 from syncd.proto.change import OP_INSERT, OP_UPDATE, Change
 from syncd.proto.messages import SnapshotRow, StoredRow
 from syncd.schema.declarations import Table
-from syncd.store.log import dumps, dumps_sorted, encode_homes
+from syncd.store.log import dumps, dumps_sorted, encode_cols, encode_homes
 
 if TYPE_CHECKING:
     from syncd.store.apply import ApplyContext, ApplyResult
@@ -113,7 +113,7 @@ def _stage_record(ord_: int, c: Change, received_from: str | None) -> tuple[Any,
     vers = _versions(c)
     if other:
         vals_text = dumps_sorted({**plain, **{k: cc[0] for k, cc in other.items()}})
-        cols_text = dumps_sorted([plain, {k: [cc[0], cc[1], cc[2], vers[k][5]] for k, cc in other.items()}])
+        cols_text = encode_cols(c)
     else:
         vals_text = dumps_sorted(plain)
         cols_text = "[" + vals_text + ",{}]"
